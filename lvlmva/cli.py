@@ -1,0 +1,55 @@
+"""The `lvlmva` command: argument parsing, one-line errors and Ctrl-C handling."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from lvlmva.commands import COMMANDS
+from lvlmva.errors import LvlmvaError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lvlmva",
+        description="Align small vision models with domain knowledge, using an LVLM as critic.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"lvlmva.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"lvlmva.commands.{name}":
+                continue  # command not built in this checkout
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except LvlmvaError as exc:
+        print(f"lvlmva {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(
+            f"lvlmva {args.command}: interrupted; finished LVLM answers are cached, "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

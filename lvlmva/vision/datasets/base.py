@@ -1,0 +1,77 @@
+"""In-memory datasets whose samples carry a label, a group and a ground-truth spurious mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model trained on a dataset needs to know about it; stored in checkpoints.
+
+    `task` names the prompt family ("decoy-digits", "skin-lesions", "knee-radiographs" or a
+    user's own). `mean`/`std` are the normalisation the model applies to [0, 1] inputs.
+    `options` are the keyword arguments that rebuild the dataset with `load_dataset`.
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    channels: int
+    image_size: int
+    task: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    group_names: tuple[str, ...] | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class ShortcutDataset(Dataset):
+    """Images in [0, 1] as one tensor [N, C, H, W], with labels [N], optional groups [N]
+    (class x spurious attribute) and optional ground-truth spurious masks [N, H, W] (bool)."""
+
+    images: Tensor
+    labels: Tensor
+    groups: Tensor | None = None
+    spurious_masks: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
+        for name in ("labels", "groups", "spurious_masks"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"{name} has {len(value)} entries for {n} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
+        return self.images[index], self.labels[index], index
+
+    def subset(self, indices: Sequence[int] | Tensor) -> ShortcutDataset:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return ShortcutDataset(
+            self.images[idx],
+            self.labels[idx],
+            None if self.groups is None else self.groups[idx],
+            None if self.spurious_masks is None else self.spurious_masks[idx],
+        )
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    info: DatasetInfo
+    train: ShortcutDataset
+    val: ShortcutDataset
+    test: ShortcutDataset
