@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from functools import cached_property
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -104,7 +104,7 @@ class CritiqueJob:
     variables: Mapping[str, str] = field(default_factory=dict)
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     OK = "ok"  # validated verdicts
     FAILED = "failed"  # gave up, with a reason: never a guessed verdict
     NOT_RUN = "not_run"  # not issued, e.g. the budget was reached
@@ -119,7 +119,7 @@ class JobResult:
     error: str | None = None
     provider_calls: int = 0  # requests that reached the provider (retries included)
     cache_hits: int = 0
-    usage: Usage = Usage()
+    usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
 
     @property

@@ -1,0 +1,209 @@
+"""A self-contained HTML report of an alignment run: every image is embedded, so the file
+can be mailed or opened anywhere."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor, nn
+
+from lvlmva.vision.datasets.base import DatasetSplits
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+h1{font-size:1.5em} h2{font-size:1.2em;margin-top:2em}
+table{border-collapse:collapse}
+td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}
+th:first-child,td:first-child{text-align:left}
+.banner{padding:.6em 1em;background:#fff3cd;border:1px solid #e0c060;border-radius:4px}
+.sample{display:flex;gap:14px;align-items:flex-start;border-top:1px solid #ccc;padding:12px 0}
+.sample figure{margin:0;text-align:center;font-size:.8em}
+.sample img{width:168px;height:168px;image-rendering:pixelated;border:1px solid #999}
+.critique{font-size:.85em;white-space:pre-wrap;max-width:420px;max-height:220px;overflow:auto}
+.yes{color:#176d2c;font-weight:600} .no{color:#b3261e;font-weight:600}
+"""
+
+
+def write_align_report(
+    path: str | Path,
+    result: Any,
+    splits: DatasetSplits,
+    *,
+    original_model: nn.Module,
+    n_samples: int = 12,
+    device: str | torch.device = "cpu",
+) -> Path:
+    """Write `path` (HTML) for an `AlignResult`; returns the path."""
+    from lvlmva.vision.attribution import explain
+
+    path = Path(path)
+    metrics = result.metrics_dict()
+    shown = [s for s in result.samples if s.images][:n_samples] or result.samples[:n_samples]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>lvlm-va alignment report</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>lvlm-va alignment report: {html.escape(splits.info.name)}</h1>",
+        _critic_banner(result),
+        _metrics_table(metrics),
+        "<h2>Accuracy before and after alignment</h2>",
+        _img(_accuracy_plot(metrics), "accuracy before and after", width=520),
+    ]
+    curves = _training_curves(result.history)
+    if curves is not None:
+        parts += ["<h2>Alignment training</h2>", _img(curves, "training curves", width=720)]
+    if shown:
+        idx = torch.tensor([s.index for s in shown])
+        images = splits.train.images[idx]
+        labels = splits.train.labels[idx]
+        kwargs = {"baselines": splits.train.images, "device": device, "seed": 0}
+        before = explain(original_model, images, labels, **kwargs)
+        after = explain(result.model, images, labels, **kwargs)
+        parts.append(f"<h2>Alignment samples ({len(shown)} of {len(result.samples)})</h2>")
+        for j, sample in enumerate(shown):
+            parts.append(_sample_html(sample, images[j], before[j], after[j]))
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _critic_banner(result: Any) -> str:
+    critic = result.critic
+    if critic.kind == "simulated":
+        text = (
+            "Critic: <b>simulated LVLM</b>, an offline simulation that answers from the "
+            f"dataset's ground-truth spurious masks with verdict accuracy "
+            f"{critic.verdict_accuracy:.2f}. It is not a real model."
+        )
+    elif critic.kind == "ground-truth":
+        text = "No LVLM: the ground-truth spurious masks were used as correction masks."
+    else:
+        text = (
+            f"Critic: {html.escape(critic.critic_model)}; Judge: "
+            f"{html.escape(critic.judge_model)} ({html.escape(critic.kind)})."
+        )
+    return f"<p class='banner'>{text}</p>"
+
+
+def _metrics_table(metrics: dict) -> str:
+    before, after = metrics["before"], metrics["after"]
+    rows = [("test accuracy", "test_accuracy"), ("AGA", "aga"), ("WGA", "wga")]
+    body = "".join(
+        f"<tr><td>{label}</td><td>{before[key]:.4f}</td><td>{after[key]:.4f}</td></tr>"
+        for label, key in rows
+        if before.get(key) is not None
+    )
+    facts = [
+        f"lambda {metrics['lambda']:g}",
+        f"{metrics['n_masks']} masks from {metrics['n_align']} alignment samples",
+        f"LVLM calls {metrics['provider_calls']}",
+        f"cache hits {metrics['cache_hits']}",
+        f"cost ${metrics['cost_usd']:.4f}",
+    ]
+    if "verdict_accuracy" in metrics:
+        facts.append(f"verdict accuracy {metrics['verdict_accuracy']['accuracy']:.3f}")
+    return (
+        "<table><tr><th>metric</th><th>before</th><th>after</th></tr>"
+        f"{body}</table><p>{html.escape('; '.join(facts))}</p>"
+    )
+
+
+def _accuracy_plot(metrics: dict) -> bytes:
+    before, after = metrics["before"], metrics["after"]
+    keys = [k for k in ("test_accuracy", "aga", "wga") if before.get(k) is not None]
+    fig, ax = plt.subplots(figsize=(5.2, 2.8), dpi=100)
+    xs = range(len(keys))
+    ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], 0.4, label="before")
+    ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], 0.4, label="after")
+    ax.set_xticks(list(xs), [k.replace("_", " ") for k in keys])
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def _training_curves(history: Any) -> bytes | None:
+    """Per-epoch curves from the trainer's history (whatever series it recorded)."""
+    if history is None:
+        return None
+    series = {
+        name: values
+        for name, values in vars(history).items()
+        if isinstance(values, list) and values and all(isinstance(v, int | float) for v in values)
+    }
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 2.6), dpi=100)
+    for ax, (name, values) in zip(axes if len(series) > 1 else [axes], series.items(), strict=True):
+        ax.plot(range(1, len(values) + 1), values, marker="o")
+        ax.set_title(name.replace("_", " "), fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _sample_html(sample: Any, image: Tensor, before: Tensor, after: Tensor) -> str:
+    figures = [
+        _figure(sample.images[name], name)
+        for name in ("original", "clusters", "overlay")
+        if name in sample.images
+    ]
+    figures.append(_figure(_heatmap(image, before), "attribution before"))
+    figures.append(_figure(_heatmap(image, after), "attribution after"))
+    if sample.mask is not None:
+        figures.append(_figure(_heatmap(image, sample.mask.unsqueeze(0), cmap="Reds"), "mask"))
+    verdicts = ""
+    if sample.verdicts:
+        verdicts = " ".join(
+            f"<span class='{'yes' if ok else 'no'}'>{html.escape(c)}: {'yes' if ok else 'no'}"
+            "</span>"
+            for c, ok in sample.verdicts.items()
+        )
+    text = sample.critique or sample.error or sample.status
+    return (
+        f"<div class='sample'>{''.join(figures)}<div><b>#{sample.index}, class "
+        f"{html.escape(sample.class_name)}</b> ({html.escape(sample.status)})<br>{verdicts}"
+        f"<div class='critique'>{html.escape(text or '')}</div></div></div>"
+    )
+
+
+def _heatmap(image: Tensor, values: Tensor, cmap: str = "bwr") -> bytes:
+    """Attribution (or mask) over the greyscale image."""
+    grey = image.float().mean(0).cpu().numpy()
+    heat = values.float().sum(0).cpu().numpy()
+    fig, ax = plt.subplots(figsize=(1.68, 1.68), dpi=100)
+    ax.imshow(grey, cmap="gray", interpolation="nearest")
+    if cmap == "bwr":
+        bound = float(abs(heat).max()) or 1.0
+        ax.imshow(heat, cmap=cmap, vmin=-bound, vmax=bound, alpha=0.6, interpolation="nearest")
+    else:
+        ax.imshow(heat, cmap=cmap, vmin=0, vmax=1, alpha=0.5, interpolation="nearest")
+    ax.axis("off")
+    fig.subplots_adjust(0, 0, 1, 1)
+    return _png(fig)
+
+
+def _figure(png: bytes, caption: str) -> str:
+    return f"<figure>{_img(png, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _img(png: bytes, alt: str, width: int | None = None) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    size = f" style='width:{width}px'" if width else ""
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'{size}>"
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
