@@ -1,0 +1,94 @@
+"""End to end: align() on the embedded decoy-digits data, in-process and over HTTP."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lvlmva.api import CriticSettings, align
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from lvlmva.vision.datasets import load_dataset
+
+    return load_dataset("decoy-digits", seed=0)
+
+
+@pytest.fixture(scope="module")
+def shortcut_model(digits):
+    from lvlmva.vision.models import build_model
+    from lvlmva.vision.training import train_classifier
+
+    torch.manual_seed(0)
+    model = build_model("mlp", digits.info)
+    train_classifier(model, digits.train, epochs=3, seed=0, progress=False)
+    return model
+
+
+async def test_ground_truth_alignment_beats_the_shortcut(digits, shortcut_model):
+    result = await align(
+        copy.deepcopy(shortcut_model), digits, critic=CriticSettings(kind="ground-truth"),
+        n_align=300, epochs=3, progress=False,
+    )
+    assert result.provider_calls == 0
+    assert len(result.samples) == 300
+    assert result.after.test_accuracy > result.before.test_accuracy + 0.05
+
+
+async def test_simulated_critic_masks_track_the_decoy(digits, shortcut_model, tmp_path):
+    critic = CriticSettings(kind="simulated", verdict_accuracy=1.0, cache_dir=tmp_path / "c")
+    result = await align(
+        copy.deepcopy(shortcut_model), digits, critic=critic, n_align=24, epochs=1,
+        progress=False,
+    )
+    assert result.provider_calls == 2 * 24  # one Critic and one Judge call per sample
+    assert result.failed_jobs == 0
+    assert result.verdict_accuracy.accuracy == pytest.approx(1.0)
+    masked = [s for s in result.samples if s.mask is not None and s.mask.sum() > 0]
+    assert masked, "a perfect critic on a shortcut model must mark some decoy clusters"
+    for sample in masked:
+        decoy = digits.train.spurious_masks[sample.index]
+        assert (sample.mask.bool() & decoy).any()
+
+
+async def test_rerun_is_answered_from_the_cache(digits, shortcut_model, tmp_path):
+    critic = CriticSettings(kind="simulated", cache_dir=tmp_path / "cache")
+    first = await align(copy.deepcopy(shortcut_model), digits, critic=critic, n_align=16,
+                        epochs=1, progress=False)
+    second = await align(copy.deepcopy(shortcut_model), digits, critic=critic, n_align=16,
+                         epochs=1, progress=False)
+    assert first.provider_calls > 0
+    assert second.provider_calls == 0
+    assert second.cache_hits >= 16
+    for a, b in zip(first.samples, second.samples, strict=True):
+        assert a.verdicts == b.verdicts
+
+
+async def test_http_simulation_gives_the_same_masks_as_in_process(digits, shortcut_model):
+    results = {}
+    for transport in ("in-process", "http"):
+        critic = CriticSettings(kind="simulated", sim_transport=transport)
+        results[transport] = await align(
+            copy.deepcopy(shortcut_model), digits, critic=critic, n_align=12, epochs=1,
+            progress=False, streaming=False,
+        )
+    local = {s.index: s for s in results["in-process"].samples}
+    remote = {s.index: s for s in results["http"].samples}
+    assert local.keys() == remote.keys()
+    for index, sample in local.items():
+        assert sample.verdicts == remote[index].verdicts
+        assert torch.equal(sample.mask, remote[index].mask)
+
+
+async def test_unknown_spec_class_fails_before_any_call(digits, shortcut_model, tmp_path):
+    from lvlmva.errors import ConfigError
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "task: wrong\nfamily: decoy-digits\nclasses:\n  - name: cat\n    description: a cat\n"
+    )
+    with pytest.raises(ConfigError):
+        await align(copy.deepcopy(shortcut_model), digits, spec, n_align=4, progress=False)

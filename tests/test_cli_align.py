@@ -1,0 +1,83 @@
+"""The `lvlmva align` command: the main job, its report in a browser, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def lvlmva(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lvlmva.cli", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def aligned_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("run")
+    proc = lvlmva("align", "--dataset", "decoy-digits", "--n-align", "200", "--epochs", "2",
+                  "--quiet", "--out", str(out))
+    return out, proc
+
+
+def test_align_main_job_writes_metrics_and_report(aligned_run):
+    out, proc = aligned_run
+    assert proc.returncode == 0, proc.stderr
+    first_line = proc.stdout.splitlines()[0]
+    assert "SIMULATED" in first_line
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["after"]["test_accuracy"] > metrics["before"]["test_accuracy"]
+    assert metrics["critic"] == "simulated"
+    assert (out / "model.pt").exists()
+    assert (out / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_report_shows_its_images_in_headless_chromium(aligned_run, tmp_path):
+    out, proc = aligned_run
+    assert proc.returncode == 0, proc.stderr
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        (out / "report.html").read_text().replace(
+            "</body>",
+            "<script>window.addEventListener('load', () => {const imgs = [...document.images];"
+            "document.body.dataset.images = imgs.length;"
+            "document.body.dataset.broken = imgs.filter(i => !i.complete || "
+            "i.naturalWidth === 0).length;});</script></body>",
+        )
+    )
+    dom = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    assert 'data-broken="0"' in dom
+    n_images = int(dom.split('data-images="', 1)[1].split('"', 1)[0])
+    assert n_images >= 10
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--dataset", "no-such-data"], "no-such-data"),
+        (["--model", "/nonexistent/model.pt"], "/nonexistent/model.pt"),
+        (["--dataset", "decoy-mnist", "--data-dir", "/nonexistent"], "mnist"),
+        (["--spec", "/nonexistent/spec.yaml", "--n-align", "4"], "spec.yaml"),
+        (["--critic", "openai"], "--critic-model"),
+    ],
+)
+def test_bad_input_gives_one_line_error(args, needle, tmp_path):
+    proc = lvlmva("align", *args, "--quiet", "--out", str(tmp_path / "o"), timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, proc.stderr
+    assert needle in errors[0]
+    assert "Traceback" not in proc.stderr
