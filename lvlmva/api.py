@@ -137,6 +137,32 @@ def resolve_spec(spec: Any, splits: DatasetSplits) -> Any:
     return spec
 
 
+async def preflight(critic: CriticSettings, timeout: float = 15.0) -> None:
+    """Check that an OpenAI-compatible endpoint answers and accepts the key, before any
+    money is spent: one free `GET /models`. Raises ConfigError naming the endpoint."""
+    import aiohttp
+
+    if critic.kind != "openai":
+        return
+    base = (critic.base_url or "https://api.openai.com/v1").rstrip("/")
+    headers = {"Authorization": f"Bearer {critic.api_key}"} if critic.api_key else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(f"{base}/models", headers=headers) as response,
+        ):
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise ConfigError(
+            f"cannot reach the LVLM endpoint {base} ({type(exc).__name__}); check --base-url "
+            "and that the server is running"
+        ) from None
+    if status in (401, 403):
+        raise ConfigError(f"the endpoint {base} rejected the API key (HTTP {status})")
+    if status >= 500:
+        raise ConfigError(f"the endpoint {base} answered HTTP {status}; try again later")
+
+
 def choose_alignment_indices(n_train: int, n_align: int, seed: int) -> Tensor:
     """A seeded random choice of `n_align` training samples to explain and critique."""
     if n_align <= 0:

@@ -72,6 +72,8 @@ def test_report_shows_its_images_in_headless_chromium(aligned_run, tmp_path):
         (["--dataset", "decoy-mnist", "--data-dir", "/nonexistent"], "mnist"),
         (["--spec", "/nonexistent/spec.yaml", "--n-align", "4"], "spec.yaml"),
         (["--critic", "openai"], "--critic-model"),
+        (["--critic", "openai", "--critic-model", "m", "--base-url", "http://127.0.0.1:9/v1"],
+         "cannot reach"),
     ],
 )
 def test_bad_input_gives_one_line_error(args, needle, tmp_path):

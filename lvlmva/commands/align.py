@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from lvlmva.api import align
+    from lvlmva.api import align, preflight, resolve_spec
     from lvlmva.report import write_align_report
     from lvlmva.vision.checkpoint import load_checkpoint, save_checkpoint
     from lvlmva.vision.datasets import load_dataset
@@ -167,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
             f"model {args.model} was trained on {info.name} ({info.channels}x{info.image_size}px, "
             f"{info.num_classes} classes) and does not fit dataset {splits.info.name}"
         )
+    # Everything that can be checked is checked before any training or LVLM call.
+    spec = None if critic.kind == "ground-truth" else resolve_spec(args.spec, splits)
+    if critic.kind in ("openai", "litellm"):
+        asyncio.run(preflight(critic))
     if model is None:
         arch = args.arch
         model = build_model(arch, splits.info)
@@ -185,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         align(
             model,
             splits,
-            args.spec,
+            spec,
             critic=critic,
             n_align=args.n_align,
             n_clusters=args.clusters,
