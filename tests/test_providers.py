@@ -1,0 +1,347 @@
+"""Providers over real HTTP against a tiny OpenAI-shaped aiohttp server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import importlib.util
+import json
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from lvlmva.engine.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ConnectionFailed,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+)
+from lvlmva.engine.providers import LiteLLMProvider, OpenAICompatibleProvider, parse_retry_after
+from lvlmva.engine.types import ChatRequest, ImagePart, Message, Provider, TextPart
+from lvlmva.engine.validation import verdict_schema
+from lvlmva.errors import ConfigError
+
+SECRET = "sk-test-SECRET-0123456789"
+PNG = b"\x89PNG\r\n\x1a\nfake-image-bytes\x00\x01\x02"
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: dict | str | None = None
+    headers: dict = field(default_factory=dict)
+    delay: float = 0.0
+
+
+def completion(text: str, model: str = "served-model") -> dict:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+    }
+
+
+def api_error(message: str, code: str = "error") -> dict:
+    return {"error": {"message": message, "type": code, "param": None, "code": code}}
+
+
+class FakeOpenAI:
+    """Serves scripted replies in order (the last one repeats) and records every request."""
+
+    def __init__(self) -> None:
+        self.replies: list[Reply] = [Reply(body=completion("hello"))]
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(await request.json())
+        self.headers.append(dict(request.headers))
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        body = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
+        return web.Response(
+            status=reply.status, text=body, headers=reply.headers, content_type="application/json"
+        )
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/v1"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def server():
+    fake = FakeOpenAI()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def provider(server):
+    p = OpenAICompatibleProvider(base_url=server.url, api_key=SECRET, name="local")
+    yield p
+    await p.aclose()
+
+
+def vision_request(schema: bool = True) -> ChatRequest:
+    colors = ("red", "blue")
+    return ChatRequest(
+        model="test-model",
+        messages=(
+            Message.text("system", "You are a careful critic."),
+            Message(
+                "user",
+                (
+                    TextPart("Look at these images."),
+                    ImagePart("original", PNG, width=28, height=28),
+                    ImagePart("clusters", PNG + b"2", mime="image/jpeg"),
+                ),
+            ),
+        ),
+        temperature=0.0,
+        max_tokens=321,
+        seed=7,
+        response_schema=verdict_schema(colors) if schema else None,
+        schema_name="verdicts",
+    )
+
+
+async def test_request_body_and_response(server, provider):
+    assert isinstance(provider, Provider)
+    response = await provider.complete(vision_request(), timeout=10)
+    assert response.text == "hello"
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (11, 7)
+    assert response.model == "served-model"
+
+    assert len(server.requests) == 1
+    body = server.requests[0]
+    assert server.headers[0]["Authorization"] == f"Bearer {SECRET}"
+    assert body["model"] == "test-model"
+    assert body["temperature"] == 0.0 and body["max_tokens"] == 321 and body["seed"] == 7
+    assert body["messages"][0] == {"role": "system", "content": "You are a careful critic."}
+    parts = body["messages"][1]["content"]
+    assert parts[0] == {"type": "text", "text": "Look at these images."}
+    assert parts[1]["type"] == "image_url"
+    assert parts[1]["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(PNG).decode()
+    url = parts[2]["image_url"]["url"]
+    assert url.startswith("data:image/jpeg;base64,")
+    assert base64.b64decode(url.split(",", 1)[1]) == PNG + b"2"
+    fmt = body["response_format"]
+    assert fmt["type"] == "json_schema"
+    assert fmt["json_schema"]["name"] == "verdicts" and fmt["json_schema"]["strict"] is True
+    assert fmt["json_schema"]["schema"] == verdict_schema(("red", "blue"))
+
+
+async def test_no_response_format_without_schema_or_support(server):
+    p = OpenAICompatibleProvider(base_url=server.url, structured_output=False)
+    try:
+        await p.complete(vision_request(), timeout=10)
+    finally:
+        await p.aclose()
+    assert "response_format" not in server.requests[0]
+    assert server.headers[0]["Authorization"] == "Bearer not-needed"
+
+
+async def test_429_with_retry_after_seconds_is_rate_limited_and_not_retried(server, provider):
+    server.replies = [
+        Reply(429, api_error("slow down", "rate_limit_exceeded"), {"Retry-After": "7"})
+    ]
+    with pytest.raises(RateLimited) as info:
+        await provider.complete(vision_request(), timeout=10)
+    assert info.value.retry_after == pytest.approx(7.0)
+    assert info.value.status == 429 and info.value.retryable
+    assert len(server.requests) == 1  # the SDK's retries are off
+
+
+async def test_429_with_http_date(server, provider):
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    server.replies = [Reply(429, api_error("later"), {"Retry-After": when})]
+    with pytest.raises(RateLimited) as info:
+        await provider.complete(vision_request(), timeout=10)
+    assert 25.0 <= info.value.retry_after <= 31.0
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "retry_after"),
+    [
+        (Reply(500, api_error("boom")), ServerError, None),
+        (Reply(503, api_error("busy"), {"Retry-After": "2"}), ServerError, 2.0),
+        (Reply(502, "<html>bad gateway</html>"), ServerError, None),
+        (Reply(400, api_error("bad schema")), BadRequest, None),
+        (Reply(404, api_error("no such model")), BadRequest, None),
+        (Reply(403, api_error("forbidden")), AuthenticationFailed, None),
+    ],
+)
+async def test_status_mapping(server, provider, reply, error, retry_after):
+    server.replies = [reply]
+    with pytest.raises(error) as info:
+        await provider.complete(vision_request(), timeout=10)
+    assert type(info.value) is error
+    assert info.value.status == reply.status
+    assert info.value.retry_after == retry_after
+    assert info.value.retryable == (reply.status >= 500)
+    assert len(server.requests) == 1
+
+
+async def test_api_key_never_appears_in_errors(server, provider):
+    server.replies = [Reply(401, api_error(f"Incorrect API key provided: {SECRET}"))]
+    with pytest.raises(AuthenticationFailed) as info:
+        await provider.complete(vision_request(), timeout=10)
+    assert SECRET not in str(info.value)
+    assert SECRET not in repr(provider)
+    assert SECRET not in "".join(traceback.format_exception(info.value))
+
+
+async def test_slow_response_times_out(server, provider):
+    server.replies = [Reply(body=completion("late"), delay=3.0)]
+    t0 = time.monotonic()
+    with pytest.raises(ProviderTimeout):
+        await provider.complete(vision_request(), timeout=0.3)
+    assert time.monotonic() - t0 < 2.5
+    assert len(server.requests) == 1
+
+
+async def test_connection_refused_is_connection_failed():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    p = OpenAICompatibleProvider(base_url=f"http://127.0.0.1:{port}/v1")
+    try:
+        with pytest.raises(ConnectionFailed):
+            await p.complete(vision_request(), timeout=5)
+    finally:
+        await p.aclose()
+
+
+async def test_malformed_success_body_is_a_server_error(server, provider):
+    server.replies = [Reply(200, {"id": "x", "choices": []})]
+    with pytest.raises(ServerError, match="no choices"):
+        await provider.complete(vision_request(), timeout=10)
+
+
+async def test_refusal_is_a_bad_request(server, provider):
+    body = completion("")
+    body["choices"][0]["message"] = {"role": "assistant", "content": None, "refusal": "no way"}
+    server.replies = [Reply(200, body)]
+    with pytest.raises(BadRequest, match="refused"):
+        await provider.complete(vision_request(), timeout=10)
+
+
+def test_openai_endpoint_without_key_is_a_config_error():
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        OpenAICompatibleProvider()
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "12"}, 12.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after": "-3"}, 0.0),
+        ({"retry-after": "soon"}, None),
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # in the past
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_parse_retry_after(headers, expected):
+    assert parse_retry_after(headers) == expected
+
+
+def test_parse_retry_after_http_date_in_the_future():
+    now = 1_000_000_000.0
+    header = email.utils.formatdate(now + 42, usegmt=True)
+    assert parse_retry_after({"retry-after": header}, now=now) == pytest.approx(42.0)
+
+
+# -- litellm --------------------------------------------------------------------------------
+
+HAS_LITELLM = importlib.util.find_spec("litellm") is not None
+needs_litellm = pytest.mark.skipif(not HAS_LITELLM, reason="litellm extra not installed")
+
+
+def test_litellm_missing_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "litellm", None)
+    with pytest.raises(ConfigError, match=r"pip install 'lvlm-va\[litellm\]'"):
+        LiteLLMProvider()
+
+
+@needs_litellm
+async def test_litellm_against_the_local_server(server):
+    p = LiteLLMProvider(api_base=server.url, api_key=SECRET)
+    request = vision_request()
+    request = ChatRequest(**{**request.__dict__, "model": "openai/test-model"})
+    response = await p.complete(request, timeout=10)
+    assert response.text == "hello"
+    assert response.usage.completion_tokens == 7
+    body = server.requests[0]
+    assert body["model"] == "test-model"
+    assert body["messages"][1]["content"][1]["image_url"]["url"].startswith(
+        "data:image/png;base64,"
+    )
+    assert body["response_format"]["json_schema"]["strict"] is True
+
+    server.replies = [Reply(429, api_error("slow down"), {"Retry-After": "3"})]
+    with pytest.raises(RateLimited) as info:
+        await p.complete(request, timeout=10)
+    assert info.value.retry_after == pytest.approx(3.0)
+    assert len(server.requests) == 2  # no retries inside litellm
+
+    server.replies = [Reply(500, api_error("boom"))]
+    with pytest.raises(ServerError):
+        await p.complete(request, timeout=10)
+    assert len(server.requests) == 3
+
+    server.replies = [Reply(401, api_error(f"bad key {SECRET}"))]
+    with pytest.raises(AuthenticationFailed) as auth:
+        await p.complete(request, timeout=10)
+    assert SECRET not in str(auth.value)
+    await p.aclose()
+
+
+async def test_falls_back_to_httpx_without_the_aiohttp_extra(server, monkeypatch):
+    import openai
+
+    def missing(**kwargs):
+        raise RuntimeError("To use the aiohttp client you must have installed the package")
+
+    monkeypatch.setattr(openai, "DefaultAioHttpClient", missing)
+    p = OpenAICompatibleProvider(base_url=server.url)
+    try:
+        assert (await p.complete(vision_request(), timeout=10)).text == "hello"
+    finally:
+        await p.aclose()
+    assert len(server.requests) == 1
