@@ -1,0 +1,261 @@
+"""The three Critic images of a sample (pipeline stage 3) and a contact sheet for people.
+
+Cluster id k is drawn in `PALETTE` entry k (PPEPS-WGM orders ids by cluster weight), on black.
+Images are upscaled nearest-neighbour so an LVLM can see small inputs (28 px -> 336 px).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (230, 25, 25),
+    "blue": (30, 90, 240),
+    "green": (30, 160, 50),
+    "yellow": (255, 230, 20),
+    "pink": (255, 140, 200),
+    "brown": (130, 70, 20),
+    "grey": (150, 150, 150),
+    "orange": (255, 130, 0),
+    "purple": (140, 40, 200),
+    "cyan": (0, 230, 240),
+    "white": (255, 255, 255),
+    "magenta": (255, 0, 255),
+}
+"""Ordered colour name -> RGB. Pairwise RGB distance >= 100 and none near black (background)."""
+
+BACKGROUND = (0, 0, 0)
+_NAMES = tuple(PALETTE)
+
+
+@dataclass(frozen=True)
+class CriticImages:
+    """PNG bytes of the original, the cluster map and the overlay; the colour names and ids of
+    the clusters present (in cluster-id order); `size` is (height, width) of the PNGs."""
+
+    original: bytes
+    clusters: bytes
+    overlay: bytes
+    colors: tuple[str, ...]
+    cluster_ids: tuple[int, ...]
+    size: tuple[int, int]
+
+
+def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _target_hw(h: int, w: int, size: int | None) -> tuple[int, int]:
+    """Output (height, width): the longer side becomes `size`, by an integer factor if it can."""
+    if size is None:
+        return h, w
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    longest = max(h, w)
+    if size % longest == 0:
+        k = size // longest
+        return h * k, w * k
+    scale = size / longest
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _nearest(array: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of [H, W, ...] (an exact repeat for integer factors)."""
+    h, w = array.shape[:2]
+    rows = (np.arange(out_hw[0]) * h) // out_hw[0]
+    cols = (np.arange(out_hw[1]) * w) // out_hw[1]
+    return array[rows][:, cols]
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def _image_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[C, H, W] in [0, 1] with C = 1 or 3 -> [H, W] (grey) or [H, W, 3] uint8."""
+    arr = _as_numpy(image).astype(np.float64)
+    if arr.ndim != 3 or arr.shape[0] not in (1, 3):
+        raise ValueError(f"image must be [C, H, W] with 1 or 3 channels, got {arr.shape}")
+    arr = np.rint(np.clip(np.nan_to_num(arr), 0.0, 1.0) * 255).astype(np.uint8)
+    return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+
+
+def render_critic_images(
+    image: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    *,
+    size: int | None = 336,
+    alpha: float = 0.5,
+) -> CriticImages:
+    """The original, the cluster map (clusters in palette colours on black) and the overlay
+    (cluster colours blended with weight `alpha` over the original; background pixels keep the
+    original), all upscaled nearest-neighbour so the longer side is `size` (None: as is).
+
+    `image` is [C, H, W] in [0, 1]; `labels` is [H, W] with cluster ids and -1 for background.
+    """
+    pixels = _image_uint8(image)
+    lab = _as_numpy(labels).astype(np.int64)
+    if lab.shape != pixels.shape[:2]:
+        raise ValueError(f"labels {lab.shape} do not match the image's {pixels.shape[:2]}")
+    if lab.size and lab.min() < -1:
+        raise ValueError(f"cluster labels must be >= -1 (-1 = background), got {lab.min()}")
+    ids = tuple(int(k) for k in np.unique(lab[lab >= 0]))
+    if ids and ids[-1] >= len(PALETTE):
+        raise ValueError(f"cluster id {ids[-1]} has no colour: the palette has {len(PALETTE)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+    rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
+    colours = np.array([BACKGROUND, *PALETTE.values()], dtype=np.uint8)
+    cluster_map = colours[lab + 1]  # -1 (background) -> black
+    foreground = (lab >= 0)[..., None]
+    blended = np.rint((1.0 - alpha) * rgb + alpha * cluster_map.astype(np.float64))
+    overlay = np.where(foreground, blended.astype(np.uint8), rgb)
+
+    out_hw = _target_hw(*lab.shape, size)
+    return CriticImages(
+        original=_png(_nearest(pixels, out_hw)),
+        clusters=_png(_nearest(cluster_map, out_hw)),
+        overlay=_png(_nearest(overlay, out_hw)),
+        colors=tuple(_NAMES[k] for k in ids),
+        cluster_ids=ids,
+        size=out_hw,
+    )
+
+
+def decode_cluster_map(
+    png_bytes: bytes,
+    colors: Sequence[str],
+    *,
+    shape: tuple[int, int] | None = None,
+    tolerance: float = 60.0,
+) -> np.ndarray:
+    """Cluster ids [H, W] (int64, -1 for black background) read back from a cluster-map PNG.
+
+    Every pixel takes the nearest of black and the `colors` named; one farther than
+    `tolerance` (RGB distance) from all of them raises ValueError. With `shape`, the map is
+    sampled at the pixel centres of an image of that (height, width), e.g. the original 28x28.
+    """
+    unknown = [c for c in colors if c not in PALETTE]
+    if unknown:
+        raise ValueError(f"colours {unknown} are not in the palette ({', '.join(_NAMES)})")
+    rgb = np.asarray(Image.open(io.BytesIO(png_bytes)).convert("RGB"), dtype=np.float64)
+    if shape is not None:
+        h, w = rgb.shape[:2]
+        rows = ((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64)
+        cols = ((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64)
+        rgb = rgb[rows][:, cols]
+    ids = np.array([-1, *(_NAMES.index(c) for c in colors)], dtype=np.int64)
+    refs = np.array([BACKGROUND, *(PALETTE[c] for c in colors)], dtype=np.float64)
+    distance = np.linalg.norm(rgb[..., None, :] - refs, axis=-1)
+    nearest = distance.argmin(axis=-1)
+    far = distance.min(axis=-1) > tolerance
+    if far.any():
+        r, c = np.argwhere(far)[0]
+        raise ValueError(
+            f"pixel ({r}, {c}) has colour {tuple(int(v) for v in rgb[r, c])}, not black or one "
+            f"of {list(colors)} within {tolerance}"
+        )
+    return ids[nearest]
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and draw.textlength(candidate, font=font) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
+
+
+def _thumbnail(png: bytes, thumb: int) -> Image.Image:
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    scale = thumb / max(img.size)
+    return img.resize(
+        (max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+        Image.Resampling.NEAREST,
+    )
+
+
+def contact_sheet(
+    rows: Sequence[CriticImages],
+    captions: Sequence[str],
+    path: str | Path,
+    *,
+    verdicts: Sequence[Mapping[str, bool] | None] | None = None,
+    thumb: int = 168,
+) -> Path:
+    """Write one PNG with a row per sample: its caption, the three Critic images and a colour
+    legend (with the verdict "yes"/"no" of each colour when `verdicts` are given)."""
+    if not rows:
+        raise ValueError("contact_sheet needs at least one row")
+    if len(captions) != len(rows):
+        raise ValueError(f"{len(captions)} captions for {len(rows)} rows")
+    if verdicts is not None and len(verdicts) != len(rows):
+        raise ValueError(f"{len(verdicts)} verdict sets for {len(rows)} rows")
+    font, small = _font(15), _font(13)
+    pad, gap, line_h, swatch = 12, 8, 19, 13
+    per_column = max(1, thumb // line_h)
+    n_legend_cols = max(1, -(-max(len(r.colors) for r in rows) // per_column))
+    legend_w = 120 * n_legend_cols
+    width = pad * 2 + 3 * thumb + 3 * gap + legend_w
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [_wrap(scratch, c, font, width - 2 * pad) for c in captions]
+    header_h = line_h + gap
+    height = pad + header_h + sum(len(w) * line_h + thumb + 2 * gap for w in wrapped) + pad
+
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, title in enumerate(("original", "clusters", "overlay", "legend")):
+        draw.text((pad + k * (thumb + gap), pad), title, fill=(90, 90, 90), font=small)
+    y = pad + header_h
+    for i, (row, lines) in enumerate(zip(rows, wrapped, strict=True)):
+        if i:
+            draw.line((pad, y - gap, width - pad, y - gap), fill=(200, 200, 200))
+        for line in lines:
+            draw.text((pad, y), line, fill="black", font=font)
+            y += line_h
+        for k, png in enumerate((row.original, row.clusters, row.overlay)):
+            sheet.paste(_thumbnail(png, thumb), (pad + k * (thumb + gap), y))
+        row_verdicts = verdicts[i] if verdicts is not None else None
+        x0 = pad + 3 * (thumb + gap)
+        for j, name in enumerate(row.colors):
+            x = x0 + (j // per_column) * 120
+            ty = y + (j % per_column) * line_h
+            draw.rectangle((x, ty + 2, x + swatch, ty + 2 + swatch), PALETTE[name], "black")
+            draw.text((x + swatch + 5, ty), name, fill="black", font=small)
+            if row_verdicts is not None and name in row_verdicts:
+                yes = bool(row_verdicts[name])
+                draw.text(
+                    (x + swatch + 62, ty),
+                    "yes" if yes else "no",
+                    fill=(20, 120, 40) if yes else (190, 30, 30),
+                    font=small,
+                )
+        y += thumb + 2 * gap
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, format="PNG")
+    return path

@@ -1,0 +1,202 @@
+"""Attribution maps: shapes, seeding, DeepLift's summation-to-delta, model safety."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lvlmva.errors import ConfigError, DataError
+from lvlmva.vision.attribution import (
+    METHODS,
+    draw_backgrounds,
+    explain,
+    find_reused_modules,
+)
+
+SHAPE = (1, 6, 6)
+
+
+def _mlp(seed: int = 0, classes: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(36, 12),
+        nn.ReLU(),
+        nn.Linear(12, 8),
+        nn.ReLU(),
+        nn.Linear(8, classes),
+    )
+
+
+class ReusedReLU(nn.Module):
+    """One ReLU module applied twice: not DeepLift-safe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(36, 10), nn.Linear(10, 10), nn.Linear(10, 3)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        h = self.relu(self.fc1(x.flatten(1)))
+        return self.out(self.relu(self.fc2(h)))
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(7, *SHAPE, generator=g)
+    targets = torch.tensor([0, 1, 2, 0, 1, 2, 1])
+    train = torch.rand(40, *SHAPE, generator=g)
+    return images, targets, train
+
+
+def _delta(model, images, targets, backgrounds):
+    with torch.no_grad():
+        out = model(images).gather(1, targets[:, None])[:, 0]
+        ref = model(backgrounds)[:, targets].mean(dim=0)
+    return out - ref
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_cpu_maps_of_the_input_shape(method, data):
+    images, targets, train = data
+    maps = explain(_mlp(), images, targets, method=method, baselines=train, n_baselines=5)
+    assert maps.shape == images.shape
+    assert maps.device.type == "cpu" and maps.dtype == torch.float32
+    assert torch.isfinite(maps).all() and maps.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_seed_gives_the_same_maps(method, data):
+    images, targets, train = data
+    first = explain(_mlp(), images, targets, method=method, baselines=train, seed=3)
+    again = explain(_mlp(), images, targets, method=method, baselines=train, seed=3)
+    assert torch.equal(first, again)
+
+
+def test_other_seeds_draw_other_backgrounds(data):
+    images, targets, train = data
+    a = explain(_mlp(), images, targets, baselines=train, n_baselines=5, seed=0)
+    b = explain(_mlp(), images, targets, baselines=train, n_baselines=5, seed=1)
+    assert not torch.allclose(a, b)
+
+
+def test_deeplift_shap_does_not_depend_on_the_batch_size(data):
+    images, targets, train = data
+    whole = explain(_mlp(), images, targets, baselines=train, batch_size=64)
+    pieces = explain(_mlp(), images, targets, baselines=train, batch_size=3)
+    assert torch.allclose(whole, pieces, atol=1e-6)
+
+
+def test_backgrounds_are_a_seeded_draw_without_replacement(data):
+    _, _, train = data
+    drawn = draw_backgrounds(train, 25, train.shape[1:], seed=4)
+    assert drawn.shape == (25, *SHAPE)
+    rows = {tuple(x.flatten().tolist()) for x in drawn}
+    assert len(rows) == 25 and rows <= {tuple(x.flatten().tolist()) for x in train}
+    assert len(draw_backgrounds(train[:3], 25, train.shape[1:], seed=4)) == 3
+    assert torch.equal(draw_backgrounds(None, 25, train.shape[1:], seed=0), torch.zeros(1, *SHAPE))
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_deeplift_shap_sums_to_the_output_difference(linear, data):
+    images, targets, train = data
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3)) if linear else _mlp(seed=2)
+    maps = explain(model, images, targets, baselines=train, n_baselines=10, seed=5)
+    backgrounds = draw_backgrounds(train, 10, train.shape[1:], seed=5)
+    expected = _delta(model, images, targets, backgrounds)
+    assert torch.allclose(maps.flatten(1).sum(dim=1), expected, atol=1e-4)
+
+
+def test_linear_deeplift_is_input_minus_baseline_times_weight(data):
+    images, targets, train = data
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    maps = explain(model, images, targets, baselines=train, n_baselines=10, seed=5)
+    mean_bg = draw_backgrounds(train, 10, train.shape[1:], seed=5).mean(dim=0)
+    weights = model[1].weight.detach()[targets].reshape(-1, *SHAPE)
+    assert torch.allclose(maps, (images - mean_bg) * weights, atol=1e-5)
+
+
+def test_integrated_gradients_starts_from_a_black_image(data):
+    images, targets, _ = data
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    maps = explain(model, images, targets, method="integrated-gradients")
+    expected = _delta(model, images, targets, torch.zeros(1, *SHAPE))
+    assert torch.allclose(maps.flatten(1).sum(dim=1), expected, atol=1e-4)
+
+
+def test_the_model_keeps_its_mode_parameters_and_no_gradients(data):
+    images, targets, train = data
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(36, 8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 3)
+    )
+    model.train()
+    before = [p.detach().clone() for p in model.parameters()]
+    maps = explain(model, images, targets, baselines=train, n_baselines=4)
+    again = explain(model, images, targets, baselines=train, n_baselines=4)
+    assert model.training
+    assert torch.equal(maps, again)  # dropout was off: explained in eval mode
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_a_reused_relu_is_found():
+    assert find_reused_modules(ReusedReLU(), torch.rand(1, *SHAPE)) == ["relu"]
+    assert find_reused_modules(_mlp(), torch.rand(1, *SHAPE)) == []
+
+
+def test_a_reused_relu_is_rejected_or_fixed(data):
+    images, targets, train = data
+    torch.manual_seed(0)
+    model = ReusedReLU()
+    try:
+        maps = explain(model, images, targets, baselines=train, n_baselines=6)
+    except ConfigError as exc:
+        assert "make_deeplift_safe" in str(exc) and "relu" in str(exc)
+    else:  # make_deeplift_safe fixed a copy: the maps must then be exact DeepLift maps
+        backgrounds = draw_backgrounds(train, 6, train.shape[1:], seed=0)
+        expected = _delta(model, images, targets, backgrounds)
+        assert torch.allclose(maps.flatten(1).sum(dim=1), expected, atol=1e-4)
+    # the other methods do not care
+    assert explain(model, images, targets, method="gradient-shap", baselines=train).shape == (
+        images.shape
+    )
+
+
+def test_unknown_method_lists_the_known_ones(data):
+    images, targets, train = data
+    with pytest.raises(ConfigError, match="deeplift-shap, integrated-gradients, gradient-shap"):
+        explain(_mlp(), images, targets, method="lime", baselines=train)
+
+
+def test_bad_inputs_are_named(data):
+    images, targets, train = data
+    with pytest.raises(DataError, match=r"\[N, C, H, W\]"):
+        explain(_mlp(), images[0], targets[:1], baselines=train)
+    with pytest.raises(DataError, match="6 targets for 7 images"):
+        explain(_mlp(), images, targets[:6], baselines=train)
+    with pytest.raises(DataError, match="baselines"):
+        explain(_mlp(), images, targets, baselines=torch.rand(5, 1, 4, 4))
+    with pytest.raises(DataError, match="class indices"):
+        explain(_mlp(), images, targets + 5, baselines=train)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_the_cpu_maps(data):
+    images, targets, train = data
+    cpu = explain(_mlp(), images, targets, baselines=train)
+    gpu = explain(_mlp(), images, targets, baselines=train, device="cuda")
+    assert gpu.device.type == "cpu"
+    assert torch.allclose(cpu, gpu, atol=1e-4)
+
+
+def test_gradient_shap_leaves_numpy_global_generator_as_it_was(data):
+    import numpy as np
+
+    images, targets, train = data
+    np.random.seed(11)
+    expected = np.random.rand()
+    np.random.seed(11)
+    explain(_mlp(), images, targets, method="gradient-shap", baselines=train)
+    assert np.random.rand() == expected
