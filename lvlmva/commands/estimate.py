@@ -1,0 +1,172 @@
+"""`lvlmva estimate`: tokens and cost of a Critic & Judge run, before anything is paid.
+
+Nothing is sent. Prompt tokens come from the real templates of the task's prompt family rendered
+for a typical class (text at about 4 characters a token, images by OpenAI's tile rule); answer
+lengths are assumptions you can change (`--critique-tokens`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+
+VERDICT_TOKENS_PER_COLOR = 12  # {"color": "green", "verdict": "yes"}, roughly
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "estimate",
+        help="dry-run token and cost estimate of a critique run",
+        description="Estimate the tokens and USD a Critic & Judge run will cost. No request is "
+        "sent; prices are list prices unless --prices overrides them.",
+    )
+    p.add_argument("--jobs", type=int, required=True, help="samples to critique")
+    p.add_argument("--critic-model", required=True)
+    p.add_argument("--judge-model", help="default: the critic model")
+    p.add_argument("--fused", action="store_true", help="one structured-output call per sample")
+    p.add_argument("--image-size", type=int, default=336, help="side of each Critic image in px")
+    p.add_argument("--clusters", type=int, default=7, help="clusters (colours) per image")
+    p.add_argument("--spec", default="decoy-digits", help="task spec (built-in name or file)")
+    p.add_argument(
+        "--critique-tokens", type=int, default=400, help="assumed length of one critique"
+    )
+    p.add_argument("--prices", help="price table file (JSON/YAML/TOML)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=run)
+
+
+@dataclass(frozen=True)
+class CallEstimate:
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    usd: float | None  # None: no price known for the model
+
+
+@dataclass(frozen=True)
+class Estimate:
+    jobs: int
+    fused: bool
+    per_job: tuple[CallEstimate, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    usd: float | None
+    unpriced_models: tuple[str, ...]
+
+
+def estimate_run(
+    *,
+    jobs: int,
+    critic_model: str,
+    judge_model: str | None = None,
+    fused: bool = False,
+    image_size: int = 336,
+    clusters: int = 7,
+    spec: str = "decoy-digits",
+    critique_tokens: int = 400,
+    prices=None,
+) -> Estimate:
+    """Tokens and USD of `jobs` Critic & Judge jobs (one attempt each, no re-asks)."""
+    from lvlmva.engine.cost import PriceTable, estimate_prompt_tokens
+    from lvlmva.engine.types import ChatRequest, ImagePart, Message, TextPart
+    from lvlmva.engine.validation import verdict_schema
+    from lvlmva.errors import ConfigError
+    from lvlmva.prompts import load_prompt_set, load_spec
+    from lvlmva.vision.render import PALETTE
+
+    for name, value in (("--jobs", jobs), ("--image-size", image_size), ("--clusters", clusters)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1 (got {value})")
+    if clusters > len(PALETTE):
+        raise ConfigError(f"--clusters must be at most {len(PALETTE)} (one colour each)")
+    prices = prices or PriceTable()
+    task = load_spec(spec)
+    templates = load_prompt_set(task.family)
+    colors = tuple(list(PALETTE)[:clusters])
+    variables = {
+        **task.variables(task.class_names[0]),
+        "n_clusters": str(clusters),
+        "colors": ", ".join(colors),
+        "image_names": "original, clusters, overlay",
+        "critique": "x" * (4 * critique_tokens),
+    }
+    images = tuple(
+        ImagePart(name, b"", width=image_size, height=image_size)
+        for name in ("original", "clusters", "overlay")
+    )
+    schema = verdict_schema(colors)
+    verdict_tokens = 8 + VERDICT_TOKENS_PER_COLOR * clusters
+
+    def call(model: str, system, user, with_images: bool, structured: bool, out: int):
+        request = ChatRequest(
+            model=model,
+            messages=(
+                Message.text("system", system.render(variables)),
+                Message(
+                    "user", (TextPart(user.render(variables)), *(images if with_images else ()))
+                ),
+            ),
+            response_schema=schema if structured else None,
+        )
+        prompt = estimate_prompt_tokens(request)
+        price = prices.lookup(model)
+        usd = None if price is None else (prompt * price.input + out * price.output) / 1e6
+        return CallEstimate(model, prompt, out, usd)
+
+    t = templates
+    if fused:
+        per_job = (call(critic_model, t.fused_system, t.fused_user, True, True, verdict_tokens),)
+    else:
+        per_job = (
+            call(critic_model, t.critic_system, t.critic_user, True, False, critique_tokens),
+            call(judge_model or critic_model, t.judge_system, t.judge_user, False, True,
+                 verdict_tokens),
+        )  # fmt: skip
+    unpriced = tuple(sorted({c.model for c in per_job if c.usd is None}))
+    usd = None if unpriced else jobs * sum(c.usd or 0.0 for c in per_job)
+    return Estimate(
+        jobs=jobs,
+        fused=fused,
+        per_job=per_job,
+        prompt_tokens=jobs * sum(c.prompt_tokens for c in per_job),
+        completion_tokens=jobs * sum(c.completion_tokens for c in per_job),
+        usd=usd,
+        unpriced_models=unpriced,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from lvlmva.engine.cost import PriceTable
+
+    prices = PriceTable.from_file(args.prices) if args.prices else PriceTable()
+    est = estimate_run(
+        jobs=args.jobs,
+        critic_model=args.critic_model,
+        judge_model=args.judge_model,
+        fused=args.fused,
+        image_size=args.image_size,
+        clusters=args.clusters,
+        spec=args.spec,
+        critique_tokens=args.critique_tokens,
+        prices=prices,
+    )
+    if args.json:
+        print(json.dumps(asdict(est)))
+        return 0
+    roles = ("fused",) if est.fused else ("critic", "judge")
+    print(f"estimate for {est.jobs} jobs (no request sent; one answer per call, no re-asks):")
+    for role, c in zip(roles, est.per_job, strict=True):
+        cost = "no price known" if c.usd is None else f"${c.usd * est.jobs:.4f}"
+        print(
+            f"  {role:<6} {c.model}: {c.prompt_tokens} in + {c.completion_tokens} out tokens "
+            f"per job -> {cost}"
+        )
+    print(f"  total: {est.prompt_tokens} prompt + {est.completion_tokens} completion tokens")
+    if est.usd is None:
+        print(
+            f"  total cost unknown: no price for {', '.join(est.unpriced_models)}; "
+            "give one with --prices FILE"
+        )
+    else:
+        print(f"  total cost: ${est.usd:.4f} at {'--prices' if args.prices else 'list'} prices")
+    return 0

@@ -1,0 +1,199 @@
+"""The verdict cache: keys, persistence, off-loop I/O, single-flight, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+
+from lvlmva.cache import (
+    CachedResponse,
+    SingleFlight,
+    Source,
+    VerdictCache,
+    cache_key,
+    default_cache_dir,
+)
+from lvlmva.cli import main
+from lvlmva.engine.types import Usage
+
+BASE = dict(
+    provider="openai",
+    model="gpt-4o",
+    template_sha256="t" * 64,
+    text=["system:be precise", "user:what is red?"],
+    image_sha256s=["a" * 64, "b" * 64, "c" * 64],
+    params={"temperature": 0.0, "seed": 0, "max_tokens": 512},
+    schema_sha256="s" * 64,
+)
+
+
+def answer(text: str = "hello") -> CachedResponse:
+    return CachedResponse(text, Usage(10, 2), "gpt-4o")
+
+
+def test_key_is_stable_and_ignores_param_order():
+    again = dict(BASE, params={"max_tokens": 512, "seed": 0, "temperature": 0.0})
+    assert cache_key(**BASE) == cache_key(**again)
+    assert len(cache_key(**BASE)) == 64
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("provider", "litellm"),
+        ("model", "gpt-4o-mini"),
+        ("template_sha256", "u" * 64),
+        ("text", ["system:be precise", "user:what is blue?"]),
+        ("text", ["user:be precise", "user:what is red?"]),
+        ("image_sha256s", ["a" * 64, "c" * 64, "b" * 64]),
+        ("image_sha256s", ["a" * 64, "b" * 64]),
+        ("params", {"temperature": 0.7, "seed": 0, "max_tokens": 512}),
+        ("params", {"temperature": 0.0, "seed": 1, "max_tokens": 512}),
+        ("params", {"temperature": 0.0, "seed": 0, "max_tokens": 513}),
+        ("schema_sha256", None),
+        ("schema_sha256", "x" * 64),
+    ],
+)
+def test_key_changes_when_any_part_changes(field, value):
+    assert cache_key(**{**BASE, field: value}) != cache_key(**BASE)
+
+
+def test_default_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LVLMVA_CACHE_DIR", str(tmp_path / "x"))
+    assert default_cache_dir() == tmp_path / "x"
+    monkeypatch.delenv("LVLMVA_CACHE_DIR")
+    assert default_cache_dir().parts[-2:] == (".cache", "lvlmva")
+
+
+async def test_values_persist_across_instances_and_io_runs_off_the_loop(tmp_path):
+    threads: set[int] = set()
+    cache = VerdictCache(tmp_path)
+    inner_get, inner_set = cache._cache.get, cache._cache.set
+
+    def spy_get(*a, **k):
+        threads.add(threading.get_ident())
+        return inner_get(*a, **k)
+
+    def spy_set(*a, **k):
+        threads.add(threading.get_ident())
+        return inner_set(*a, **k)
+
+    cache._cache.get, cache._cache.set = spy_get, spy_set
+    assert await cache.get("k") is None
+    await cache.set("k", answer())
+    assert await cache.get("k") == answer()
+    assert threads and threading.get_ident() not in threads
+    assert (cache.hits, cache.misses, cache.writes) == (1, 1, 1)
+    await cache.aclose()
+
+    with VerdictCache(tmp_path) as again:
+        assert len(again) == 1
+        assert again.stats().entries == 1 and again.stats().size_bytes > 0
+    reopened = VerdictCache(tmp_path)
+    assert await reopened.get("k") == answer()
+    await reopened.aclose()
+
+
+async def test_get_or_compute_runs_the_factory_once_for_concurrent_callers(tmp_path):
+    cache = VerdictCache(tmp_path)
+    calls = 0
+
+    async def factory():
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return answer("computed")
+
+    found = await asyncio.gather(*(cache.get_or_compute("k", factory) for _ in range(5)))
+    assert calls == 1
+    assert sorted(f.source for f in found) == sorted([Source.COMPUTED] + [Source.SHARED] * 4)
+    assert {f.value.text for f in found} == {"computed"}
+    again = await cache.get_or_compute("k", factory)
+    assert again.source is Source.CACHE and calls == 1
+    await cache.aclose()
+
+
+async def test_a_failure_reaches_every_waiter_and_is_not_cached(tmp_path):
+    cache = VerdictCache(tmp_path)
+
+    async def broken():
+        await asyncio.sleep(0.02)
+        raise ValueError("provider exploded")
+
+    outcomes = await asyncio.gather(
+        *(cache.get_or_compute("k", broken) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(o, ValueError) for o in outcomes)
+    assert await cache.get("k") is None
+    await cache.aclose()
+
+
+async def test_a_waiter_takes_over_when_the_leader_is_cancelled():
+    flight: SingleFlight[str] = SingleFlight()
+    started = asyncio.Event()
+    calls = []
+
+    async def slow(tag):
+        calls.append(tag)
+        started.set()
+        await asyncio.sleep(0.05)
+        return tag
+
+    leader = asyncio.create_task(flight.run("k", lambda: slow("leader")))
+    await started.wait()
+    follower = asyncio.create_task(flight.run("k", lambda: slow("follower")))
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    assert await follower == ("follower", False)
+    assert calls == ["leader", "follower"] and len(flight) == 0
+
+
+async def test_export_and_clear(tmp_path):
+    cache = VerdictCache(tmp_path / "c")
+    for i in range(3):
+        await cache.set(f"k{i}", answer(f"text {i}"))
+    out = tmp_path / "export.jsonl"
+    assert cache.export(out) == 3
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["key"] for line in lines) == ["k0", "k1", "k2"]
+    assert {line["text"] for line in lines} == {"text 0", "text 1", "text 2"}
+    assert CachedResponse.from_dict(lines[0]).usage == Usage(10, 2)
+    assert cache.clear() == 3 and len(cache) == 0
+    await cache.aclose()
+
+
+def test_cache_command(tmp_path, capsys):
+    directory = tmp_path / "c"
+
+    async def fill():
+        cache = VerdictCache(directory)
+        await cache.set("k1", answer())
+        await cache.set("k2", answer("other"))
+        await cache.aclose()
+
+    asyncio.run(fill())
+    assert main(["cache", "stats", "--cache-dir", str(directory), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["entries"] == 2 and stats["directory"] == str(directory)
+    out = tmp_path / "all.jsonl"
+    assert main(["cache", "export", str(out), "--cache-dir", str(directory)]) == 0
+    assert len(out.read_text().splitlines()) == 2
+    assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
+    assert "2 entries" in capsys.readouterr().out
+    assert main(["cache", "stats", "--cache-dir", str(directory), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["entries"] == 0
+
+
+def test_cache_command_uses_the_environment_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LVLMVA_CACHE_DIR", str(tmp_path / "env"))
+    assert main(["cache", "stats", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["directory"] == str(tmp_path / "env")
+
+
+def test_cache_command_refuses_an_unwritable_export(tmp_path, capsys):
+    target = tmp_path / "missing-folder" / "x.jsonl"
+    assert main(["cache", "export", str(target), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "cannot write" in capsys.readouterr().err
