@@ -1,0 +1,109 @@
+"""Fault injection for the simulated LVLM: which failure a request gets, and how a JSON answer
+is spoiled. Every spoiled answer is one that strict validation must reject."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from lvlmva.errors import ConfigError
+
+__all__ = ["FaultRates", "spoil_json"]
+
+TransportFault = Literal["429", "500", "timeout"]
+JsonFault = Literal["malformed", "schema", "colors"]
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    """Per-request probabilities. The transport faults (429, 500, timeout) apply to every
+    request and together must not exceed 1; the JSON faults apply to answers that are JSON
+    (Judge and fused requests) that got through, and together must not exceed 1."""
+
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_timeout: float = 0.0
+    rate_malformed_json: float = 0.0
+    rate_schema_violation: float = 0.0
+    rate_wrong_colors: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be a probability in [0, 1], got {value}")
+        if self.rate_429 + self.rate_500 + self.rate_timeout > 1.0 + 1e-9:
+            raise ConfigError("rate_429 + rate_500 + rate_timeout must not exceed 1")
+        json_total = self.rate_malformed_json + self.rate_schema_violation + self.rate_wrong_colors
+        if json_total > 1.0 + 1e-9:
+            raise ConfigError(
+                "rate_malformed_json + rate_schema_violation + rate_wrong_colors must not exceed 1"
+            )
+
+    def transport(self, rng: random.Random) -> TransportFault | None:
+        u = rng.random()
+        for kind, p in (("429", self.rate_429), ("500", self.rate_500)):
+            if u < p:
+                return kind  # type: ignore[return-value]
+            u -= p
+        return "timeout" if u < self.rate_timeout else None
+
+    def json(self, rng: random.Random) -> JsonFault | None:
+        u = rng.random()
+        for kind, p in (
+            ("malformed", self.rate_malformed_json),
+            ("schema", self.rate_schema_violation),
+        ):
+            if u < p:
+                return kind  # type: ignore[return-value]
+            u -= p
+        return "colors" if u < self.rate_wrong_colors else None
+
+
+def _dump(obj: object) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def spoil_json(
+    entries: Sequence[tuple[str, str]],
+    fault: JsonFault,
+    rng: random.Random,
+    palette: Sequence[str],
+) -> str:
+    """The answer `{"output": entries}` spoiled by `fault` (variant chosen with `rng`)."""
+    good = [{"color": c, "verdict": v} for c, v in entries]
+    if fault == "malformed":
+        text = _dump({"output": good})
+        variant = rng.randrange(3)
+        if variant == 0:  # cut off mid-way, as when a reply hits a length limit
+            return text[: rng.randrange(1, len(text) - 1)]
+        if variant == 1:
+            return f"Here are the verdicts you asked for: {text} Let me know if you need more."
+        return text.replace('"', "'")
+    if fault == "schema":
+        variant = rng.randrange(4) if good else 2
+        if variant == 0:
+            i = rng.randrange(len(good))
+            good[i] = {**good[i], "verdict": rng.choice(("maybe", "partly", "unclear"))}
+            return _dump({"output": good})
+        if variant == 1:
+            i = rng.randrange(len(good))
+            good[i] = {**good[i], "reason": "the cluster is partly on the object"}
+            return _dump({"output": good})
+        if variant == 2:
+            return _dump({"verdicts": good})
+        i = rng.randrange(len(good))
+        return _dump({"output": [*good, dict(good[i])]})
+    # wrong colour set: swap one colour for one not in the set, or drop one
+    used = {c for c, _ in entries}
+    unused = [c for c in palette if c not in used]
+    if good and unused:
+        i = rng.randrange(len(good))
+        good[i] = {**good[i], "color": rng.choice(unused)}
+    elif good:
+        good.pop(rng.randrange(len(good)))
+    else:
+        good.append({"color": rng.choice(list(palette)), "verdict": "no"})
+    return _dump({"output": good})
