@@ -208,3 +208,14 @@ async def test_real_clock_short_window():
 def test_bad_settings_are_config_errors(kwargs):
     with pytest.raises(ConfigError):
         RateLimiter(**kwargs)
+
+
+def test_rate_limit_signal_ignores_lone_429s_and_flags_saturation():
+    from lvlmva.engine.ratelimit import RateLimitSignal
+
+    signal = RateLimitSignal(window=50, threshold=0.2)
+    # 5% of answers are 429s: never saturated.
+    assert not any(signal.record(i % 20 == 0) for i in range(1000))
+    # Most answers become 429s: saturated within a few answers.
+    flags = [signal.record(True) for _ in range(20)]
+    assert flags[-1] and not flags[0]

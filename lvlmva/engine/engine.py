@@ -38,7 +38,7 @@ from lvlmva.cache.verdict_cache import (
 )
 from lvlmva.engine.cost import CostMeter, PriceTable, estimate_request_tokens
 from lvlmva.engine.errors import ProviderError, ProviderTimeout, RateLimited
-from lvlmva.engine.ratelimit import RateLimiter
+from lvlmva.engine.ratelimit import RateLimiter, RateLimitSignal
 from lvlmva.engine.retry import RetryPolicy, call_with_retries
 from lvlmva.engine.types import (
     ChatRequest,
@@ -104,7 +104,9 @@ class EngineConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     prices: PriceTable = field(default_factory=PriceTable)
     budget_usd: float | None = None
-    pause_on_rate_limit: bool = True  # a 429 with Retry-After pauses all new requests
+    # When many recent answers are 429s, a Retry-After pauses all new requests; a lone 429
+    # only delays its own retry.
+    pause_on_rate_limit: bool = True
     progress: bool | None = None  # tqdm bar; None = only when stderr is a terminal
 
     def __post_init__(self) -> None:
@@ -185,6 +187,7 @@ class Engine:
                 config.prices.require(model)  # ConfigError now, not mid-run
         self._meter = CostMeter(config.prices, config.budget_usd)
         self._limiters: dict[int, RateLimiter] = {}
+        self._rate_signal = RateLimitSignal()
         self._flight: SingleFlight[CachedResponse] = SingleFlight()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._queues: set[asyncio.Queue[Any]] = set()
@@ -505,7 +508,8 @@ class Engine:
                 except TimeoutError:
                     raise ProviderTimeout(f"{provider.name}: no answer in {timeout:g} s") from None
                 except RateLimited as exc:
-                    if exc.retry_after and self.config.pause_on_rate_limit:
+                    saturated = self._rate_signal.record(True)
+                    if exc.retry_after and saturated and self.config.pause_on_rate_limit:
                         limiter.penalize(exc.retry_after)
                     raise
                 except ProviderError:
@@ -513,6 +517,7 @@ class Engine:
                 except Exception as exc:  # a provider bug must fail the job, not the run
                     raise ProviderError(f"{provider.name}: {type(exc).__name__}: {exc}") from exc
                 permit.settle(response.usage.total_tokens)
+                self._rate_signal.record(False)
             cost = self._meter.add(request.model, response.usage)
             tally.usage = tally.usage + response.usage
             tally.cost_usd += cost

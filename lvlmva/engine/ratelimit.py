@@ -296,3 +296,24 @@ class RateLimiter:
             self._timer.cancel()
             self._timer = None
             self._timer_at = math.inf
+
+
+class RateLimitSignal:
+    """Tells a lone 429 from a saturated endpoint.
+
+    A single 429 only delays its own retry (by its Retry-After). When more than `threshold` of
+    the last `window` answers were 429s, the endpoint's real limit is below our pacing and every
+    new request should pause: `record` then returns True.
+    """
+
+    def __init__(self, window: int = 50, threshold: float = 0.2) -> None:
+        self._outcomes: deque[bool] = deque(maxlen=window)
+        self._limited = 0
+        self._threshold = threshold
+
+    def record(self, limited: bool) -> bool:
+        if len(self._outcomes) == self._outcomes.maxlen:
+            self._limited -= self._outcomes[0]
+        self._outcomes.append(limited)
+        self._limited += limited
+        return limited and self._limited > self._threshold * self._outcomes.maxlen
