@@ -13,6 +13,7 @@ from PIL import Image
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.datasets import DATASETS, load_dataset
 from lvlmva.vision.datasets.decoy import corner_masks, decoy_shade
+from lvlmva.vision.datasets.digits import TEST_COPIES, TRAIN_COPIES, augment, layout
 from lvlmva.vision.datasets.mnist_idx import FILES, read_idx
 
 REAL_MNIST = Path("/work/shared/data")
@@ -48,12 +49,15 @@ def test_decoy_digits_shapes_splits_and_range(digits):
         28,
     )
     assert info.class_names == tuple("0123456789") and info.num_classes == 10
+    # 1,078 / 359 / 360 source digits; augmented copies of each training and test digit
     sizes = [len(digits.train), len(digits.val), len(digits.test)]
-    assert sum(sizes) == 1797 and sizes == [1078, 359, 360]
+    assert sizes == [1078 * TRAIN_COPIES, 359, 360 * TEST_COPIES]
+    assert sizes[0] // TRAIN_COPIES + sizes[1] + sizes[2] // TEST_COPIES == 1797
     for split in (digits.train, digits.val, digits.test):
         assert split.images.shape[1:] == (1, 28, 28) and split.images.dtype == torch.float32
         assert split.images.min() >= 0 and split.images.max() <= 1
         assert split.labels.dtype == torch.long
+        assert torch.bincount(split.labels, minlength=10).min() > 0.05 * len(split)
 
 
 def test_decoy_shade_encodes_the_label_in_train_and_val_only(digits):
@@ -78,9 +82,48 @@ def test_decoy_shade_encodes_the_label_in_train_and_val_only(digits):
     assert used == {0, 1, 2, 3}
 
 
+def test_decoy_digits_training_copies_are_augmented_with_their_own_corners(digits):
+    n = len(digits.train) // TRAIN_COPIES
+    labels = digits.train.labels.view(TRAIN_COPIES, n)
+    assert (labels == labels[:1]).all()  # copy c of digit i is at c * n + i
+    images = digits.train.images.view(TRAIN_COPIES, n, 28, 28)
+    masks = digits.train.spurious_masks.view(TRAIN_COPIES, n, 28, 28)
+    outside = ~(masks[0] | masks[1])
+    diff = ((images[0] - images[1]).abs() * outside).flatten(1).amax(dim=1)
+    assert (diff > 0.05).float().mean() > 0.95  # copies differ (rotated / shifted)
+    same_corner = (masks[0] == masks[1]).flatten(1).all(dim=1).float().mean()
+    assert 0.1 < same_corner < 0.45  # corners drawn independently (1/4 expected)
+    # val and test are single copies of distinct source digits: no two images are equal
+    for split in (digits.val, digits.test):
+        flat = split.images.flatten(1)
+        assert len(torch.unique(flat, dim=0)) == len(split)
+
+
+def test_decoy_digits_layout_and_augmentation():
+    ones = torch.ones(1, 1, 8, 8)
+    placed = layout(ones)
+    assert placed.shape == (1, 1, 28, 28)
+    box = torch.zeros(28, 28, dtype=torch.bool)
+    box[4:24, 4:24] = True  # a 20 px box, centred
+    assert torch.allclose(placed[0, 0], box.float(), atol=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    moved = augment(placed.repeat(64, 1, 1, 1), generator)
+    assert moved.shape == (64, 1, 28, 28) and moved.min() >= 0 and moved.max() <= 1
+    # rotated / shifted by at most 15 degrees / 3 px: the centre stays inside the digit box,
+    # the 4x4 corners (where the decoys go) stay nearly empty
+    assert moved[:, 0, 11:17, 11:17].gt(0.99).all()
+    assert moved[:, 0][corner_masks(28).any(dim=0).expand(64, 28, 28)].mean() < 0.05
+    mass = moved[:, 0].sum(dim=1)  # column profiles: shifts differ between images
+    assert len(torch.unique(mass.argmax(dim=1))) > 1 or not torch.allclose(mass[0], mass[1])
+    no_change = augment(placed, generator, max_rotation_deg=0.0, max_shift_px=0.0)
+    assert torch.allclose(no_change, placed, atol=1e-5)
+
+
 def test_decoy_digits_is_seeded_and_rebuilds_from_its_options(digits):
     again = load_dataset(digits.info.name, **digits.info.options)
     assert torch.equal(again.train.images, digits.train.images)
+    assert torch.equal(again.train.spurious_masks, digits.train.spurious_masks)
+    assert torch.equal(again.test.images, digits.test.images)
     assert torch.equal(again.test.groups, digits.test.groups)
     other = load_dataset("decoy-digits", seed=1)
     assert not torch.equal(other.train.labels, digits.train.labels)
