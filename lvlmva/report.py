@@ -108,8 +108,9 @@ def _metrics_table(metrics: dict) -> str:
         f"cache hits {metrics['cache_hits']}",
         f"cost ${metrics['cost_usd']:.4f}",
     ]
-    if "verdict_accuracy" in metrics:
-        facts.append(f"verdict accuracy {metrics['verdict_accuracy']['accuracy']:.3f}")
+    verdict = (metrics.get("verdict_accuracy") or {}).get("accuracy")
+    if verdict is not None:
+        facts.append(f"verdict accuracy {verdict:.3f}")
     return (
         "<table><tr><th>metric</th><th>before</th><th>after</th></tr>"
         f"{body}</table><p>{html.escape('; '.join(facts))}</p>"

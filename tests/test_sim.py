@@ -543,3 +543,17 @@ def test_serve_sim_command_prints_what_it_is_and_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_relevant_accuracy_is_separate_from_verdict_accuracy():
+    from lvlmva.engine.sim import DictOracle, SimulatedLVLM
+    from lvlmva.errors import ConfigError
+    from lvlmva.vision.render import PALETTE
+
+    sim = SimulatedLVLM(
+        oracle=DictOracle(), palette=PALETTE, verdict_accuracy=0.5, relevant_accuracy=1.0
+    )
+    assert (sim.verdict_accuracy, sim.relevant_accuracy) == (0.5, 1.0)
+    assert SimulatedLVLM(oracle=DictOracle(), palette=PALETTE).relevant_accuracy == 0.87
+    with pytest.raises(ConfigError):
+        SimulatedLVLM(oracle=DictOracle(), palette=PALETTE, relevant_accuracy=1.5)

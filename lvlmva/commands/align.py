@@ -54,8 +54,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-align", type=int, default=1000, help="alignment samples to critique")
     p.add_argument("--clusters", type=int, default=7, help="PPEPS-WGM clusters per image")
     p.add_argument("--method", default="deeplift-shap", help="attribution method")
+    p.add_argument(
+        "--soft-masks",
+        action="store_true",
+        help="masks weighted by the posterior responsibility of the rejected clusters",
+    )
     p.add_argument("--lambda", dest="lam", type=float, help="RRR weight (default: per task)")
     p.add_argument("--epochs", type=int, default=5, help="alignment epochs")
+    p.add_argument(
+        "--start",
+        choices=("retrain", "finetune"),
+        default="retrain",
+        help="train the architecture afresh with the RRR loss (default) or fine-tune the original",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
         "--no-streaming", action="store_true", help="critique every sample before training starts"
@@ -194,7 +205,9 @@ def run(args: argparse.Namespace) -> int:
             n_align=args.n_align,
             n_clusters=args.clusters,
             attribution=args.method,
+            soft_masks=args.soft_masks,
             lam=args.lam,
+            start=args.start,
             epochs=args.epochs,
             lr=args.lr,
             streaming=not args.no_streaming,
@@ -256,10 +269,9 @@ def format_before_after(metrics: dict) -> str:
     lines = [f"{'':26}{'before':>10}{'after':>10}"]
     for label, key in rows:
         lines.append(f"{label:26}{before[key]:>10.4f}{after[key]:>10.4f}")
-    if "verdict_accuracy" in metrics:
-        lines.append(
-            f"{'verdict accuracy':26}{'':>10}{metrics['verdict_accuracy']['accuracy']:>10.4f}"
-        )
+    verdict = (metrics.get("verdict_accuracy") or {}).get("accuracy")
+    if verdict is not None:
+        lines.append(f"{'verdict accuracy':26}{'':>10}{verdict:>10.4f}")
     lines.append(
         f"LVLM calls {metrics['provider_calls']}, cache hits {metrics['cache_hits']}, "
         f"cost ${metrics['cost_usd']:.4f}, failed {metrics['failed_jobs']}, "

@@ -42,7 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--oracle-dir",
         help="folder of <sha256>.npy ground-truth masks (without it every cluster is relevant)",
     )
-    p.add_argument("--verdict-accuracy", type=_probability, default=0.87)
+    p.add_argument(
+        "--verdict-accuracy",
+        type=_probability,
+        default=0.87,
+        help="share of spurious clusters marked 'no' (default 0.87, GPT-4o's figure)",
+    )
+    p.add_argument(
+        "--relevant-accuracy",
+        type=_probability,
+        help="share of relevant clusters marked 'yes' (default: the verdict accuracy)",
+    )
     p.add_argument("--latency-ms", type=_non_negative, default=200.0, help="mean latency")
     p.add_argument("--latency-jitter-ms", type=_non_negative, default=0.0, help="uniform +- jitter")
     p.add_argument("--inject-429", type=_probability, default=0.0, help="rate of 429s")
@@ -95,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         oracle=oracle,
         palette=palette(),
         verdict_accuracy=args.verdict_accuracy,
+        relevant_accuracy=args.relevant_accuracy,
         latency_ms=(args.latency_ms, args.latency_jitter_ms),
         rate_429=args.inject_429,
         rate_500=args.inject_500,

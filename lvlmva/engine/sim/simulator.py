@@ -7,7 +7,10 @@ It answers from ground truth, not from looking at images the way a model does:
   image (the original), resized nearest-neighbour to the map; a cluster is truly spurious when
   it has at least `max(1, ceil(min_overlap * its pixels))` pixels on that mask (default: one
   pixel). For each colour the simulation states the truth with probability
-  `verdict_accuracy`, else the opposite, independently per colour, drawn from a hash of
+  `verdict_accuracy` for truly spurious clusters (the verdict accuracy of DESIGN.md: the share
+  of spurious clusters marked "no") and `relevant_accuracy` for the others (default: the same
+  figure; no published figure exists for it), else the opposite, independently per colour,
+  drawn from a hash of
   (seed, original image SHA-256, colour): the same request always gets the same answer. An
   original the oracle does not know has no spurious region (every cluster is truly relevant).
   The answer is prose, one paragraph per colour, each ending ``Verdict for <colour>: yes|no``.
@@ -182,6 +185,7 @@ class SimulatedLVLM:
         oracle: MaskOracle,
         palette: Mapping[str, tuple[int, int, int]],
         verdict_accuracy: float = 0.87,
+        relevant_accuracy: float | None = None,
         latency_ms: LatencySpec = 0.0,
         rate_429: float = 0.0,
         rate_500: float = 0.0,
@@ -197,6 +201,8 @@ class SimulatedLVLM:
     ) -> None:
         if not 0.0 <= verdict_accuracy <= 1.0:
             raise ConfigError(f"verdict_accuracy must be in [0, 1], got {verdict_accuracy}")
+        if relevant_accuracy is not None and not 0.0 <= relevant_accuracy <= 1.0:
+            raise ConfigError(f"relevant_accuracy must be in [0, 1], got {relevant_accuracy}")
         if not 0.0 <= min_overlap <= 1.0:
             raise ConfigError(f"min_overlap must be in [0, 1], got {min_overlap}")
         if not palette:
@@ -210,6 +216,9 @@ class SimulatedLVLM:
         self.oracle = oracle
         self.palette = {str(k): tuple(int(v) for v in rgb) for k, rgb in palette.items()}
         self.verdict_accuracy = float(verdict_accuracy)
+        self.relevant_accuracy = (
+            self.verdict_accuracy if relevant_accuracy is None else float(relevant_accuracy)
+        )
         self.faults = FaultRates(
             rate_429,
             rate_500,
@@ -257,7 +266,8 @@ class SimulatedLVLM:
         mask = self.oracle.lookup(image_sha)
         out = []
         for finding in find_spurious(decoded, mask, min_overlap=self.min_overlap):
-            correct = unit_draw(self.seed, image_sha, finding.color) < self.verdict_accuracy
+            accuracy = self.verdict_accuracy if finding.spurious else self.relevant_accuracy
+            correct = unit_draw(self.seed, image_sha, finding.color) < accuracy
             says_spurious = finding.spurious if correct else not finding.spurious
             out.append(
                 SimVerdict(
@@ -372,5 +382,6 @@ class SimulatedLVLM:
     def __repr__(self) -> str:
         return (
             f"SimulatedLVLM(simulation, verdict_accuracy={self.verdict_accuracy}, "
+            f"relevant_accuracy={self.relevant_accuracy}, "
             f"faults={self.faults}, seed={self.seed})"
         )
