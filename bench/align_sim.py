@@ -36,6 +36,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lambda", dest="lam", type=float)
     parser.add_argument("--verdict-accuracy", type=float, default=0.87)
+    parser.add_argument(
+        "--relevant-accuracy",
+        type=float,
+        help="share of relevant clusters the simulation marks 'yes' (default: verdict accuracy)",
+    )
     parser.add_argument("--sim-latency-ms", type=float, default=0.0)
     parser.add_argument("--max-in-flight", type=int, default=32)
     parser.add_argument(
@@ -57,6 +62,7 @@ def main() -> None:
             critic = CriticSettings(
                 kind="simulated",
                 verdict_accuracy=args.verdict_accuracy,
+                relevant_accuracy=args.relevant_accuracy,
                 sim_latency_ms=args.sim_latency_ms,
                 max_in_flight=args.max_in_flight,
                 seed=seed,
@@ -82,6 +88,7 @@ def main() -> None:
                 "before": result.before.test_accuracy,
                 "after": result.after.test_accuracy,
                 "verdict_accuracy": result.verdict_accuracy.accuracy,
+                "relevant_yes": result.verdict_accuracy.non_spurious_yes,
                 "masks": sum(s.mask is not None for s in result.samples),
                 "lambda": result.lam,
                 "wall_s": round(wall, 2),
@@ -93,6 +100,7 @@ def main() -> None:
         "dataset": args.dataset,
         "n_align": args.n_align,
         "configured_verdict_accuracy": args.verdict_accuracy,
+        "configured_relevant_accuracy": args.relevant_accuracy,
         "sim_latency_ms": args.sim_latency_ms,
         "machine": platform.machine(),
         "cores": torch.get_num_threads(),
@@ -100,7 +108,7 @@ def main() -> None:
     for streaming in sorted({r["streaming"] for r in rows}, reverse=True):
         group = [r for r in rows if r["streaming"] is streaming]
         key = "streamed" if streaming else "sequential"
-        for field in ("before", "after", "verdict_accuracy", "wall_s"):
+        for field in ("before", "after", "verdict_accuracy", "relevant_yes", "wall_s"):
             values = [r[field] for r in group]
             summary[f"{key}_{field}_mean"] = round(statistics.mean(values), 4)
             if len(values) > 1:

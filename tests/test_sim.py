@@ -546,14 +546,26 @@ def test_serve_sim_command_prints_what_it_is_and_serves(tmp_path):
 
 
 def test_relevant_accuracy_is_separate_from_verdict_accuracy():
+    import torch
+
     from lvlmva.engine.sim import DictOracle, SimulatedLVLM
     from lvlmva.errors import ConfigError
-    from lvlmva.vision.render import PALETTE
+    from lvlmva.vision.render import PALETTE, render_critic_images
 
-    sim = SimulatedLVLM(
-        oracle=DictOracle(), palette=PALETTE, verdict_accuracy=0.5, relevant_accuracy=1.0
-    )
-    assert (sim.verdict_accuracy, sim.relevant_accuracy) == (0.5, 1.0)
-    assert SimulatedLVLM(oracle=DictOracle(), palette=PALETTE).relevant_accuracy == 0.87
+    labels = torch.full((8, 8), -1, dtype=torch.long)
+    labels[:2, :2], labels[4:, 4:], labels[4:, :3] = 0, 1, 2  # cluster 0 sits on the decoy
+    spurious = np.zeros((8, 8), dtype=bool)
+    spurious[:2, :2] = True
+    oracle = DictOracle()
+    sim = SimulatedLVLM(oracle=oracle, palette=PALETTE, verdict_accuracy=0.0, relevant_accuracy=1.0)
+    for k in range(30):
+        rendered = render_critic_images(
+            torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(k)), labels, size=32
+        )
+        oracle.add(rendered.original, spurious)
+        verdicts = {v.color: v for v in sim.critic_verdicts(rendered.original, rendered.clusters)}
+        assert verdicts["red"].truly_spurious and verdicts["red"].relevant  # always wrong
+        assert verdicts["blue"].relevant and verdicts["green"].relevant  # always right
+    assert SimulatedLVLM(oracle=oracle, palette=PALETTE).relevant_accuracy == 0.87
     with pytest.raises(ConfigError):
-        SimulatedLVLM(oracle=DictOracle(), palette=PALETTE, relevant_accuracy=1.5)
+        SimulatedLVLM(oracle=oracle, palette=PALETTE, relevant_accuracy=1.5)
