@@ -443,7 +443,12 @@ def main() -> None:
     parser.add_argument("--inject-500", type=float, default=0.0)
     parser.add_argument("--retry-after-s", type=float, default=1.0, help="the sim's Retry-After")
     parser.add_argument("--warm", action="store_true", help="cold run, then a warm rerun")
-    parser.add_argument("--client", choices=("ours", "litellm-router"), default="ours")
+    parser.add_argument(
+        "--client",
+        choices=("ours", "litellm-router", "both"),
+        default="ours",
+        help="both: ours, then litellm's Router, side by side against the same server and jobs",
+    )
     parser.add_argument("--fused", action="store_true")
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--max-attempts", type=int, default=8)
@@ -451,6 +456,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
+    clients = ("ours", "litellm-router") if args.client == "both" else (args.client,)
     if args.warm and args.client != "ours":
         raise SystemExit("--warm needs --client ours (the litellm Router run has no cache)")
 
@@ -463,7 +469,8 @@ def main() -> None:
         tuple(spec.variables(c) for c in spec.class_names),
         _palette(),
     )
-    _preload(args.client)
+    for client in clients:
+        _preload(client)
     with tempfile.TemporaryDirectory(prefix="lvlmva-bench-") as work:
         oracle, spool = Path(work) / "oracle", Path(work) / "jobs.pickle"
         t = time.perf_counter()
@@ -472,7 +479,27 @@ def main() -> None:
         sim = SimProcess(args, oracle)
         try:
             cache_dir = Path(work) / "cache"
-            row = measure(args, sim, spool, cache_dir)
+            rows = {}
+            for client in clients:
+                args.client = client
+                rows[client] = measure(args, sim, spool, cache_dir)
+            row = rows[clients[0]]
+            if len(rows) == 2:
+                ours, theirs = rows["ours"], rows["litellm-router"]
+                row = {
+                    "client": "both",
+                    "ours": ours,
+                    "litellm_router": theirs,
+                    "throughput_ratio_ours_over_litellm": round(
+                        ours["throughput_fraction_of_cap"]
+                        / max(theirs["throughput_fraction_of_cap"], 1e-9),
+                        3,
+                    ),
+                    "cpu_ratio_litellm_over_ours": round(
+                        theirs["client_cpu_ms_per_job"] / max(ours["client_cpu_ms_per_job"], 1e-9),
+                        2,
+                    ),
+                }
             if args.warm:
                 cold = row
                 row = measure(args, sim, spool, cache_dir)
