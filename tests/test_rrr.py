@@ -230,6 +230,49 @@ def test_training_waits_for_min_pool_and_takes_in_streamed_masks():
     assert sizes == sorted(sizes) and sizes[0] >= 4 and sizes[-1] <= 43
 
 
+def _wait_for_epochs(trainer: RRRTrainer, epochs: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while getattr(trainer, "history_", None) is None or len(trainer.history_.loss) < epochs:
+        assert time.monotonic() < deadline, f"fewer than {epochs} epochs in {timeout} s"
+        time.sleep(0.01)
+
+
+def _open_pool(data: ShortcutDataset, n: int) -> AlignmentPool:
+    pool = AlignmentPool()
+    pool.add(data.images[:n], data.spurious_masks[:n])
+    return pool
+
+
+def test_last_epoch_starts_only_once_every_mask_is_in():
+    train = _decoy_data(256, 0, True)
+    pool = _open_pool(train, 4)
+    trainer = RRRTrainer(_mlp(), lam=10.0, min_pool=4, **FAST)  # 3 epochs of 4 steps
+    worker = threading.Thread(target=trainer.fit, args=(train, pool), daemon=True)
+    worker.start()
+    _wait_for_epochs(trainer, 2)
+    worker.join(timeout=2.0)  # without the hold, the last 4 steps end well within this
+    assert worker.is_alive() and trainer.history_.steps == 2 * 4  # held before the last epoch
+    pool.add(train.images[4:40], train.spurious_masks[4:40])
+    pool.close()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert trainer.history_.steps == 3 * 4 and trainer.history_.pool_size[-1] == 40
+
+
+def test_last_epoch_wait_can_be_switched_off_or_stopped():
+    train = _decoy_data(256, 0, True)
+    pool = _open_pool(train, 4)  # never closed
+    trainer = RRRTrainer(_mlp(), min_pool=4, last_epoch_waits=False, **FAST)
+    assert trainer.fit(train, pool).history_.steps == 3 * 4
+    waiting = RRRTrainer(_mlp(), min_pool=4, **FAST)
+    worker = threading.Thread(target=waiting.fit, args=(train, _open_pool(train, 4)), daemon=True)
+    worker.start()
+    _wait_for_epochs(waiting, 2)
+    waiting.stop()
+    worker.join(timeout=5)
+    assert not worker.is_alive() and waiting.history_.steps == 2 * 4
+
+
 def test_stop_ends_a_waiting_fit_and_empty_closed_pool_is_an_error():
     trainer = RRRTrainer(_mlp(), **FAST)
     pool = AlignmentPool()

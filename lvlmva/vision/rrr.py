@@ -147,6 +147,11 @@ class AlignmentPool:
         with self._cond:
             return self._size
 
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until the pool is closed or `timeout` seconds pass; returns whether it is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._closed, timeout)
+
     def wait_for(self, n: int, timeout: float | None = None) -> bool:
         """Block until the pool holds at least `n` samples, it is closed, or `timeout` seconds
         pass. Returns whether it holds at least `n`."""
@@ -217,7 +222,9 @@ class RRRTrainer:
     scikit-learn style: settings in the constructor, `fit(train, pool)` returns self; the
     trained model is `model_` (the given model itself, trained in place, unless
     `copy_model=True`) and per-epoch figures are in `history_`. Training starts once the
-    pool holds `min_pool` samples (or is closed) and takes in later samples as they arrive.
+    pool holds `min_pool` samples (or is closed) and takes in later samples as they arrive;
+    with `last_epoch_waits` (default) the last epoch starts only once the pool is closed, so
+    every mask that arrives is trained on even when the critique is slower than training.
     Deterministic for a seed when the pool does not change during training.
     """
 
@@ -236,6 +243,7 @@ class RRRTrainer:
         progress: bool = True,
         min_pool: int = 1,
         pool_timeout: float | None = None,
+        last_epoch_waits: bool = True,
         copy_model: bool = False,
         info: DatasetInfo | None = None,
     ) -> None:
@@ -251,6 +259,7 @@ class RRRTrainer:
         self.progress = progress
         self.min_pool = min_pool
         self.pool_timeout = pool_timeout
+        self.last_epoch_waits = last_epoch_waits
         self.copy_model = copy_model
         self.info = info
         self._stop = threading.Event()
@@ -316,6 +325,11 @@ class RRRTrainer:
                 )
         return False
 
+    def _wait_until_closed(self, pool: AlignmentPool) -> None:
+        """Block (stop-aware) until no more masks will come."""
+        while not self._stop.is_set() and not pool.wait_closed(timeout=0.2):
+            pass
+
     def _train(
         self,
         model: nn.Module,
@@ -329,6 +343,8 @@ class RRRTrainer:
         n = len(train)
         steps_per_epoch = math.ceil(n / self.train_batch)
         for epoch in range(self.epochs):
+            if epoch == self.epochs - 1 and self.last_epoch_waits:
+                self._wait_until_closed(pool)
             model.train()
             order = torch.randperm(n, generator=generator)
             totals = [0.0, 0.0, 0.0]
