@@ -25,11 +25,19 @@ table{border-collapse:collapse}
 td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}
 th:first-child,td:first-child{text-align:left}
 .banner{padding:.6em 1em;background:#fff3cd;border:1px solid #e0c060;border-radius:4px}
-.sample{display:flex;gap:14px;align-items:flex-start;border-top:1px solid #ccc;padding:12px 0}
+.sample{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start;
+border-top:1px solid #ccc;padding:12px 0}
 .sample figure{margin:0;text-align:center;font-size:.8em}
-.sample img{width:168px;height:168px;image-rendering:pixelated;border:1px solid #999}
-.critique{font-size:.85em;white-space:pre-wrap;max-width:420px;max-height:220px;overflow:auto}
+.sample img{width:132px;height:132px;image-rendering:pixelated;border:1px solid #999}
+.notes{flex:1;min-width:260px;font-size:.9em}
+.verdicts{display:flex;flex-wrap:wrap;gap:4px;margin:6px 0}
+.chip{padding:1px 6px;border-radius:10px;border:1px solid #bbb;white-space:nowrap}
+.swatch{display:inline-block;width:.8em;height:.8em;margin-right:4px;border:1px solid #555;
+vertical-align:-1px}
+.critique{font-size:.85em;white-space:pre-wrap;max-height:190px;overflow:auto;
+background:#f7f7f7;padding:4px 6px}
 .yes{color:#176d2c;font-weight:600} .no{color:#b3261e;font-weight:600}
+img{max-width:100%}
 """
 
 
@@ -59,7 +67,7 @@ def write_align_report(
     ]
     curves = _training_curves(result.history)
     if curves is not None:
-        parts += ["<h2>Alignment training</h2>", _img(curves, "training curves", width=720)]
+        parts += ["<h2>Alignment training</h2>", _img(curves, "training curves")]
     if shown:
         idx = torch.tensor([s.index for s in shown])
         images = splits.train.images[idx]
@@ -125,9 +133,12 @@ def _accuracy_plot(metrics: dict) -> bytes:
     ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], 0.4, label="before")
     ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], 0.4, label="after")
     ax.set_xticks(list(xs), [k.replace("_", " ") for k in keys])
-    ax.set_ylim(0, 1)
-    ax.legend(loc="lower right")
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_ylim(0, 1.12)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -142,12 +153,17 @@ def _training_curves(history: Any) -> bytes | None:
     }
     if not series:
         return None
-    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 2.6), dpi=100)
-    for ax, (name, values) in zip(axes if len(series) > 1 else [axes], series.items(), strict=True):
+    cols = min(3, len(series))
+    rows = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), dpi=100, squeeze=False)
+    flat = list(axes.flat)
+    for ax, (name, values) in zip(flat, series.items(), strict=False):
         ax.plot(range(1, len(values) + 1), values, marker="o")
-        ax.set_title(name.replace("_", " "), fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_title(name.replace("_", " "), fontsize=10)
+        ax.set_xlabel("epoch", fontsize=9)
         ax.grid(alpha=0.3)
+    for ax in flat[len(series) :]:
+        ax.axis("off")
     fig.tight_layout()
     return _png(fig)
 
@@ -162,19 +178,25 @@ def _sample_html(sample: Any, image: Tensor, before: Tensor, after: Tensor) -> s
     figures.append(_figure(_heatmap(image, after), "attribution after"))
     if sample.mask is not None:
         figures.append(_figure(_heatmap(image, sample.mask.unsqueeze(0), cmap="Reds"), "mask"))
-    verdicts = ""
-    if sample.verdicts:
-        verdicts = " ".join(
-            f"<span class='{'yes' if ok else 'no'}'>{html.escape(c)}: {'yes' if ok else 'no'}"
-            "</span>"
-            for c, ok in sample.verdicts.items()
-        )
+    verdicts = "".join(_verdict_chip(c, ok) for c, ok in (sample.verdicts or {}).items())
     text = sample.critique or sample.error or sample.status
     return (
-        f"<div class='sample'>{''.join(figures)}<div><b>#{sample.index}, class "
-        f"{html.escape(sample.class_name)}</b> ({html.escape(sample.status)})<br>{verdicts}"
+        f"<div class='sample'>{''.join(figures)}<div class='notes'><b>#{sample.index}, class "
+        f"{html.escape(sample.class_name)}</b> ({html.escape(sample.status)})"
+        f"<div class='verdicts'>{verdicts}</div>"
         f"<div class='critique'>{html.escape(text or '')}</div></div></div>"
     )
+
+
+def _verdict_chip(color: str, relevant: bool) -> str:
+    """`colour: yes|no` with a swatch of the cluster's colour as drawn in the cluster map."""
+    from lvlmva.vision.render import PALETTE
+
+    rgb = PALETTE.get(color)
+    swatch = f"<span class='swatch' style='background:rgb{rgb}'></span>" if rgb else ""
+    word = "yes" if relevant else "no"
+    label = f"{swatch}{html.escape(color)}: <span class='{word}'>{word}</span>"
+    return f"<span class='chip'>{label}</span>"
 
 
 def _heatmap(image: Tensor, values: Tensor, cmap: str = "bwr") -> bytes:
