@@ -203,8 +203,9 @@ async def align(
     `judge_provider` let a caller pass ready `Provider` objects instead (e.g. a custom client).
     `lam` is the RRR weight; None picks the dataset's default. `start="retrain"` trains the
     model's architecture afresh with the RRR loss (explanations still come from the original);
-    `"finetune"` continues from the original weights. With `streaming=False` every sample is
-    critiqued before training starts (for comparison).
+    `"finetune"` continues from the original weights. Streaming (default) starts training once
+    `min_pool_fraction` of the masks exist and holds the last epoch until all are in; with
+    `streaming=False` every sample is critiqued before training starts (bit-reproducible).
     """
     from lvlmva.vision.metrics import evaluate, verdict_accuracy
     from lvlmva.vision.rrr import AlignmentPool, RRRTrainer
@@ -562,7 +563,7 @@ async def build_engine(
 ) -> tuple[Any, Any, list[Callable[[], Any]]]:
     """The Engine for `critic`, the simulation's oracle (or None) and async closers."""
     from lvlmva.cache import VerdictCache
-    from lvlmva.engine.cost import PriceTable
+    from lvlmva.engine.cost import ModelPrice, PriceTable
     from lvlmva.engine.engine import Engine, EngineConfig
     from lvlmva.prompts import load_prompt_set
 
@@ -573,6 +574,9 @@ async def build_engine(
         if closer is not None:
             closers.append(closer)
     prices = PriceTable.from_file(critic.prices_file) if critic.prices_file else PriceTable()
+    if critic.kind == "simulated":  # a simulation is free: no "no price" warning for it
+        free = ModelPrice(0.0, 0.0)
+        prices = prices.with_overrides({SIMULATED_CRITIC_MODEL: free, SIMULATED_JUDGE_MODEL: free})
     cache = VerdictCache(Path(critic.cache_dir)) if critic.cache_dir else None
     config = EngineConfig(
         critic_model=critic.critic_model,
