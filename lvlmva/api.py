@@ -67,15 +67,16 @@ class SampleRecord:
     index: int
     label: int
     class_name: str
-    cluster_labels: Tensor  # [H, W], -1 = background
+    cluster_labels: Tensor = field(repr=False)  # [H, W], -1 = background
     colors: tuple[str, ...]
     cluster_ids: tuple[int, ...]
     status: str
-    mask: Tensor | None = None  # [H, W] float, 1 = spurious (penalised)
+    mask: Tensor | None = field(default=None, repr=False)  # [H, W] float, 1 = spurious
     verdicts: dict[str, bool] | None = None
-    critique: str | None = None
+    critique: str | None = field(default=None, repr=False)
     error: str | None = None
-    images: dict[str, bytes] = field(default_factory=dict)  # original / clusters / overlay PNGs
+    # original / clusters / overlay PNGs
+    images: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -97,6 +98,19 @@ class AlignResult:
     failed_jobs: int = 0
     not_run_jobs: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Kept cheap on purpose: asyncio.run() on Python 3.11+ calls repr() of the main task's
+        # result (CPython issue 112559), and the generated dataclass repr formatted the model
+        # and every sample's tensors, which took 10-30 s after a 1,000-sample run.
+        before = getattr(self.before, "test_accuracy", None)
+        after = getattr(self.after, "test_accuracy", None)
+        return (
+            f"AlignResult(samples={len(self.samples)}, "
+            f"masks={sum(1 for s in self.samples if s.mask is not None)}, lam={self.lam!r}, "
+            f"before={before!r}, after={after!r}, critic={self.critic.kind!r}, "
+            f"provider_calls={self.provider_calls})"
+        )
 
     def metrics_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
