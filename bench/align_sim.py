@@ -461,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         search = found["lambda_search"]
         lam = search["best_lambda"]
     if lam is None:
-        lam = default_lambda(args.dataset, args.start)
+        lam = default_lambda(args.dataset, args.start, critic_masks=True)
     rows = []
     for seed in args.seeds:
         for row in run_seed(args, seed, lam):

@@ -92,3 +92,36 @@ async def test_unknown_spec_class_fails_before_any_call(digits, shortcut_model, 
     )
     with pytest.raises(ConfigError):
         await align(copy.deepcopy(shortcut_model), digits, spec, n_align=4, progress=False)
+
+
+async def test_an_explanation_error_ends_the_run_with_that_error(
+    digits, shortcut_model, monkeypatch
+):
+    import lvlmva.api as api
+
+    real = api._explain_segment_render
+    calls = []
+
+    def fail_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("attribution broke on batch 2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_explain_segment_render", fail_on_second_batch)
+    with pytest.raises(RuntimeError, match="batch 2"):
+        await align(
+            copy.deepcopy(shortcut_model), digits, critic=CriticSettings(kind="simulated"),
+            n_align=48, explain_batch=16, epochs=1, progress=False,
+        )
+
+
+async def test_retraining_starts_from_the_same_weights_for_a_seed(digits, shortcut_model):
+    kwargs = {"critic": CriticSettings(kind="ground-truth"), "n_align": 32, "epochs": 1,
+              "streaming": False, "progress": False, "seed": 3}
+    runs = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)  # the caller's global random state must not matter
+        runs.append(await align(copy.deepcopy(shortcut_model), digits, **kwargs))
+    for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters(), strict=True):
+        assert torch.equal(a, b)
