@@ -61,6 +61,16 @@ def test_key_changes_when_any_part_changes(field, value):
     assert cache_key(**{**BASE, field: value}) != cache_key(**BASE)
 
 
+def test_text_boundaries_and_kinds_change_the_key():
+    def key(text):
+        return cache_key(**{**BASE, "text": text})
+
+    assert key(["ab", "c"]) != key(["a", "bc"])
+    assert key("abc") != key(["abc"])
+    assert key(["abc"]) != key(["abc", ""])
+    assert key(["é"]) != key(["e"])
+
+
 def test_default_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LVLMVA_CACHE_DIR", str(tmp_path / "x"))
     assert default_cache_dir() == tmp_path / "x"
@@ -162,6 +172,57 @@ async def test_export_and_clear(tmp_path):
     assert {line["text"] for line in lines} == {"text 0", "text 1", "text 2"}
     assert CachedResponse.from_dict(lines[0]).usage == Usage(10, 2)
     assert cache.clear() == 3 and len(cache) == 0
+    await cache.aclose()
+
+
+async def test_reads_and_writes_are_batched_in_order(tmp_path):
+    cache = VerdictCache(tmp_path)
+    transactions = 0
+    inner_transact = cache._cache.transact
+
+    def counting_transact(*a, **k):
+        nonlocal transactions
+        transactions += 1
+        return inner_transact(*a, **k)
+
+    cache._cache.transact = counting_transact
+    await asyncio.gather(*(cache.set(f"k{i}", answer(f"v{i}")) for i in range(40)))
+    assert transactions < 40  # the writes of one batch share a transaction
+    assert cache.writes == 40 and len(cache) == 40
+    # a read queued after a write of the same key, in the same batch, sees the write
+    write = asyncio.ensure_future(cache.set("k0", answer("new")))
+    read = asyncio.ensure_future(cache.get("k0"))
+    await write
+    assert (await read).text == "new"
+    found = await asyncio.gather(*(cache.get(f"k{i}") for i in range(1, 40)), cache.get("nope"))
+    assert [f.text for f in found[:-1]] == [f"v{i}" for i in range(1, 40)] and found[-1] is None
+    await cache.aclose()
+
+
+async def test_a_write_completes_when_its_caller_is_cancelled(tmp_path):
+    cache = VerdictCache(tmp_path)
+    writer = asyncio.ensure_future(cache.set("k", answer("kept")))
+    reader = asyncio.ensure_future(cache.get("other"))
+    await asyncio.sleep(0)
+    writer.cancel()
+    reader.cancel()
+    await asyncio.gather(writer, reader, return_exceptions=True)
+    await cache.aclose()
+    with VerdictCache(tmp_path) as again:
+        assert again._cache.get("k")["text"] == "kept"
+
+
+async def test_a_failed_write_reaches_its_caller(tmp_path):
+    cache = VerdictCache(tmp_path)
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    cache._cache.set = broken
+    with pytest.raises(OSError, match="disk full"):
+        await cache.set("k", answer())
+    cache._cache.set = type(cache._cache).set.__get__(cache._cache)
+    assert await cache.get("k") is None
     await cache.aclose()
 
 

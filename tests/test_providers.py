@@ -70,14 +70,23 @@ class FakeOpenAI:
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.url = ""
+        self.active = 0
+        self.peak_active = 0
+        self.peers: set = set()
         self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(await request.json())
         self.headers.append(dict(request.headers))
+        self.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
         reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+        try:
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+        finally:
+            self.active -= 1
         body = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
         return web.Response(
             status=reply.status, text=body, headers=reply.headers, content_type="application/json"
@@ -146,6 +155,7 @@ async def test_request_body_and_response(server, provider):
     assert len(server.requests) == 1
     body = server.requests[0]
     assert server.headers[0]["Authorization"] == f"Bearer {SECRET}"
+    assert server.headers[0]["Content-Type"] == "application/json"
     assert body["model"] == "test-model"
     assert body["temperature"] == 0.0 and body["max_tokens"] == 321 and body["seed"] == 7
     assert body["messages"][0] == {"role": "system", "content": "You are a careful critic."}
@@ -332,16 +342,111 @@ async def test_litellm_against_the_local_server(server):
     await p.aclose()
 
 
-async def test_falls_back_to_httpx_without_the_aiohttp_extra(server, monkeypatch):
-    import openai
+# -- the aiohttp transport ---------------------------------------------------------------------
 
-    def missing(**kwargs):
-        raise RuntimeError("To use the aiohttp client you must have installed the package")
 
-    monkeypatch.setattr(openai, "DefaultAioHttpClient", missing)
-    p = OpenAICompatibleProvider(base_url=server.url)
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(401, AuthenticationFailed), (408, ProviderTimeout), (422, BadRequest), (504, ServerError)],
+)
+async def test_more_statuses_and_the_server_message_is_kept(server, provider, status, error):
+    server.replies = [Reply(status, api_error(f"reason {status} " + "x" * 1000))]
+    with pytest.raises(error) as info:
+        await provider.complete(vision_request(), timeout=10)
+    assert type(info.value) is error and info.value.status == status
+    assert f"HTTP {status}: reason {status}" in str(info.value)
+    assert len(str(info.value)) < 400  # the message is truncated
+
+
+async def test_non_json_error_body_is_reported_as_text(server, provider):
+    server.replies = [Reply(400, "plain words\nof an error")]
+    with pytest.raises(BadRequest, match="HTTP 400: plain words of an error"):
+        await provider.complete(vision_request(), timeout=10)
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["{not json", "[1, 2]", json.dumps({"choices": [{"nothing": 1}]}), json.dumps({"x": 1})],
+)
+async def test_malformed_success_bodies_are_server_errors(server, provider, body):
+    server.replies = [Reply(200, body)]
+    with pytest.raises(ServerError, match=r"malformed|no choices"):
+        await provider.complete(vision_request(), timeout=10)
+
+
+async def test_max_completion_tokens_and_default_model(server):
+    p = OpenAICompatibleProvider(base_url=server.url, max_tokens_param="max_completion_tokens")
+    body = completion("hi")
+    del body["model"], body["usage"]
+    server.replies = [Reply(200, body)]
+    async with p:
+        response = await p.complete(vision_request(schema=False), timeout=10)
+    assert response.model == "test-model" and response.usage.total_tokens == 0
+    sent = server.requests[0]
+    assert sent["max_completion_tokens"] == 321 and "max_tokens" not in sent
+    assert "response_format" not in sent
+
+
+async def test_a_dropped_connection_is_connection_failed_and_hides_the_key():
+    async def slam(reader, writer):
+        await reader.read(100)
+        writer.transport.abort()
+
+    listener = await asyncio.start_server(slam, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    p = OpenAICompatibleProvider(base_url=f"http://127.0.0.1:{port}/v1", api_key=SECRET)
     try:
-        assert (await p.complete(vision_request(), timeout=10)).text == "hello"
+        with pytest.raises(ConnectionFailed) as info:
+            await p.complete(vision_request(), timeout=5)
+        assert SECRET not in "".join(traceback.format_exception(info.value))
     finally:
         await p.aclose()
-    assert len(server.requests) == 1
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_connections_are_reused_and_capped(server):
+    server.replies = [Reply(body=completion("hi"), delay=0.1)]
+    p = OpenAICompatibleProvider(base_url=server.url, max_connections=2)
+    async with p:
+        await asyncio.gather(*(p.complete(vision_request(), timeout=10) for _ in range(6)))
+        await p.complete(vision_request(), timeout=10)
+    assert len(server.requests) == 7
+    assert server.peak_active == 2 and len(server.peers) == 2
+
+
+def test_the_session_follows_the_event_loop():
+    """One provider used from two `asyncio.run`s (a CLI that runs twice) works both times."""
+    p = OpenAICompatibleProvider(base_url="http://127.0.0.1:9/v1")
+
+    async def once(close: bool) -> str:
+        fake = FakeOpenAI()
+        await fake.start()
+        try:
+            p._url = fake.url + "/chat/completions"
+            return (await p.complete(vision_request(), timeout=10)).text
+        finally:
+            if close:
+                await p.aclose()
+            await fake.stop()
+
+    assert asyncio.run(once(close=False)) == "hello"  # its session is left on a closed loop
+    assert asyncio.run(once(close=True)) == "hello"
+
+
+def test_defaults_follow_the_openai_client(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    p = OpenAICompatibleProvider()
+    assert p._url == "https://api.openai.com/v1/chat/completions"
+    assert SECRET not in repr(p) and p._headers["Authorization"] == f"Bearer {SECRET}"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/")
+    assert OpenAICompatibleProvider()._url == "http://127.0.0.1:9/v1/chat/completions"
+    with pytest.raises(ConfigError, match="max_connections"):
+        OpenAICompatibleProvider(base_url="http://127.0.0.1:9/v1", max_connections=0)
+
+
+def test_the_image_data_url_is_computed_once():
+    image = ImagePart("original", PNG)
+    assert image.data_url is image.data_url
+    assert image.data_url == "data:image/png;base64," + base64.b64encode(PNG).decode()

@@ -78,6 +78,23 @@ def test_rpm_cap_holds_in_every_window_and_rate_is_near_cap(rpm):
     assert achieved <= rpm * 1.02
 
 
+def test_the_cap_holds_where_the_provider_counts_despite_transit_delays():
+    """The provider counts arrivals: the first requests (new connections) may arrive up to
+    0.6 s late, in the same 60-s window as later ones; the cap must hold there too."""
+    rpm, n = 6000, 15_000
+    limiter = RateLimiter(rpm=rpm, max_concurrency=100_000)
+    times = run_virtual(_stream(limiter, n))
+    assert max_in_window(times, 60.0 * 1.01) <= rpm
+    arrivals = [t + (0.6 if i < 100 else 0.0) for i, t in enumerate(times)]
+    assert max_in_window(arrivals, 60.0) <= rpm
+    span = max(times) - min(times)
+    assert (n - 1) / span * 60.0 >= 0.97 * rpm
+    without = RateLimiter(rpm=rpm, max_concurrency=100_000, transit_allowance=0.0)
+    times = run_virtual(_stream(without, n))
+    arrivals = [t + (0.6 if i < 100 else 0.0) for i, t in enumerate(times)]
+    assert max_in_window(arrivals, 60.0) > rpm  # what the allowance is for
+
+
 def test_tpm_cap_holds_with_mixed_request_sizes():
     tpm = 50_000
     sizes = [300 + (i * 37) % 900 for i in range(600)]
@@ -203,7 +220,13 @@ async def test_real_clock_short_window():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"rpm": 0}, {"rpm": 10, "max_concurrency": 0}, {"rpm": 10, "tpm": 1}]
+    "kwargs",
+    [
+        {"rpm": 0},
+        {"rpm": 10, "max_concurrency": 0},
+        {"rpm": 10, "tpm": 1},
+        {"rpm": 10, "transit_allowance": -0.1},
+    ],
 )
 def test_bad_settings_are_config_errors(kwargs):
     with pytest.raises(ConfigError):

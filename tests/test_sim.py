@@ -29,6 +29,7 @@ from lvlmva.engine.sim import (
 )
 from lvlmva.engine.sim.clustermap import decode_cluster_map, find_spurious
 from lvlmva.engine.sim.critique import read_verdicts
+from lvlmva.engine.sim.simulator import SimStats
 from lvlmva.engine.types import ChatRequest, ImagePart, Message, TextPart
 from lvlmva.engine.validation import VerdictValidationError, parse_verdicts, verdict_schema
 from lvlmva.errors import ConfigError, DataError
@@ -455,10 +456,21 @@ async def test_http_stats_count_duplicates_and_reset():
         assert stats["duplicate_answers"] == 1 and stats["distinct_answered"] == 2
         assert sorted(stats["answers_by_hash"].values()) == [1, 2]
         assert "answers_by_hash" not in brief
-        assert sim.stats.requests == 0 and not sim.stats.answers
+        assert stats["arrivals_recorded"] == 3 and stats["peak_requests_60s"] == 3
+        assert 1 <= stats["peak_requests_1s"] <= 3
+        assert sim.stats.requests == 0 and not sim.stats.answers and not sim.stats.arrivals
     finally:
         await client.close()
         await server.close()
+
+
+def test_peak_in_window_counts_the_busiest_sliding_window():
+    stats = SimStats()
+    assert stats.peak_in_window(60.0) == 0
+    stats.arrivals.extend([0.0, 0.5, 0.9, 1.0, 1.2, 5.0, 59.9, 60.0, 60.1, 61.05])
+    assert stats.peak_in_window(1.0) == 4  # 0.5, 0.9, 1.0, 1.2 (a window is half-open)
+    assert stats.peak_in_window(60.0) == 8  # 0.5 ... 60.1 (0.0 has left the window at 60.0)
+    assert stats.peak_in_window(0.05) == 1
 
 
 async def test_http_429_carries_retry_after_and_500_504_map_to_errors():

@@ -3,17 +3,21 @@
 The key is a SHA-256 over everything that determines an answer (provider, model, template hash,
 rendered text, image hashes, sampling parameters, schema hash), so a changed prompt, image or
 setting is a miss, and a rerun after a crash or Ctrl-C pays only for what was not answered yet.
-Disk I/O runs in a small thread pool, never on the event loop.
+Disk I/O runs in one worker thread, never on the event loop, in batches: the reads and writes
+queued during one event-loop iteration cross to the thread together, the writes of a batch
+share one SQLite transaction, and a batch's results come back with one loop callback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import queue
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -38,7 +42,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-KEY_VERSION = 1  # bump when the meaning of a cached value changes
+KEY_VERSION = 2  # bump when the key derivation or the meaning of a cached value changes
 DEFAULT_SIZE_LIMIT = 4 * 2**30  # 4 GiB; diskcache evicts least recently stored beyond it
 
 
@@ -50,8 +54,7 @@ def default_cache_dir() -> Path:
 
 def canonical_sha256(value: Any) -> str:
     """SHA-256 of the canonical JSON of `value` (sorted keys, no whitespace)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical_json(value).encode("utf-8")).hexdigest()
 
 
 def cache_key(
@@ -64,22 +67,37 @@ def cache_key(
     params: Mapping[str, Any],
     schema_sha256: str | None,
 ) -> str:
-    """The cache key of one request: SHA-256 of a canonical JSON of all its parts.
+    """The cache key of one request: SHA-256 over all its parts.
 
     `text` is the rendered prompt (a string, or the texts of its messages in order);
-    `params` the sampling parameters (temperature, seed, max_tokens, ...)."""
-    return canonical_sha256(
-        {
-            "v": KEY_VERSION,
-            "provider": provider,
-            "model": model,
-            "template": template_sha256,
-            "text": text if isinstance(text, str) else list(text),
-            "images": list(image_sha256s),
-            "params": dict(params),
-            "schema": schema_sha256,
-        }
-    )
+    `params` the sampling parameters (temperature, seed, max_tokens, ...). The short parts go
+    into a JSON header (a list in a fixed order, the params sorted by name) that also records
+    the byte length of every text; the texts follow as raw UTF-8, so they are hashed without
+    being JSON-escaped (that escaping was most of the cost)."""
+    texts = [text.encode("utf-8")] if isinstance(text, str) else [t.encode("utf-8") for t in text]
+    header = [
+        KEY_VERSION,
+        provider,
+        model,
+        template_sha256,
+        sorted(params.items()),
+        list(image_sha256s),
+        schema_sha256,
+        isinstance(text, str),
+        [len(t) for t in texts],
+    ]
+    digest = hashlib.sha256(_HEADER.encode(header).encode("utf-8"))
+    for t in texts:
+        digest.update(t)
+    return digest.hexdigest()
+
+
+_HEADER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # a list: fixed order
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _canonical_json(value: Any) -> str:
+    return _CANONICAL.encode(value)
 
 
 @dataclass(frozen=True)
@@ -158,6 +176,102 @@ class SingleFlight(Generic[T]):
             del self._running[key]
 
 
+_Op = tuple[str, str, Any, "asyncio.Future[Any]"]  # (kind "get" | "set", key, value, future)
+_Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+class _DiskWorker:
+    """One thread that runs the cache's reads and writes in batches (see the module doc).
+
+    `submit` is called on the event loop; operations run in the order they were submitted."""
+
+    def __init__(self, store: Callable[[], diskcache.Cache]) -> None:
+        self._store = store  # looked up per batch, so tests can wrap the cache's methods
+        self._inbox: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
+        self._pending: list[_Op] = []
+        self._thread: threading.Thread | None = None
+
+    def submit(self, kind: str, key: str, value: Any = None) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._hand_over)
+        self._pending.append((kind, key, value, future))
+        return future
+
+    def _hand_over(self) -> None:
+        batch, self._pending = self._pending, []
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="lvlmva-cache", daemon=True)
+            self._thread.start()
+        self._inbox.put(batch)
+
+    def _serve(self) -> None:
+        while True:
+            batch = self._inbox.get()
+            if batch is None:
+                return
+            stop = False
+            while not stop:  # take everything queued meanwhile into the same batch
+                try:
+                    more = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                stop = more is None
+                batch.extend(more or ())
+            _deliver(self._execute(batch))
+            if stop:
+                return
+
+    def _execute(self, batch: list[_Op]) -> list[_Outcome]:
+        store = self._store()
+        if not any(kind == "set" for kind, _, _, _ in batch):
+            return [_run_op(store, op) for op in batch]
+        try:
+            with store.transact():  # one commit for all the writes of the batch
+                return [_run_op(store, op) for op in batch]
+        except Exception as exc:  # the transaction failed: none of its writes is stored
+            return [(future, None, exc) for _, _, _, future in batch]
+
+    def stop(self) -> None:
+        """Finish what was handed over, then end the thread."""
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join()
+            self._thread = None
+
+
+def _run_op(store: diskcache.Cache, op: _Op) -> _Outcome:
+    kind, key, value, future = op
+    try:
+        if kind == "get":
+            return future, store.get(key), None
+        store.set(key, value)
+        return future, None, None
+    except Exception as exc:
+        return future, None, exc
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    """Resolve the futures of a batch with one callback per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_resolve, items)
+
+
+def _resolve(items: list[_Outcome]) -> None:
+    for future, value, error in items:
+        if future.done():  # the caller was cancelled
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+
 @dataclass(frozen=True)
 class CacheStats:
     directory: str
@@ -171,14 +285,12 @@ class CacheStats:
 class VerdictCache:
     """Content-addressed LVLM answers on disk.
 
-    `await get(key)` / `await set(key, value)` run in a small thread pool; values are
+    `await get(key)` / `await set(key, value)` run in the cache's worker thread; values are
     `CachedResponse`s stored as plain dicts. `get_or_compute(key, factory)` returns the cached
     value or runs `factory` once for all concurrent callers of the same key and stores its
     result. Safe to share between processes (diskcache uses SQLite)."""
 
-    def __init__(
-        self, directory: str | Path, *, size_limit: int = DEFAULT_SIZE_LIMIT, threads: int = 4
-    ) -> None:
+    def __init__(self, directory: str | Path, *, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
         self.directory = Path(directory).expanduser()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -188,7 +300,7 @@ class VerdictCache:
                 f"cannot open the cache directory {self.directory}: {exc.strerror or exc}; "
                 "pass a writable --cache-dir"
             ) from None
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lvlmva-cache")
+        self._worker = _DiskWorker(lambda: self._cache)
         self._flight: SingleFlight[CachedResponse] = SingleFlight()
         self._pending_writes: set[asyncio.Future[None]] = set()
         self.hits = 0
@@ -200,11 +312,8 @@ class VerdictCache:
 
     # -- async API ----------------------------------------------------------------------------
 
-    async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
     async def get(self, key: str) -> CachedResponse | None:
-        data = await self._in_pool(self._cache.get, key)
+        data = await self._worker.submit("get", key)
         if data is None:
             self.misses += 1
             return None
@@ -214,7 +323,7 @@ class VerdictCache:
     async def set(self, key: str, value: CachedResponse) -> None:
         """Store `value`. The write completes even if the caller is cancelled meanwhile;
         `flush()` waits for such writes."""
-        future = asyncio.ensure_future(self._in_pool(self._cache.set, key, value.to_dict()))
+        future = self._worker.submit("set", key, value.to_dict())
         self._pending_writes.add(future)
         future.add_done_callback(self._pending_writes.discard)
         await asyncio.shield(future)
@@ -284,7 +393,7 @@ class VerdictCache:
         return count
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._worker.stop()
         self._cache.close()
 
     def __enter__(self) -> VerdictCache:

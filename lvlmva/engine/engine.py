@@ -63,6 +63,7 @@ REASK = (
     "That answer could not be used: {error}. Answer again with only the JSON object, one entry "
     'for each of these colours: {colors}; every verdict must be "yes" or "no".'
 )
+_RENDER_MEMO = 512  # rendered prompts remembered
 _TIMEOUT_GRACE_S = 5.0  # the provider enforces request_timeout; this guards one that does not
 
 
@@ -196,6 +197,7 @@ class Engine:
         self._critic_template = _pair_sha(p.critic_system, p.critic_user)
         self._judge_template = _pair_sha(p.judge_system, p.judge_user)
         self._fused_template = _pair_sha(p.fused_system, p.fused_user)
+        self._rendered: dict[tuple[Any, ...], str] = {}
 
     @property
     def cost(self) -> CostMeter:
@@ -236,12 +238,13 @@ class Engine:
 
         async def feed() -> None:
             nonlocal pulled
-            iterator = _job_iterator(jobs)
+            plain = None if isinstance(jobs, AsyncIterable) else iter(jobs)
+            iterator = _job_iterator(jobs) if plain is None else None
             while True:
                 await slots.acquire()
                 try:
-                    job = await anext(iterator)
-                except StopAsyncIteration:
+                    job = next(plain) if plain is not None else await anext(iterator)
+                except (StopIteration, StopAsyncIteration):
                     return
                 pulled += 1
                 self.stats.submitted += 1
@@ -299,8 +302,9 @@ class Engine:
             if self.config.fused:
                 verdicts = await self._fused(job, tally)
             else:
-                critique = await self._critique(job, tally)
-                verdicts = await self._judge(job, critique, tally)
+                variables = self._variables(job)
+                critique = await self._critique(job, variables, tally)
+                verdicts = await self._judge(job, variables, critique, tally)
         except _Failed as exc:
             return self._result(job, JobStatus.FAILED, tally, critique=critique, error=str(exc))
         except _NotRun as exc:
@@ -321,6 +325,24 @@ class Engine:
 
     # -- the three kinds of call ----------------------------------------------------------------
 
+    def _render(self, template: _Template, variables: Mapping[str, str]) -> str:
+        """`template.render(variables)`, remembered for the variables the template uses: the
+        system prompts (and any text that depends only on the class) repeat across jobs."""
+        names = getattr(template, "variables", None)
+        if names is None:
+            return template.render(variables)
+        try:
+            key = (id(template), *(variables[name] for name in sorted(names)))
+            text = self._rendered.get(key)
+        except (KeyError, TypeError):  # a missing variable: render explains it
+            return template.render(variables)
+        if text is None:
+            text = template.render(variables)
+            if len(self._rendered) >= _RENDER_MEMO:
+                self._rendered.clear()
+            self._rendered[key] = text
+        return text
+
     def _variables(self, job: CritiqueJob) -> dict[str, str]:
         return {
             **job.variables,
@@ -329,12 +351,12 @@ class Engine:
             "image_names": ", ".join(image.name for image in job.images),
         }
 
-    async def _critique(self, job: CritiqueJob, tally: _JobTally) -> str:
-        p, variables = self.config.prompts, self._variables(job)
+    async def _critique(self, job: CritiqueJob, variables: dict[str, str], tally: _JobTally) -> str:
+        p = self.config.prompts
         request = self._request(
             self.config.critic_model,
-            p.critic_system.render(variables),
-            p.critic_user.render(variables),
+            self._render(p.critic_system, variables),
+            self._render(p.critic_user, variables),
             job.images,
             schema=None,
         )
@@ -344,14 +366,16 @@ class Engine:
         )
         return answer.text
 
-    async def _judge(self, job: CritiqueJob, critique: str, tally: _JobTally) -> dict[str, bool]:
+    async def _judge(
+        self, job: CritiqueJob, variables: dict[str, str], critique: str, tally: _JobTally
+    ) -> dict[str, bool]:
         p = self.config.prompts
-        variables = {**self._variables(job), "critique": critique}
-        schema = verdict_schema(job.colors)
+        variables = {**variables, "critique": critique}
+        schema = _verdict_schema(job.colors)
         request = self._request(
             self.config.judge_model or self.config.critic_model,
-            p.judge_system.render(variables),
-            p.judge_user.render(variables),
+            self._render(p.judge_system, variables),
+            self._render(p.judge_user, variables),
             (),
             schema=schema if self.judge.supports_structured_output else None,
         )
@@ -359,11 +383,11 @@ class Engine:
 
     async def _fused(self, job: CritiqueJob, tally: _JobTally) -> dict[str, bool]:
         p, variables = self.config.prompts, self._variables(job)
-        schema = verdict_schema(job.colors)
+        schema = _verdict_schema(job.colors)
         request = self._request(
             self.config.critic_model,
-            p.fused_system.render(variables),
-            p.fused_user.render(variables),
+            self._render(p.fused_system, variables),
+            self._render(p.fused_user, variables),
             job.images,
             schema=schema if self.critic.supports_structured_output else None,
         )
@@ -592,8 +616,14 @@ async def _with_retries(
 
 
 @functools.lru_cache(maxsize=1024)
+def _verdict_schema(colors: tuple[str, ...]) -> dict[str, Any]:
+    """`verdict_schema`, built once per colour set (shared: never modified)."""
+    return verdict_schema(colors)
+
+
+@functools.lru_cache(maxsize=1024)
 def _schema_sha256(colors: tuple[str, ...]) -> str:
-    return canonical_sha256(verdict_schema(colors))
+    return canonical_sha256(_verdict_schema(colors))
 
 
 def _verdicts(text: str, colors: tuple[str, ...]) -> dict[str, bool]:

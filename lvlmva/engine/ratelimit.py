@@ -2,7 +2,9 @@
 
 Each limit is a token bucket (GCRA-style pacing with a small burst) whose capacity and refill
 rate are chosen so that no sliding window of `window` seconds ever holds more than the cap,
-while a steady stream still reaches about 99 % of it. Waiters are served first in, first out
+even as counted by the provider when requests take up to `transit_allowance` x `window` longer
+to reach it than others (1 %, 0.6 s for a minute), while a steady stream still reaches about
+98 % of the cap. Waiters are served first in, first out
 by one timer: nothing polls, and a release wakes only the task it admits.
 
     limiter = RateLimiter(rpm=6000, tpm=2_000_000, max_concurrency=64)
@@ -85,9 +87,12 @@ class RateLimiter:
     `rpm` / `tpm` are the caps per `window` seconds (60 by default; tests use short windows).
     `None` disables a cap. `burst_fraction` is the share of the cap that may go out at once to
     absorb scheduling jitter; the refill rate is lowered by the same amount so that no window
-    can exceed the cap. A request estimated above the token burst raises the burst to its size
-    (and lowers the refill rate to match); one estimated at or above `tpm` can never be sent and
-    raises `ConfigError`.
+    can exceed the cap. `transit_allowance` lowers the refill rate further, so that no window
+    of `window * (1 + transit_allowance)` seconds exceeds the cap either: the provider counts
+    arrivals, and a request delayed on its way (a new connection, a busy client) can land in
+    the same provider-side window as later ones. A request estimated above the token burst raises
+    the burst to its size (and lowers the refill rate to match); one estimated at or above `tpm`
+    can never be sent and raises `ConfigError`.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class RateLimiter:
         max_concurrency: int = 64,
         window: float = 60.0,
         burst_fraction: float = 0.01,
+        transit_allowance: float = 0.01,
     ) -> None:
         if rpm is not None and rpm < 1:
             raise ConfigError(f"rpm must be at least 1 (got {rpm}); use None for no limit")
@@ -109,11 +115,14 @@ class RateLimiter:
             raise ConfigError(f"window must be positive (got {window})")
         if not 0 <= burst_fraction < 0.5:
             raise ConfigError(f"burst_fraction must be in [0, 0.5) (got {burst_fraction})")
+        if not 0 <= transit_allowance <= 1:
+            raise ConfigError(f"transit_allowance must be in [0, 1] (got {transit_allowance})")
         self.rpm = rpm
         self.tpm = tpm
         self.max_concurrency = max_concurrency
         self.window = window
         self.burst_fraction = burst_fraction
+        self.transit_allowance = transit_allowance
         self._requests: _Bucket | None = None
         self._tokens: _Bucket | None = None
         self._in_flight = 0
@@ -164,11 +173,12 @@ class RateLimiter:
             self._timer_at = math.inf
             now = loop.time()
             if self.rpm is not None:
-                # n grants in a half-open window satisfy n < capacity + rate * window, so
-                # capacity + rate * window = floor(rpm) + 1 caps every window at floor(rpm)
-                # (less a sliver, so float rounding can never admit one more).
+                # n grants in a half-open window of length L satisfy n < capacity + rate * L,
+                # so capacity + rate * L = floor(rpm) + 1 caps every such window at floor(rpm)
+                # (less a sliver, so float rounding can never admit one more); L is the window
+                # stretched by the transit allowance.
                 cap = 1.0 + math.floor(self.rpm * self.burst_fraction)
-                rate = (math.floor(self.rpm) + 1.0 - _MARGIN - cap) / self.window
+                rate = (math.floor(self.rpm) + 1.0 - _MARGIN - cap) / self._span
                 self._requests = _Bucket(cap, rate, now)
             if self.tpm is not None:
                 cap = max(1.0, self.tpm * self.burst_fraction)
@@ -191,7 +201,12 @@ class RateLimiter:
 
     def _token_rate(self, capacity: float) -> float:
         assert self.tpm is not None
-        return (self.tpm * (1.0 - 1e-6) - capacity) / self.window
+        return (self.tpm * (1.0 - 1e-6) - capacity) / self._span
+
+    @property
+    def _span(self) -> float:
+        """The window every cap holds over: `window`, stretched by the transit allowance."""
+        return self.window * (1.0 + self.transit_allowance)
 
     def _can_admit_now(self, tokens: float, now: float) -> bool:
         if self._in_flight >= self.max_concurrency or now < self._paused_until:

@@ -3,12 +3,28 @@ a job is images as bytes plus template variables, a result is validated per-colo
 
 from __future__ import annotations
 
+import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
 from typing import Any, Literal, Protocol, runtime_checkable
+
+
+class _computed_once:
+    """`functools.cached_property` without its lock (Python 3.11 takes one on every first
+    access, a visible cost when three images per job are hashed)."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self._fn = fn
+        self._name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self._name] = self._fn(obj)  # later reads find it there
+        return value
 
 
 @dataclass(frozen=True)
@@ -21,9 +37,14 @@ class ImagePart:
     width: int = 0
     height: int = 0
 
-    @cached_property
+    @_computed_once
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
+
+    @_computed_once
+    def data_url(self) -> str:
+        """The image as a base64 `data:` URL (computed once per part)."""
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,26 @@
 """Any provider litellm supports, through `litellm.acompletion` (optional extra `[litellm]`).
-litellm's own retries are off (`num_retries=0`, `max_retries=0`): the engine owns the one loop."""
+litellm's own retries are off (`num_retries=0`, `max_retries=0`): the engine owns the one loop.
+litellm raises exceptions that subclass the openai SDK's; `map_openai_error` translates them."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from lvlmva.engine.providers.openai_compat import (
-    build_chat_kwargs,
-    map_openai_error,
-    response_text_and_usage,
+from lvlmva.engine.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ConnectionFailed,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
 )
-from lvlmva.engine.types import ChatRequest, ChatResponse
+from lvlmva.engine.providers.wire import build_chat_kwargs, parse_retry_after, scrub
+from lvlmva.engine.types import ChatRequest, ChatResponse, Usage
 from lvlmva.errors import ConfigError
 
-__all__ = ["LiteLLMProvider", "import_litellm"]
+__all__ = ["LiteLLMProvider", "import_litellm", "map_openai_error", "response_text_and_usage"]
 
 
 def import_litellm() -> Any:
@@ -28,6 +34,78 @@ def import_litellm() -> Any:
             "(or use the built-in OpenAI-compatible provider)"
         ) from None
     return litellm
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when the chain holds a socket error that is not a timeout (some transports
+    report a refused connection as a connect timeout)."""
+    seen = 0
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and seen < 8:
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
+def _status_error(exc: Exception, status: int | None, where: str, secret: str | None):
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    extra = getattr(exc, "litellm_response_headers", None)  # litellm keeps them here
+    retry_after = parse_retry_after(headers) if headers is not None else None
+    if retry_after is None and extra is not None:
+        retry_after = parse_retry_after(extra)
+    message = f"{where}: HTTP {status}: {scrub(getattr(exc, 'message', str(exc)), secret)}"
+    if status == 429:
+        return RateLimited(message, status=status, retry_after=retry_after)
+    if status in (401, 403):
+        return AuthenticationFailed(message + " (check the API key and base URL)", status=status)
+    if status == 408:
+        return ProviderTimeout(message, status=status)
+    if isinstance(status, int) and status >= 500:
+        return ServerError(message, status=status, retry_after=retry_after)
+    return BadRequest(message, status=status)
+
+
+def map_openai_error(
+    exc: Exception, *, provider: str, model: str, secret: str | None
+) -> ProviderError:
+    """Translate an openai SDK exception (or a subclass, as litellm raises) into ours."""
+    import openai
+
+    where = f"{provider} ({model})"
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
+        return ProviderTimeout(f"{where}: request timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return ConnectionFailed(f"{where}: connection failed: {scrub(str(cause), secret)}")
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, openai.APIStatusError) or isinstance(status, int):
+        return _status_error(exc, status, where, secret)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return ServerError(f"{where}: malformed response: {scrub(str(exc), secret)}")
+    return ProviderError(f"{where}: {type(exc).__name__}: {scrub(str(exc), secret)}")
+
+
+def response_text_and_usage(completion: Any, *, where: str) -> tuple[str, Usage, str | None]:
+    """Text, usage and model of an OpenAI-shaped chat completion object."""
+    choices = getattr(completion, "choices", None) or []
+    if not choices:
+        raise ServerError(f"{where}: response has no choices")
+    message = choices[0].message
+    refusal = getattr(message, "refusal", None)
+    if refusal:
+        raise BadRequest(f"{where}: the model refused: {scrub(str(refusal), None)}")
+    usage = getattr(completion, "usage", None)
+    return (
+        message.content or "",
+        Usage(
+            int(getattr(usage, "prompt_tokens", 0) or 0),
+            int(getattr(usage, "completion_tokens", 0) or 0),
+        ),
+        getattr(completion, "model", None),
+    )
 
 
 class LiteLLMProvider:

@@ -1,16 +1,19 @@
-"""OpenAI-compatible chat provider (OpenAI, vLLM, Ollama, llama.cpp ...) over `openai.AsyncOpenAI`
-with the aiohttp transport. The SDK's own retries are off: the engine owns the one retry loop."""
+"""OpenAI-compatible chat provider (OpenAI, vLLM, Ollama, llama.cpp ...) on plain aiohttp.
+
+It follows the openai SDK's async client conventions (`base_url`, `api_key` defaulting to
+`OPENAI_API_KEY`, a timeout per request, `await aclose()` / `async with`) without its request
+and response models, which cost several ms of CPU per request. It never retries: the engine
+owns the one retry loop (the SDK's `max_retries=0`)."""
 
 from __future__ import annotations
 
-import base64
-import email.utils
-import logging
-import math
+import asyncio
+import json
 import os
-import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
+
+import aiohttp
 
 from lvlmva.engine.errors import (
     AuthenticationFailed,
@@ -21,201 +24,101 @@ from lvlmva.engine.errors import (
     RateLimited,
     ServerError,
 )
-from lvlmva.engine.types import ChatRequest, ChatResponse, ImagePart, Message, TextPart, Usage
+from lvlmva.engine.providers.wire import (
+    PLACEHOLDER_KEY,
+    build_chat_kwargs,
+    parse_retry_after,
+    scrub,
+    to_openai_messages,
+)
+from lvlmva.engine.types import ChatRequest, ChatResponse, Usage
 from lvlmva.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_BASE_URL",
     "OpenAICompatibleProvider",
     "build_chat_kwargs",
-    "map_openai_error",
+    "parse_chat_completion",
     "parse_retry_after",
     "to_openai_messages",
 ]
 
-log = logging.getLogger(__name__)
-
-_PLACEHOLDER_KEY = "not-needed"  # local servers (vLLM, Ollama) accept any key
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
-def parse_retry_after(
-    headers: Mapping[str, str] | None, *, now: float | None = None
-) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
-    if not headers:
-        return None
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            ms = float(value)
-            if math.isfinite(ms):
-                return max(0.0, ms / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
+def _error_message(body: bytes) -> str:
+    """The server's error message: `error.message` of an OpenAI error body, else the body."""
+    text = body.decode("utf-8", "replace")
     try:
-        seconds = float(value)
-        return max(0.0, seconds) if math.isfinite(seconds) else None
+        data = json.loads(text)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+        return text or "(empty body)"
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return text
 
 
-def _image_url(part: ImagePart) -> str:
-    return f"data:{part.mime};base64,{base64.b64encode(part.data).decode('ascii')}"
-
-
-def _content(message: Message) -> str | list[dict[str, Any]]:
-    if all(isinstance(p, TextPart) for p in message.parts):
-        return "\n\n".join(p.text for p in message.parts)  # type: ignore[union-attr]
-    out: list[dict[str, Any]] = []
-    for part in message.parts:
-        if isinstance(part, TextPart):
-            out.append({"type": "text", "text": part.text})
-        else:
-            out.append({"type": "image_url", "image_url": {"url": _image_url(part)}})
-    return out
-
-
-def to_openai_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
-    """Our messages as OpenAI chat messages; images become base64 `data:` URLs."""
-    return [{"role": m.role, "content": _content(m)} for m in messages]
-
-
-def build_chat_kwargs(
-    request: ChatRequest,
-    *,
-    structured_output: bool,
-    max_tokens_param: str = "max_tokens",
-) -> dict[str, Any]:
-    """Keyword arguments for `chat.completions.create` / `litellm.acompletion`."""
-    kwargs: dict[str, Any] = {
-        "model": request.model,
-        "messages": to_openai_messages(request.messages),
-        "temperature": request.temperature,
-        max_tokens_param: request.max_tokens,
-    }
-    if request.seed is not None:
-        kwargs["seed"] = request.seed
-    if request.response_schema is not None and structured_output:
-        kwargs["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {
-                "name": request.schema_name,
-                "schema": dict(request.response_schema),
-                "strict": True,
-            },
-        }
-    return kwargs
-
-
-def _scrub(text: str, secret: str | None, limit: int = 300) -> str:
-    if secret and secret != _PLACEHOLDER_KEY:
-        text = text.replace(secret, "***")
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _refused(exc: BaseException) -> bool:
-    """True when the chain holds a socket error that is not a timeout (the aiohttp transport
-    reports a refused connection as a connect timeout)."""
-    seen = 0
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None and seen < 8:
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-        seen += 1
-    return False
-
-
-def map_openai_error(
-    exc: Exception, *, provider: str, model: str, secret: str | None
+def status_error(
+    status: int, body: bytes, headers: Mapping[str, str], *, where: str, secret: str | None
 ) -> ProviderError:
-    """Translate an openai SDK exception (or a subclass, as litellm raises) into ours."""
-    import openai
-
-    where = f"{provider} ({model})"
-    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
-        return ProviderTimeout(f"{where}: request timed out")
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc
-        return ConnectionFailed(f"{where}: connection failed: {_scrub(str(cause), secret)}")
-    status = getattr(exc, "status_code", None)
-    if isinstance(exc, openai.APIStatusError) or isinstance(status, int):
-        response = getattr(exc, "response", None)
-        headers = getattr(response, "headers", None)
-        extra = getattr(exc, "litellm_response_headers", None)  # litellm keeps them here
-        retry_after = parse_retry_after(headers) if headers is not None else None
-        if retry_after is None and extra is not None:
-            retry_after = parse_retry_after(extra)
-        message = f"{where}: HTTP {status}: {_scrub(getattr(exc, 'message', str(exc)), secret)}"
-        if status == 429:
-            return RateLimited(message, status=status, retry_after=retry_after)
-        if status in (401, 403):
-            return AuthenticationFailed(
-                message + " (check the API key and base URL)", status=status
-            )
-        if status == 408:
-            return ProviderTimeout(message, status=status)
-        if isinstance(status, int) and status >= 500:
-            return ServerError(message, status=status, retry_after=retry_after)
-        return BadRequest(message, status=status)
-    if isinstance(exc, openai.APIResponseValidationError):
-        return ServerError(f"{where}: malformed response: {_scrub(str(exc), secret)}")
-    return ProviderError(f"{where}: {type(exc).__name__}: {_scrub(str(exc), secret)}")
+    """The error for a non-2xx answer (scrubbed of `secret`, message truncated)."""
+    message = f"{where}: HTTP {status}: {scrub(_error_message(body), secret)}"
+    if status == 429:
+        return RateLimited(message, status=status, retry_after=parse_retry_after(headers))
+    if status in (401, 403):
+        return AuthenticationFailed(message + " (check the API key and base URL)", status=status)
+    if status == 408:
+        return ProviderTimeout(message, status=status)
+    if status >= 500:
+        return ServerError(message, status=status, retry_after=parse_retry_after(headers))
+    return BadRequest(message, status=status)
 
 
-def _make_http_client(max_connections: int) -> Any:
-    import openai
-
-    limits_type = type(openai.DEFAULT_CONNECTION_LIMITS)
-    limits = limits_type(max_connections=max_connections, max_keepalive_connections=max_connections)
+def parse_chat_completion(body: bytes, *, where: str) -> tuple[str, Usage, str | None]:
+    """Text, usage and model of a chat-completion JSON body; a malformed body or one without
+    choices is a `ServerError`, a refusal a `BadRequest`."""
     try:
-        return openai.DefaultAioHttpClient(limits=limits)
-    except RuntimeError:
-        log.warning(
-            "openai's aiohttp transport is not installed (pip install 'openai[aiohttp]'); "
-            "using the httpx transport"
-        )
-        return openai.DefaultAsyncHttpxClient(limits=limits)
-
-
-def response_text_and_usage(completion: Any, *, where: str) -> tuple[str, Usage, str | None]:
-    """Text, usage and model of an OpenAI-shaped chat completion object."""
-    choices = getattr(completion, "choices", None) or []
-    if not choices:
-        raise ServerError(f"{where}: response has no choices")
-    message = choices[0].message
-    refusal = getattr(message, "refusal", None)
+        data = json.loads(body)
+        message = data["choices"][0]["message"]
+        content = message.get("content")
+        refusal = message.get("refusal")
+        usage = data.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+    except (IndexError, KeyError) as exc:
+        if isinstance(exc, IndexError) or exc.args == ("choices",):
+            raise ServerError(f"{where}: response has no choices") from None
+        raise ServerError(f"{where}: malformed response: missing {exc}") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ServerError(f"{where}: malformed response: {scrub(str(exc), None)}") from None
     if refusal:
-        raise BadRequest(f"{where}: the model refused: {_scrub(str(refusal), None)}")
-    usage = getattr(completion, "usage", None)
-    return (
-        message.content or "",
-        Usage(
-            int(getattr(usage, "prompt_tokens", 0) or 0),
-            int(getattr(usage, "completion_tokens", 0) or 0),
-        ),
-        getattr(completion, "model", None),
-    )
+        raise BadRequest(f"{where}: the model refused: {scrub(str(refusal), None)}")
+    if content is not None and not isinstance(content, str):
+        raise ServerError(f"{where}: malformed response: content is not a string")
+    model = data.get("model")
+    return content or "", Usage(prompt, completion), model if isinstance(model, str) else None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class OpenAICompatibleProvider:
-    """A `Provider` for any OpenAI-compatible `/v1/chat/completions` endpoint.
+    """A `Provider` for any OpenAI-compatible `/chat/completions` endpoint.
 
-    `base_url=None` means OpenAI itself, which needs `api_key` or `OPENAI_API_KEY`; other servers
-    get a placeholder key when none is given. `structured_output=False` for servers without
-    `json_schema` response formats. `max_tokens_param="max_completion_tokens"` for OpenAI
-    reasoning models, which reject `max_tokens`."""
+    `base_url=None` means `OPENAI_BASE_URL` or OpenAI itself, which needs `api_key` or
+    `OPENAI_API_KEY`; an explicit `base_url` gets a placeholder key when none is given.
+    `structured_output=False` for servers without `json_schema` response formats.
+    `max_tokens_param="max_completion_tokens"` for OpenAI reasoning models, which reject
+    `max_tokens`. At most `max_connections` connections are open at once. The aiohttp session
+    is created on first use, inside the running event loop; like the SDK's client it honours
+    the `HTTP(S)_PROXY` / `NO_PROXY` environment variables."""
 
     def __init__(
         self,
@@ -227,8 +130,6 @@ class OpenAICompatibleProvider:
         max_connections: int = 256,
         max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
     ) -> None:
-        import openai
-
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             if base_url is None:
@@ -236,41 +137,73 @@ class OpenAICompatibleProvider:
                     "no OpenAI API key: set OPENAI_API_KEY, or pass --base-url for a local "
                     "OpenAI-compatible server"
                 )
-            key = _PLACEHOLDER_KEY
+            key = PLACEHOLDER_KEY
         if max_connections < 1:
             raise ConfigError(f"max_connections must be at least 1 (got {max_connections})")
         self.name = name
         self.base_url = base_url
         self.supports_structured_output = structured_output
+        self.max_connections = max_connections
+        root = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self._url = root.rstrip("/") + "/chat/completions"
         self._max_tokens_param = max_tokens_param
         self._secret = key
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=key,
-            max_retries=0,
-            http_client=_make_http_client(max_connections),
-        )
+        self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleProvider(name={self.name!r}, base_url={self.base_url!r})"
 
-    async def complete(self, request: ChatRequest, *, timeout: float) -> ChatResponse:
-        import openai
+    def _get_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session_loop is not loop or self._session.closed:
+            # A session belongs to its loop; one left on a finished loop is dropped with it.
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, trust_env=True
+            )
+            self._session_loop = loop
+        return self._session
 
+    def body(self, request: ChatRequest) -> bytes:
+        """The JSON request body sent for `request`."""
         kwargs = build_chat_kwargs(
             request,
             structured_output=self.supports_structured_output,
             max_tokens_param=self._max_tokens_param,
         )
+        return json.dumps(kwargs, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    async def complete(self, request: ChatRequest, *, timeout: float) -> ChatResponse:
         where = f"{self.name} ({request.model})"
+        session = self._get_session()
+        data = self.body(request)
         try:
-            completion = await self._client.chat.completions.create(**kwargs, timeout=timeout)
-        except openai.OpenAIError as exc:
-            raise map_openai_error(
-                exc, provider=self.name, model=request.model, secret=self._secret
-            ) from None
-        text, usage, model = response_text_and_usage(completion, where=where)
+            async with session.post(
+                self._url, data=data, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
+                payload = await response.read()
+                status, headers = response.status, response.headers
+        except TimeoutError:
+            raise ProviderTimeout(f"{where}: no answer in {timeout:g} s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            detail = scrub(f"{type(exc).__name__}: {exc}", self._secret)
+            raise ConnectionFailed(f"{where}: connection failed: {detail}") from None
+        if not 200 <= status < 300:
+            raise status_error(status, payload, headers, where=where, secret=self._secret)
+        text, usage, model = parse_chat_completion(payload, where=where)
         return ChatResponse(text=text, usage=usage, model=model or request.model)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        """Close the connections (a later request opens new ones)."""
+        session, self._session = self._session, None
+        if session is not None and not session.closed and self._session_loop is _running_loop():
+            await session.close()
+        # A session left on another, finished loop went with it: nothing to close here.
+
+    async def __aenter__(self) -> OpenAICompatibleProvider:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -2,7 +2,9 @@
 
 Routes: `POST /v1/chat/completions` (OpenAI request and response shapes; images as base64
 `data:` URLs; `response_format` `json_schema` or `json_object`), `GET /v1/models`,
-`GET /sim/stats` (`?per_hash=0` leaves out the per-request-hash counts) and `POST /sim/reset`.
+`GET /sim/stats` (`?per_hash=0` leaves out the per-request-hash counts; `peak_requests_60s` /
+`peak_requests_1s`: the most chat requests that arrived within any 60-s / 1-s sliding window)
+and `POST /sim/reset`.
 Answers are those of the in-process `SimulatedLVLM` for the same request. A 429 carries
 `Retry-After` (whole seconds, rounded up) and `retry-after-ms`. An injected timeout holds the
 request for `hang_s` seconds (the client normally gives up first), then answers 504.
@@ -165,6 +167,7 @@ def _completion(outcome: SimOutcome) -> dict[str, Any]:
 
 async def _chat(request: web.Request) -> web.StreamResponse:
     sim = request.app[SIM_KEY]
+    sim.stats.arrivals.append(time.monotonic())
     try:
         body = await request.json(loads=json.loads)
         chat = parse_chat_request(body)

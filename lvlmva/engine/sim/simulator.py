@@ -34,6 +34,7 @@ import io
 import json
 import math
 import random
+from array import array
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,11 +75,23 @@ class SimOutcome:
 class SimStats:
     """Counts since the start (or the last `reset`): requests received, outcomes by status
     ("200", "429", "500", "timeout", "400") and successful answers per request-content hash,
-    so a client can see whether it paid twice for the same request."""
+    so a client can see whether it paid twice for the same request. The HTTP server also
+    records when each request arrived (`arrivals`, monotonic seconds), so a client's rate-cap
+    compliance is measured where a provider measures it: `peak_in_window`."""
 
     requests: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
     answers: Counter[str] = field(default_factory=Counter)
+    arrivals: array[float] = field(default_factory=lambda: array("d"))
+
+    def peak_in_window(self, seconds: float) -> int:
+        """The most arrivals within any window of `seconds` (half-open, sliding)."""
+        times, peak, start = self.arrivals, 0, 0
+        for end, t in enumerate(times):
+            while times[start] <= t - seconds:
+                start += 1
+            peak = max(peak, end - start + 1)
+        return peak
 
     @property
     def duplicate_answers(self) -> int:
@@ -93,6 +106,10 @@ class SimStats:
             "answered": sum(self.answers.values()),
             "distinct_answered": len(self.answers),
             "duplicate_answers": self.duplicate_answers,
+            "arrivals_recorded": len(self.arrivals),
+            "arrival_span_s": self.arrivals[-1] - self.arrivals[0] if self.arrivals else 0.0,
+            "peak_requests_60s": self.peak_in_window(60.0),
+            "peak_requests_1s": self.peak_in_window(1.0),
         }
         if per_hash:
             out["answers_by_hash"] = dict(self.answers)
