@@ -157,10 +157,12 @@ async def preflight(critic: CriticSettings, timeout: float = 15.0) -> None:
     money is spent: one free `GET /models`. Raises ConfigError naming the endpoint."""
     import aiohttp
 
+    from lvlmva.engine.providers.openai_compat import resolve_endpoint
+
     if critic.kind != "openai":
         return
-    base = (critic.base_url or "https://api.openai.com/v1").rstrip("/")
-    headers = {"Authorization": f"Bearer {critic.api_key}"} if critic.api_key else {}
+    base, key = resolve_endpoint(critic.base_url, critic.api_key)
+    headers = {"Authorization": f"Bearer {key}"}
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,

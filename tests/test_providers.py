@@ -269,9 +269,23 @@ async def test_refusal_is_a_bad_request(server, provider):
         await provider.complete(vision_request(), timeout=10)
 
 
-def test_openai_endpoint_without_key_is_a_config_error():
+def test_openai_endpoint_without_key_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         OpenAICompatibleProvider()
+
+
+def test_endpoint_and_key_resolve_like_the_sdk(monkeypatch):
+    from lvlmva.engine.providers.openai_compat import DEFAULT_BASE_URL, resolve_endpoint
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1/")
+    assert resolve_endpoint(None, None) == ("http://127.0.0.1:8000/v1", "not-needed")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    assert resolve_endpoint("http://127.0.0.1:9/v1", None) == ("http://127.0.0.1:9/v1", "sk-env")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    assert resolve_endpoint(None, "sk-arg") == (DEFAULT_BASE_URL, "sk-arg")
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ __all__ = [
     "build_chat_kwargs",
     "parse_chat_completion",
     "parse_retry_after",
+    "resolve_endpoint",
     "to_openai_messages",
 ]
 
@@ -102,6 +103,22 @@ def parse_chat_completion(body: bytes, *, where: str) -> tuple[str, Usage, str |
     return content or "", Usage(prompt, completion), model if isinstance(model, str) else None
 
 
+def resolve_endpoint(base_url: str | None, api_key: str | None) -> tuple[str, str]:
+    """`(root URL, key)` as the openai SDK resolves them: `base_url`, else `OPENAI_BASE_URL`,
+    else OpenAI; `api_key`, else `OPENAI_API_KEY`, else a placeholder for a server of one's own
+    (OpenAI itself needs a real key: ConfigError)."""
+    root = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not key:
+        if root == DEFAULT_BASE_URL:
+            raise ConfigError(
+                "no OpenAI API key: set OPENAI_API_KEY, or pass --base-url for a local "
+                "OpenAI-compatible server"
+            )
+        key = PLACEHOLDER_KEY
+    return root, key
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -130,22 +147,14 @@ class OpenAICompatibleProvider:
         max_connections: int = 256,
         max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
     ) -> None:
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key:
-            if base_url is None:
-                raise ConfigError(
-                    "no OpenAI API key: set OPENAI_API_KEY, or pass --base-url for a local "
-                    "OpenAI-compatible server"
-                )
-            key = PLACEHOLDER_KEY
+        root, key = resolve_endpoint(base_url, api_key)
         if max_connections < 1:
             raise ConfigError(f"max_connections must be at least 1 (got {max_connections})")
         self.name = name
         self.base_url = base_url
         self.supports_structured_output = structured_output
         self.max_connections = max_connections
-        root = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        self._url = root.rstrip("/") + "/chat/completions"
+        self._url = root + "/chat/completions"
         self._max_tokens_param = max_tokens_param
         self._secret = key
         self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
