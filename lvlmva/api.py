@@ -218,12 +218,15 @@ async def align(
     `critic` says which LVLM to use (default: the offline simulation). `critic_provider` /
     `judge_provider` let a caller pass ready `Provider` objects instead (e.g. a custom client).
     `lam` is the RRR weight; None picks the dataset's default. `start="retrain"` trains the
-    model's architecture afresh with the RRR loss (explanations still come from the original);
+    model's architecture afresh with the RRR loss, from weights drawn under
+    `torch.manual_seed(seed)` like `build_model`'s (explanations still come from the original);
     `"finetune"` continues from the original weights. Streaming (default) starts training once
     `min_pool_fraction` of the masks exist and holds the last epoch until all are in; with
-    `streaming=False` every sample is critiqued before training starts (bit-reproducible).
+    `streaming=False` every sample is critiqued before training starts and the pool is filled in
+    the alignment order (bit-reproducible on CPU).
     """
     from lvlmva.vision.metrics import evaluate, verdict_accuracy
+    from lvlmva.vision.models import reinitialize
     from lvlmva.vision.rrr import AlignmentPool, RRRTrainer
 
     critic = critic or CriticSettings()
@@ -236,9 +239,7 @@ async def align(
     explained_model = copy.deepcopy(model).eval()  # explanations always come from the original
     aligned = copy.deepcopy(model)
     if start == "retrain":
-        with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed
-            torch.manual_seed(seed)
-            reset_parameters(aligned)
+        reinitialize(aligned, seed=seed)  # the same initial weights for the same seed
     elif start != "finetune":
         raise ConfigError(f"start must be 'retrain' or 'finetune', got {start!r}")
     indices = choose_alignment_indices(len(dataset.train), n_align, seed)
@@ -260,6 +261,14 @@ async def align(
     )
     records: list[SampleRecord] = []
     stats = _CritiqueStats()
+
+    def add_to_pool(record: SampleRecord) -> None:
+        if record.mask is not None:
+            pool.add(
+                dataset.train.images[record.index : record.index + 1],
+                record.mask.unsqueeze(0),
+                dataset.train.labels[record.index : record.index + 1],
+            )
 
     train_task: asyncio.Future | None = None
     if streaming:
@@ -285,16 +294,20 @@ async def align(
                 seed,
                 device,
                 stats,
+                progress=progress,
             ):
                 records.append(record)
-                if record.mask is not None:
-                    pool.add(
-                        dataset.train.images[record.index : record.index + 1],
-                        record.mask.unsqueeze(0),
-                        dataset.train.labels[record.index : record.index + 1],
-                    )
+                if streaming:
+                    add_to_pool(record)
                 if on_sample is not None:
                     on_sample(record)
+            # Answers arrive in completion order; records (and, when not streaming, the pool
+            # the trainer draws from) follow the alignment order, so a run is reproducible.
+            position = {int(i): k for k, i in enumerate(indices)}
+            records.sort(key=lambda r: position[r.index])
+            if not streaming:
+                for record in records:
+                    add_to_pool(record)
         timings["critique_s"] = time.perf_counter() - started
         pool.close()
         if len(pool) == 0:
@@ -373,13 +386,6 @@ def default_lambda(dataset: str, start: str = "retrain", *, critic_masks: bool =
     return _DEFAULT_LAMBDA.get((dataset, start), 1.0 if start == "retrain" else 1e-4)
 
 
-def reset_parameters(model: nn.Module) -> None:
-    """Re-initialise every layer that knows how to (torch's `reset_parameters` convention)."""
-    for module in model.modules():
-        if module is not model and callable(getattr(module, "reset_parameters", None)):
-            module.reset_parameters()
-
-
 @dataclass
 class _CritiqueStats:
     provider_calls: int = 0
@@ -456,6 +462,8 @@ async def _critique_stream(
     seed: int,
     device: torch.device,
     stats: _CritiqueStats,
+    *,
+    progress: bool | None = None,
 ) -> AsyncIterator[SampleRecord]:
     """Explain + segment + render in batches, critique as jobs become ready, yield records."""
     from lvlmva.vision.masks import mask_from_verdicts
@@ -467,7 +475,7 @@ async def _critique_stream(
             f"{dataset.info.name!r} has none; use --critic openai or litellm"
         )
     engine, oracle, closers = await build_engine(
-        critic, spec.family, critic_provider, judge_provider
+        critic, spec.family, critic_provider, judge_provider, progress=progress
     )
     info = dataset.info
 
@@ -522,7 +530,7 @@ async def _critique_stream(
                 )
 
     try:
-        async for result in engine.run(jobs()):
+        async for result in engine.run(jobs(), total=len(indices)):
             stats.add(result)
             item = pending.pop(result.job_id)
             mask = None
@@ -609,8 +617,11 @@ async def build_engine(
     prompt_family: str,
     critic_provider: Provider | None = None,
     judge_provider: Provider | None = None,
+    *,
+    progress: bool | None = None,
 ) -> tuple[Any, Any, list[Callable[[], Any]]]:
-    """The Engine for `critic`, the simulation's oracle (or None) and async closers."""
+    """The Engine for `critic`, the simulation's oracle (or None) and async closers.
+    `progress`: the critique bar (None: only on a terminal)."""
     from lvlmva.cache import VerdictCache
     from lvlmva.engine.cost import ModelPrice, PriceTable
     from lvlmva.engine.engine import Engine, EngineConfig
@@ -638,6 +649,7 @@ async def build_engine(
         seed=critic.seed,
         prices=prices,
         budget_usd=critic.budget_usd,
+        progress=progress,
     )
     engine = Engine(critic_provider, judge_provider or critic_provider, config, cache=cache)
     return engine, oracle, closers

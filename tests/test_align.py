@@ -125,3 +125,47 @@ async def test_retraining_starts_from_the_same_weights_for_a_seed(digits, shortc
         runs.append(await align(copy.deepcopy(shortcut_model), digits, **kwargs))
     for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+async def test_sequential_run_does_not_depend_on_the_order_answers_arrive(
+    digits, shortcut_model, monkeypatch
+):
+    import asyncio
+
+    import lvlmva.api as api
+
+    make_provider = api._make_provider
+
+    class Reordering:
+        """Delegates to the simulation; each call waits `delay(call number)` seconds first."""
+
+        def __init__(self, inner, delay):
+            self.inner, self.delay, self.calls = inner, delay, 0
+            self.name = inner.name
+            self.supports_structured_output = inner.supports_structured_output
+
+        async def complete(self, request, *, timeout):
+            self.calls += 1
+            await asyncio.sleep(self.delay(self.calls))
+            return await self.inner.complete(request, timeout=timeout)
+
+        async def aclose(self):
+            await self.inner.aclose()
+
+    runs = []
+    for delay in (lambda n: 0.0, lambda n: max(0.0, 0.05 - 0.001 * n)):  # later calls first
+
+        async def reordered(critic, delay=delay):
+            provider, oracle, closer = await make_provider(critic)
+            return Reordering(provider, delay), oracle, closer
+
+        monkeypatch.setattr(api, "_make_provider", reordered)
+        runs.append(
+            await align(
+                copy.deepcopy(shortcut_model), digits, critic=CriticSettings(max_in_flight=16),
+                n_align=48, explain_batch=48, epochs=1, streaming=False, progress=False,
+            )
+        )
+    assert [s.index for s in runs[0].samples] == [s.index for s in runs[1].samples]
+    for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -83,3 +83,14 @@ def test_bad_input_gives_one_line_error(args, needle, tmp_path):
     assert len(errors) == 1, proc.stderr
     assert needle in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_the_original_model_is_the_same_for_the_same_seed(tmp_path):
+    befores = []
+    for run in ("a", "b"):
+        proc = lvlmva("align", "--dataset", "decoy-digits", "--critic", "ground-truth",
+                      "--n-align", "16", "--epochs", "1", "--train-epochs", "1", "--quiet",
+                      "--out", str(tmp_path / run))
+        assert proc.returncode == 0, proc.stderr
+        befores.append(json.loads((tmp_path / run / "metrics.json").read_text())["before"])
+    assert befores[0] == befores[1]

@@ -187,3 +187,37 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "future.pt")
     with pytest.raises(TypeError, match="extra"):
         save_checkpoint(tmp_path / "x.pt", build_model("mlp", info), "mlp", info, {"f": object()})
+
+
+def test_reinitialize_draws_fresh_weights_like_build_model():
+    from lvlmva.vision.models import reinitialize
+
+    built = build_model("resnet18", _info(channels=1, size=40))
+    trained = copy.deepcopy(built)
+    with torch.no_grad():  # as if trained: every weight moved, running statistics filled
+        for p in trained.parameters():
+            p.add_(0.5)
+        for name, b in trained.named_buffers():
+            if "running" in name:
+                b.add_(3.0)
+    state = torch.get_rng_state()
+    reinitialize(trained, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is untouched
+    again = copy.deepcopy(trained)
+    torch.manual_seed(1)  # a seed is torch.manual_seed(seed) before drawing
+    reinitialize(again)
+    for (name, a), b in zip(trained.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # reproducible for a seed
+    convs = [(m, n) for m, n in zip(trained.modules(), built.modules(), strict=True)
+             if isinstance(m, nn.Conv2d)]
+    for fresh, original in convs:  # torchvision's rule: Kaiming-normal, fan_out, ReLU gain
+        fan_out = fresh.out_channels * fresh.kernel_size[0] * fresh.kernel_size[1]
+        assert fresh.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.15)
+        assert not torch.equal(fresh.weight, original.weight)
+    for m in trained.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert (m.weight == 1).all() and (m.bias == 0).all()
+            assert (m.running_mean == 0).all() and (m.running_var == 1).all()
+    fc = trained.net.fc
+    bound = 1 / fc.in_features**0.5  # torch's default for nn.Linear
+    assert fc.weight.abs().max().item() <= bound and fc.weight.abs().max().item() > bound / 2

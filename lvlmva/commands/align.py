@@ -69,7 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
-        "--no-streaming", action="store_true", help="critique every sample before training starts"
+        "--no-streaming",
+        action="store_true",
+        help="critique every sample before training starts: slower, but the same result every "
+        "run (a streamed run depends on the order the answers arrive in)",
     )
     p.add_argument("--rpm", type=float, help="requests-per-minute cap")
     p.add_argument("--tpm", type=float, help="tokens-per-minute cap")
@@ -145,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
+    import torch
+
     from lvlmva.api import align, preflight, resolve_spec
     from lvlmva.report import write_align_report
     from lvlmva.vision.checkpoint import load_checkpoint, save_checkpoint
@@ -184,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(preflight(critic))
     if model is None:
         arch = args.arch
-        model = build_model(arch, splits.info)
+        with torch.random.fork_rng(devices=[]):  # the same original model for the same seed
+            torch.manual_seed(args.seed)
+            model = build_model(arch, splits.info)
         print(f"Training the original {arch} on {name} for {args.train_epochs} epochs", flush=True)
         train_classifier(
             model,

@@ -84,6 +84,37 @@ def build_model(arch: str, info: DatasetInfo) -> nn.Module:
     raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
+def reinitialize(model: nn.Module, *, seed: int | None = None) -> None:
+    """Draw fresh weights for `model` in place, the way `build_model` initialises them.
+
+    Convolutions get torchvision's ResNet rule (Kaiming-normal, fan_out, ReLU gain; zero bias),
+    batch and group norms weight 1 / bias 0 with fresh running statistics, and every other
+    layer its own `reset_parameters` (torch's default, e.g. for `nn.Linear`). With `seed` the
+    weights come from `torch.manual_seed(seed)` and torch's global random state is left as it
+    was; without, they come from that global state.
+    """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            reinitialize(model)
+        return
+    for module in model.modules():
+        if module is model and len(list(model.children())) > 0:
+            continue
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm | nn.GroupNorm):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+            if module.weight is not None:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        elif callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
+
+
 # --- DeepLift safety -------------------------------------------------------------------------
 
 
