@@ -215,12 +215,16 @@ class Engine:
     # -- the run loop ---------------------------------------------------------------------------
 
     async def run(
-        self, jobs: Iterable[CritiqueJob] | AsyncIterable[CritiqueJob]
+        self,
+        jobs: Iterable[CritiqueJob] | AsyncIterable[CritiqueJob],
+        *,
+        total: int | None = None,
     ) -> AsyncIterator[JobResult]:
         """Yield one `JobResult` per job, in completion order. Jobs are pulled only when one of
         the `max_in_flight` slots is free (a slot frees when its result is yielded), so an
         endless or huge job stream is never materialised. Stopping the iteration (break,
-        cancel) cancels the jobs in flight; answers already received stay cached."""
+        cancel) cancels the jobs in flight; answers already received stay cached. `total`
+        (the number of jobs, for the progress bar) defaults to `len(jobs)` where it has one."""
         if self._closed:
             raise RuntimeError("this Engine is closed")
         loop = asyncio.get_running_loop()
@@ -256,7 +260,7 @@ class Engine:
         feeder = loop.create_task(feed())
         self._tasks.add(feeder)
         feeder.add_done_callback(finished)
-        bar = _Progress(self, _length(jobs), self.config.progress)
+        bar = _Progress(self, _length(jobs) if total is None else total, self.config.progress)
         yielded = 0
         feeding = True
         self._queues.add(queue)
@@ -686,9 +690,9 @@ class _Progress:
         self._bar = None
         self._next = 0.0
         if enabled:
-            from tqdm.auto import tqdm
+            from lvlmva.progress import progress_bar
 
-            self._bar = tqdm(total=total, unit="job", desc="critique", dynamic_ncols=True)
+            self._bar = progress_bar(total=total, unit="job", desc="critique", dynamic_ncols=True)
             self._start = time.perf_counter()
             self._calls0 = engine.stats.provider_calls
 

@@ -27,9 +27,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from lvlmva.errors import ConfigError, DataError
+from lvlmva.progress import progress_bar
 from lvlmva.vision.datasets.base import DatasetInfo, ShortcutDataset
 
 UNKNOWN_LABEL = -100  # alignment samples added without a label are left out of the CE term
@@ -350,7 +350,7 @@ class RRRTrainer:
             totals = [0.0, 0.0, 0.0]
             step_time = 0.0
             done = 0
-            bar = tqdm(
+            bar = progress_bar(
                 range(steps_per_epoch),
                 desc=f"RRR epoch {epoch + 1}/{self.epochs}",
                 disable=not self.progress,

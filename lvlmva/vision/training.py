@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lvlmva.errors import DataError
+from lvlmva.progress import progress_bar
 from lvlmva.vision.datasets.base import ShortcutDataset
 
 _MAX_DEVICE_COPY = 1 << 30  # datasets up to 1 GiB are copied to an accelerator once
@@ -90,9 +91,9 @@ def train_classifier(
     was_training = model.training
     start = time.perf_counter()
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=epochs * n_batches, desc="training", unit="batch", disable=not progress)
+    bar = progress_bar(
+        total=epochs * n_batches, desc="training", unit="batch", disable=not progress
+    )
     with torch.random.fork_rng(devices=_rng_devices(device)):
         torch.manual_seed(seed)
         model.train()
