@@ -70,8 +70,8 @@ def test_lesion_bandage_rates_train_vs_test(lesions):
 
 
 def test_knee_marker_rates_train_vs_test(knees):
-    assert _attribute_rate(knees.train, 0) == pytest.approx(0.1)  # healthy marked "R"
-    assert _attribute_rate(knees.train, 1) == pytest.approx(0.9)
+    assert _attribute_rate(knees.train, 0) == pytest.approx(0.02)  # healthy marked "R"
+    assert _attribute_rate(knees.train, 1) == pytest.approx(0.98)
     assert _attribute_rate(knees.test, 0) == pytest.approx(0.5)
     assert _attribute_rate(knees.test, 1) == pytest.approx(0.5)
 

@@ -7,9 +7,12 @@ osteophytes at the joint margins; all of it follows a latent severity drawn per 
 overlapping distributions, so the class is learnable but not trivially separable.
 
 A bright marker letter, "R" or "L" (a 5 x 7 pixel font, scaled), sits in a random corner. In
-training "R" marks `marker_rate[c]` of class `c` (default 10% of healthy, 90% of
-osteoarthritis); in validation / test half of each class. Groups are class x letter; the spurious
-mask is the letter's pixels dilated by one pixel.
+training "R" marks `marker_rate[c]` of class `c`; in validation / test half of each class.
+The default, 2% of healthy and 98% of osteoarthritis images, is a strong correlation because
+the joint itself is easy to read: a ResNet-18 (40 px, 600 training images, 5 epochs, seeds
+0-1) reaches a test worst-group accuracy of 0.59-0.61 at 10% / 90% but 0.11-0.22 at 2% / 98%,
+nearer the real knee model of DESIGN.md (0.03). Groups are class x letter; the spurious mask
+is the letter's pixels dilated by one pixel.
 
 One channel, because radiographs are grey (models built for the dataset take 1 input channel).
 Seeded and vectorised in torch (about 1.5 s per 1,000 images on one CPU core). Default size:
@@ -53,7 +56,7 @@ def load_synth_knee(
     n_train: int = 2000,
     n_val: int = 600,
     n_test: int = 600,
-    marker_rate: Sequence[float] = (0.1, 0.9),
+    marker_rate: Sequence[float] = (0.02, 0.98),
     data_dir: str | None = None,
 ) -> DatasetSplits:
     """Build the seeded train / val / test splits (`data_dir` is accepted and ignored).
