@@ -47,17 +47,16 @@ from typing import Any
 import torch
 
 import lvlmva.api as api
-from lvlmva.api import CriticSettings, align, default_lambda, reset_parameters
+from lvlmva.api import CriticSettings, align, default_lambda
 from lvlmva.vision.datasets import load_dataset
 from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
 from lvlmva.vision.datasets.decoy import decoy_shade
 from lvlmva.vision.metrics import evaluate, mean_std
-from lvlmva.vision.models import build_model
+from lvlmva.vision.models import build_model, reinitialize
 from lvlmva.vision.rrr import AlignmentPool, search_lambda
 from lvlmva.vision.training import train_classifier
 
 DECOY_DATASETS = ("decoy-mnist", "decoy-digits")
-INIT_SEED_OFFSET = 1000  # the RRR model's initial weights come from torch.manual_seed(seed + this)
 GRID = (0.01, 0.1, 1.0, 10.0)
 
 
@@ -160,7 +159,6 @@ def run_align(
 ) -> tuple[api.AlignResult, dict[str, Any]]:
     """One `align()` call, timed; returns the result and the timing figures."""
     arrivals: list[float] = []
-    torch.manual_seed(seed + INIT_SEED_OFFSET)  # the same initial RRR weights in every mode
     load_before = os.getloadavg()[0]
     returned: list[float] = []
 
@@ -236,8 +234,7 @@ def choose_lambda(args: argparse.Namespace) -> dict[str, Any]:
     def make_model() -> torch.nn.Module:
         fresh = copy.deepcopy(model)
         if args.start == "retrain":
-            torch.manual_seed(seed + INIT_SEED_OFFSET)
-            reset_parameters(fresh)
+            reinitialize(fresh, seed=seed)  # the weights `align(seed=seed)` starts from
         return fresh
 
     search = search_lambda(
