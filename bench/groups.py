@@ -2,7 +2,8 @@
 benchmarks, ResNet-18, mean +- std over seeds, for the original model, LVLM-VA with the
 simulated critic, DFR, JTT and SUBG.
 
-    python bench/groups.py --seeds 0 1 2 3 4 --out runs/groups --write-md docs/bench_groups.md
+    python bench/groups.py --seeds 0 1 2 3 4 5 6 7 8 9 --out runs/groups \
+        --write-md docs/benchmarks.md docs/bench_groups.md
 
 Per benchmark, lambda is first chosen on the *validation* split of the first seed
 (`search_lambda` over `--lambda-grid`, scored by validation WGA) unless `--lam` fixes it. Then,
@@ -78,6 +79,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=5, help="epochs of every training run")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--n-align", type=int, default=48, help="alignment samples critiqued")
+    p.add_argument(
+        "--soft-masks",
+        action="store_true",
+        help="masks weighted by the 'no' clusters' responsibilities instead of 0/1",
+    )
     p.add_argument("--verdict-accuracy", type=float, default=0.87)
     p.add_argument("--lam", type=float, help="fix the RRR weight (default: search on val)")
     p.add_argument("--lambda-grid", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0])
@@ -88,7 +94,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--corruption-n", type=int, default=300, help="test images for corruptions")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/groups")
-    p.add_argument("--write-md", help="write the markdown table to this file")
+    p.add_argument(
+        "--write-md",
+        nargs="+",
+        default=[],
+        help="write the markdown tables to these files (between the bench's markers if present)",
+    )
     p.add_argument("--render-only", action="store_true", help="only rebuild the markdown")
     p.add_argument("--command", help="command line to print in the markdown (default: argv)")
     return p.parse_args(argv)
@@ -112,13 +123,14 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "dfr_resamples",
         "severities",
         "corruption_n",
+        "soft_masks",
     ]
     return {k: getattr(args, k) for k in keys}
 
 
 # The settings each kind of cell depends on: a cell is reused when these match.
 _DATA = ("image_size", "n_train", "n_val", "n_test", "epochs", "lr")
-_ALIGN = ("n_align", "verdict_accuracy", "lambda_grid")
+_ALIGN = ("n_align", "verdict_accuracy", "lambda_grid", "soft_masks")
 RELEVANT = {
     "original": (*_DATA, "severities", "corruption_n"),
     "lambda-search": (*_DATA, *_ALIGN),
@@ -129,11 +141,14 @@ RELEVANT = {
 }
 
 
+_ADDED_LATER = {"soft_masks": False}  # settings added later: rows without them had these
+
+
 def matches(row: dict[str, Any], config: dict[str, Any]) -> bool:
     """Whether `row` was computed with the settings of `config` that its method depends on."""
     done = row.get("config") or {}
     keys = RELEVANT.get(row.get("method", ""), tuple(config))
-    return all(done.get(k) == config.get(k) for k in keys)
+    return all(done.get(k, _ADDED_LATER.get(k)) == config.get(k) for k in keys)
 
 
 class Results:
@@ -233,6 +248,7 @@ def run_align(
             splits,
             critic=critic,
             n_align=args.n_align,
+            soft_masks=args.soft_masks,
             lam=lam,
             start="retrain",
             epochs=args.epochs,
@@ -264,6 +280,7 @@ def choose_lambda(name: str, results: Results, args: argparse.Namespace) -> floa
             splits,
             critic=critic,
             n_align=args.n_align,
+            soft_masks=args.soft_masks,
             lam=1.0,
             epochs=0,
             streaming=False,
@@ -433,6 +450,7 @@ def render(results: Results, args: argparse.Namespace, command: str) -> str:
         f"Settings: ResNet-18 ({args.image_size} px, {args.n_train} train / {args.n_val} val / "
         f"{args.n_test} test images), {args.epochs} epochs for every training run, Adam lr "
         f"{args.lr:g}; LVLM-VA: `lvlmva.api.align`, retrain, {args.n_align} alignment samples, "
+        f"{'soft' if args.soft_masks else 'hard (0/1)'} masks, "
         f"DeepLiftShap + PPEPS-WGM (J = 7), simulated critic (offline simulation answering from "
         f"ground-truth masks, verdict accuracy {args.verdict_accuracy}, not a real model); JTT "
         f"T in {args.jtt_id_epochs}, upweight in {args.jtt_upweights}; DFR "
@@ -565,8 +583,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     run_cell(name, seed, splits, lams.get(name, 1.0), results, args, methods)
     text = render(results, args, command)
     print(text)
-    if args.write_md:
-        write_markdown(Path(args.write_md), text)
+    for path in args.write_md:
+        write_markdown(Path(path), text)
 
 
 BEGIN, END = "<!-- bench/groups.py: begin -->", "<!-- bench/groups.py: end -->"

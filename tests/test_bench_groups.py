@@ -75,6 +75,11 @@ def test_cells_match_on_the_settings_their_method_depends_on(bench, tmp_path):
     assert not bench.matches({"method": "lvlm-va", "config": base}, variant)
     assert bench.matches({"method": "original", "config": base}, variant)
     assert not bench.matches({"method": "jtt", "config": base}, variant)
+    before_soft_masks = {k: v for k, v in base.items() if k != "soft_masks"}  # an older row
+    assert bench.matches({"method": "lvlm-va", "config": before_soft_masks}, base)
+    soft = bench.settings(bench.parse_args(["--out", str(tmp_path), "--soft-masks"]))
+    assert not bench.matches({"method": "lvlm-va", "config": before_soft_masks}, soft)
+    assert bench.matches({"method": "original", "config": before_soft_masks}, soft)
 
 
 def test_write_markdown_keeps_the_prose_around_the_markers(bench, tmp_path):
