@@ -172,6 +172,7 @@ def run_align(
             lam=lam,
             start=args.start,
             attribution=args.attribution,
+            soft_masks=args.soft_masks,
             seed=seed,
             streaming=streaming,
             progress=False,
@@ -284,6 +285,7 @@ def run_seed(args: argparse.Namespace, seed: int, lam: float | None) -> list[dic
             "mode": "streamed" if streaming else "sequential",
             "start": args.start,
             "attribution": args.attribution,
+            "soft_masks": args.soft_masks,
             "lambda": result.lam,
             "n_align": len(result.samples),
             "before": round(result.before.test_accuracy, 4),
@@ -397,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--attribution",
         default="deeplift-shap",
         choices=("deeplift-shap", "integrated-gradients", "gradient-shap"),
+    )
+    parser.add_argument(
+        "--soft-masks", action="store_true", help="masks weighted by the clusters' responsibilities"
     )
     parser.add_argument(
         "--search-lambda",
