@@ -199,7 +199,7 @@ async def align(
     n_align: int = 1000,
     n_clusters: int = 7,
     attribution: str = "deeplift-shap",
-    soft_masks: bool = False,
+    soft_masks: bool = True,
     lam: float | None = None,
     start: Literal["retrain", "finetune"] = "retrain",
     gamma: float = 0.0,
@@ -217,6 +217,8 @@ async def align(
 
     `critic` says which LVLM to use (default: the offline simulation). `critic_provider` /
     `judge_provider` let a caller pass ready `Provider` objects instead (e.g. a custom client).
+    `soft_masks` (default) weights each masked pixel by the "no" clusters' responsibility
+    instead of 0/1 (docs/benchmarks.md: at least as good on every benchmark measured).
     `lam` is the RRR weight; None picks the dataset's default. `start="retrain"` trains the
     model's architecture afresh with the RRR loss, from weights drawn under
     `torch.manual_seed(seed)` like `build_model`'s (explanations still come from the original);

@@ -169,3 +169,19 @@ async def test_sequential_run_does_not_depend_on_the_order_answers_arrive(
     assert [s.index for s in runs[0].samples] == [s.index for s in runs[1].samples]
     for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+async def test_masks_are_soft_by_default_and_hard_on_request(digits, shortcut_model):
+    masks = {}
+    for soft in (True, False):
+        kwargs = {} if soft else {"soft_masks": False}
+        result = await align(
+            copy.deepcopy(shortcut_model), digits, n_align=24, epochs=0, streaming=False,
+            progress=False, **kwargs,
+        )
+        masks[soft] = torch.stack([s.mask for s in result.samples if s.mask is not None])
+    hard = masks[False]
+    assert set(hard.unique().tolist()) <= {0.0, 1.0}
+    soft = masks[True]
+    assert ((soft > 0) & (soft < 1)).any()  # responsibilities, not 0/1
+    assert soft.max() <= 1.0 and soft.min() >= 0.0

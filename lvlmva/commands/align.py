@@ -55,9 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clusters", type=int, default=7, help="PPEPS-WGM clusters per image")
     p.add_argument("--method", default="deeplift-shap", help="attribution method")
     p.add_argument(
-        "--soft-masks",
-        action="store_true",
-        help="masks weighted by the posterior responsibility of the rejected clusters",
+        "--masks",
+        choices=("soft", "hard"),
+        default="soft",
+        help="soft (default): pixels weighted by the posterior responsibility of the rejected "
+        "clusters; hard: 0/1, the union of the rejected clusters",
     )
     p.add_argument("--lambda", dest="lam", type=float, help="RRR weight (default: per task)")
     p.add_argument("--epochs", type=int, default=5, help="alignment epochs")
@@ -212,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             n_align=args.n_align,
             n_clusters=args.clusters,
             attribution=args.method,
-            soft_masks=args.soft_masks,
+            soft_masks=args.masks == "soft",
             lam=args.lam,
             start=args.start,
             epochs=args.epochs,
