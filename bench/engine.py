@@ -124,7 +124,7 @@ class JobFactory:
 def spool_jobs(factory: JobFactory, n: int, spool: Path, oracle: Path) -> None:
     """Render every job once into a spool file (pickled, one after another) and write the
     simulator's oracle. Runs before the clock starts: the figures measure the client, not PIL."""
-    from lvlmva.engine.sim import write_oracle
+    from lvlmva.simulation import write_oracle
 
     with spool.open("wb") as handle:
 

@@ -661,7 +661,7 @@ async def build_engine(
 async def _make_provider(critic: CriticSettings) -> tuple[Provider, Any, Any]:
     """The provider for `critic`, the simulation's oracle (or None) and an async closer."""
     if critic.kind == "simulated":
-        from lvlmva.engine.sim import DictOracle, SimulatedLVLM
+        from lvlmva.simulation import DictOracle, SimulatedLVLM
         from lvlmva.vision.render import PALETTE
 
         oracle = DictOracle()
@@ -694,7 +694,7 @@ async def _make_provider(critic: CriticSettings) -> tuple[Provider, Any, Any]:
 async def _serve_over_http(sim: Provider) -> tuple[Provider, Callable[[], Any]]:
     """Serve the simulation on loopback and talk to it through the real OpenAI HTTP path."""
     from lvlmva.engine.providers.openai_compat import OpenAICompatibleProvider
-    from lvlmva.engine.sim import start_sim_server
+    from lvlmva.simulation import start_sim_server
 
     server = await start_sim_server(sim, host="127.0.0.1", port=0)
     provider = OpenAICompatibleProvider(base_url=server.base_url, api_key="sim")

@@ -489,7 +489,7 @@ def sim_config(**overrides) -> EngineConfig:
 
 @pytest.mark.parametrize("fused", [False, True])
 async def test_real_prompts_with_the_simulated_lvlm(fused):
-    from lvlmva.engine.sim import DictOracle, SimulatedLVLM
+    from lvlmva.simulation import DictOracle, SimulatedLVLM
     from lvlmva.vision.render import PALETTE
 
     oracle = DictOracle()
@@ -506,7 +506,7 @@ async def test_real_prompts_with_the_simulated_lvlm(fused):
 
 
 async def test_simulated_bad_json_is_reasked_and_never_guessed():
-    from lvlmva.engine.sim import DictOracle, SimulatedLVLM
+    from lvlmva.simulation import DictOracle, SimulatedLVLM
     from lvlmva.vision.render import PALETTE
 
     oracle = DictOracle()
@@ -533,7 +533,7 @@ async def test_simulated_bad_json_is_reasked_and_never_guessed():
 
 async def test_the_http_path_with_retries_and_no_double_billing(tmp_path):
     from lvlmva.engine.providers.openai_compat import OpenAICompatibleProvider
-    from lvlmva.engine.sim import DictOracle, SimulatedLVLM, start_sim_server
+    from lvlmva.simulation import DictOracle, SimulatedLVLM, start_sim_server
     from lvlmva.vision.render import PALETTE
 
     oracle = DictOracle()

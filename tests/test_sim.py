@@ -19,7 +19,10 @@ import openai
 import pytest
 
 from lvlmva.engine.errors import BadRequest, ProviderTimeout, RateLimited, ServerError
-from lvlmva.engine.sim import (
+from lvlmva.engine.types import ChatRequest, ImagePart, Message, TextPart
+from lvlmva.engine.validation import VerdictValidationError, parse_verdicts, verdict_schema
+from lvlmva.errors import ConfigError, DataError
+from lvlmva.simulation import (
     DictOracle,
     DirectoryOracle,
     SimulatedLVLM,
@@ -27,12 +30,9 @@ from lvlmva.engine.sim import (
     start_sim_server,
     write_oracle,
 )
-from lvlmva.engine.sim.clustermap import decode_cluster_map, find_spurious
-from lvlmva.engine.sim.critique import read_verdicts
-from lvlmva.engine.sim.simulator import SimStats
-from lvlmva.engine.types import ChatRequest, ImagePart, Message, TextPart
-from lvlmva.engine.validation import VerdictValidationError, parse_verdicts, verdict_schema
-from lvlmva.errors import ConfigError, DataError
+from lvlmva.simulation.clustermap import decode_cluster_map, find_spurious
+from lvlmva.simulation.critique import read_verdicts
+from lvlmva.simulation.simulator import SimStats
 from lvlmva.vision.render import PALETTE, render_critic_images
 
 SIZE = 28
@@ -560,8 +560,8 @@ def test_serve_sim_command_prints_what_it_is_and_serves(tmp_path):
 def test_relevant_accuracy_is_separate_from_verdict_accuracy():
     import torch
 
-    from lvlmva.engine.sim import DictOracle, SimulatedLVLM
     from lvlmva.errors import ConfigError
+    from lvlmva.simulation import DictOracle, SimulatedLVLM
     from lvlmva.vision.render import PALETTE, render_critic_images
 
     labels = torch.full((8, 8), -1, dtype=torch.long)

@@ -2,7 +2,7 @@
 
 A simulation, not a model: it answers Critic requests from ground-truth spurious masks (an
 oracle folder of `<sha256 of the original PNG>.npy` files, see
-`lvlmva.engine.sim.write_oracle`) with a chosen verdict accuracy, latency and failure rates.
+`lvlmva.simulation.write_oracle`) with a chosen verdict accuracy, latency and failure rates.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def palette() -> dict[str, tuple[int, int, int]]:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from lvlmva.engine.sim import DictOracle, DirectoryOracle, SimulatedLVLM, start_sim_server
+    from lvlmva.simulation import DictOracle, DirectoryOracle, SimulatedLVLM, start_sim_server
 
     oracle = DirectoryOracle(args.oracle_dir) if args.oracle_dir else DictOracle()
     sim = SimulatedLVLM(

@@ -91,7 +91,7 @@ class DirectoryOracle:
         if not self.path.is_dir():
             raise ConfigError(
                 f"oracle folder {self.path} does not exist; write one with "
-                "lvlmva.engine.sim.write_oracle(path, items)"
+                "lvlmva.simulation.write_oracle(path, items)"
             )
         self._cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
         self._cache_size = cache_size

@@ -29,9 +29,9 @@ from typing import Any
 
 from aiohttp import web
 
-from lvlmva.engine.sim.simulator import SimOutcome, SimulatedLVLM
 from lvlmva.engine.types import ChatRequest, ImagePart, Message, Part, TextPart
 from lvlmva.errors import ConfigError
+from lvlmva.simulation.simulator import SimOutcome, SimulatedLVLM
 
 __all__ = [
     "SimServer",

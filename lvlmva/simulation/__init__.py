@@ -8,15 +8,15 @@ Critic and Judge requests from ground-truth spurious masks, never a model.
   the SHA-256 of the original image's PNG bytes.
 """
 
-from lvlmva.engine.sim.oracle import (
+from lvlmva.simulation.oracle import (
     DictOracle,
     DirectoryOracle,
     MaskOracle,
     image_key,
     write_oracle,
 )
-from lvlmva.engine.sim.server import SimServer, build_app, parse_chat_request, start_sim_server
-from lvlmva.engine.sim.simulator import SimOutcome, SimStats, SimulatedLVLM, request_hash
+from lvlmva.simulation.server import SimServer, build_app, parse_chat_request, start_sim_server
+from lvlmva.simulation.simulator import SimOutcome, SimStats, SimulatedLVLM, request_hash
 
 __all__ = [
     "DictOracle",

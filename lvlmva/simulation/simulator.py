@@ -43,12 +43,12 @@ from typing import Any, Literal
 from PIL import Image
 
 from lvlmva.engine.errors import BadRequest, ProviderTimeout, RateLimited, ServerError
-from lvlmva.engine.sim.clustermap import decode_cluster_map, find_spurious
-from lvlmva.engine.sim.critique import SimVerdict, read_verdicts, unit_draw, write_critique
-from lvlmva.engine.sim.faults import FaultRates, spoil_json
-from lvlmva.engine.sim.oracle import MaskOracle
 from lvlmva.engine.types import ChatRequest, ChatResponse, ImagePart, Message, TextPart, Usage
 from lvlmva.errors import ConfigError
+from lvlmva.simulation.clustermap import decode_cluster_map, find_spurious
+from lvlmva.simulation.critique import SimVerdict, read_verdicts, unit_draw, write_critique
+from lvlmva.simulation.faults import FaultRates, spoil_json
+from lvlmva.simulation.oracle import MaskOracle
 
 __all__ = ["LatencySpec", "SimOutcome", "SimStats", "SimulatedLVLM", "request_hash"]
 
