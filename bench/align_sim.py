@@ -39,7 +39,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -69,31 +68,6 @@ def repaint_decoys(split: ShortcutDataset, seed: int) -> ShortcutDataset:
     images = torch.where(split.spurious_masks[:, None], shade, split.images)
     groups = 2 * split.labels + (digits == split.labels).long()
     return ShortcutDataset(images, split.labels, groups, split.spurious_masks)
-
-
-class VisionTimer:
-    """Wraps `lvlmva.api._explain_segment_render` to add up the wall time of the vision work
-    (explain + segment + render, in the worker thread) of a run."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._lock = threading.Lock()
-        self._inner = api._explain_segment_render
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return self._inner(*args, **kwargs)
-        finally:
-            with self._lock:
-                self.seconds += time.perf_counter() - started
-
-    def __enter__(self) -> VisionTimer:
-        api._explain_segment_render = self
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        api._explain_segment_render = self._inner
 
 
 def prepare(args: argparse.Namespace, seed: int) -> tuple[DatasetSplits, torch.nn.Module, float]:
@@ -158,7 +132,7 @@ def run_align(
     epochs: int | None = None,
 ) -> tuple[api.AlignResult, dict[str, Any]]:
     """One `align()` call, timed; returns the result and the timing figures."""
-    arrivals: list[float] = []
+    arrivals: list[tuple[float, bool]] = []  # (seconds since start, has a mask), as they come
     load_before = os.getloadavg()[0]
     returned: list[float] = []
 
@@ -176,25 +150,26 @@ def run_align(
             seed=seed,
             streaming=streaming,
             progress=False,
-            on_sample=lambda record: arrivals.append(time.perf_counter() - started),
+            on_sample=lambda record: arrivals.append(
+                (time.perf_counter() - started, record.mask is not None)
+            ),
         )
         returned.append(time.perf_counter() - started)
         return out
 
-    with VisionTimer() as vision:
-        started = time.perf_counter()
-        result = asyncio.run(timed())
-        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    result = asyncio.run(timed())
+    wall = time.perf_counter() - started
     # The trainer starts when the pool holds its first share (streamed) or every mask
     # (sequential); the pool grows by one per record with a mask.
     n_masks = sum(s.mask is not None for s in result.samples)
-    mask_times = [t for t, s in zip(arrivals, result.samples, strict=True) if s.mask is not None]
+    mask_times = [t for t, has_mask in arrivals if has_mask]
     need = max(1, int(0.25 * len(result.samples))) if streaming else len(result.samples)
     train_start = mask_times[need - 1] if n_masks >= need else result.timings["critique_s"]
     history = result.history
     timing = {
         "wall_s": round(wall, 2),
-        "vision_s": round(vision.seconds, 2),
+        "vision_s": round(result.timings.get("vision_s", 0.0), 2),
         "first_mask_s": round(mask_times[0], 2) if mask_times else None,
         "critique_s": round(result.timings["critique_s"], 2),
         "train_start_s": round(train_start, 2),

@@ -7,7 +7,7 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -17,6 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from lvlmva.vision.datasets.base import DatasetSplits
+from lvlmva.vision.metrics import Metrics
+
+if TYPE_CHECKING:
+    from lvlmva.pipeline.records import AlignResult, SampleRecord
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -43,7 +47,7 @@ img{max-width:100%}
 
 def write_align_report(
     path: str | Path,
-    result: Any,
+    result: AlignResult,
     splits: DatasetSplits,
     *,
     original_model: nn.Module,
@@ -54,16 +58,15 @@ def write_align_report(
     from lvlmva.vision.attribution import explain
 
     path = Path(path)
-    metrics = result.metrics_dict()
     shown = [s for s in result.samples if s.images][:n_samples] or result.samples[:n_samples]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>lvlm-va alignment report</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>lvlm-va alignment report: {html.escape(splits.info.name)}</h1>",
         _critic_banner(result),
-        _metrics_table(metrics),
+        _metrics_table(result),
         "<h2>Accuracy before and after alignment</h2>",
-        _img(_accuracy_plot(metrics), "accuracy before and after", width=520),
+        _img(_accuracy_plot(result.before, result.after), "accuracy before and after", width=520),
     ]
     curves = _training_curves(result.history)
     if curves is not None:
@@ -83,13 +86,13 @@ def write_align_report(
     return path
 
 
-def _critic_banner(result: Any) -> str:
+def _critic_banner(result: AlignResult) -> str:
     critic = result.critic
     if critic.kind == "simulated":
         text = (
             "Critic: <b>simulated LVLM</b>, an offline simulation that answers from the "
             f"dataset's ground-truth spurious masks with verdict accuracy "
-            f"{critic.verdict_accuracy:.2f}. It is not a real model."
+            f"{critic.simulation.verdict_accuracy:.2f}. It is not a real model."
         )
     elif critic.kind == "ground-truth":
         text = "No LVLM: the ground-truth spurious masks were used as correction masks."
@@ -101,38 +104,40 @@ def _critic_banner(result: Any) -> str:
     return f"<p class='banner'>{text}</p>"
 
 
-def _metrics_table(metrics: dict) -> str:
-    before, after = metrics["before"], metrics["after"]
-    rows = [("test accuracy", "test_accuracy"), ("AGA", "aga"), ("WGA", "wga")]
+_HEADLINE = (("test accuracy", "test_accuracy"), ("AGA", "aga"), ("WGA", "wga"))
+
+
+def _metrics_table(result: AlignResult) -> str:
+    before, after = result.before, result.after
     body = "".join(
-        f"<tr><td>{label}</td><td>{before[key]:.4f}</td><td>{after[key]:.4f}</td></tr>"
-        for label, key in rows
-        if before.get(key) is not None
+        f"<tr><td>{label}</td><td>{getattr(before, name):.4f}</td>"
+        f"<td>{getattr(after, name):.4f}</td></tr>"
+        for label, name in _HEADLINE
+        if getattr(before, name) is not None
     )
     facts = [
-        f"lambda {metrics['lambda']:g}",
-        f"{metrics['n_masks']} masks from {metrics['n_align']} alignment samples",
-        f"LVLM calls {metrics['provider_calls']}",
-        f"cache hits {metrics['cache_hits']}",
-        f"cost ${metrics['cost_usd']:.4f}",
+        f"lambda {result.lam:g}",
+        f"{result.n_masks} masks from {len(result.samples)} alignment samples",
+        f"LVLM calls {result.provider_calls}",
+        f"cache hits {result.cache_hits}",
+        f"cost ${result.cost_usd:.4f}",
     ]
-    verdict = (metrics.get("verdict_accuracy") or {}).get("accuracy")
-    if verdict is not None:
-        facts.append(f"verdict accuracy {verdict:.3f}")
+    verdict = result.verdict_accuracy
+    if verdict is not None and verdict.accuracy == verdict.accuracy:  # not NaN
+        facts.append(f"verdict accuracy {verdict.accuracy:.3f}")
     return (
         "<table><tr><th>metric</th><th>before</th><th>after</th></tr>"
         f"{body}</table><p>{html.escape('; '.join(facts))}</p>"
     )
 
 
-def _accuracy_plot(metrics: dict) -> bytes:
-    before, after = metrics["before"], metrics["after"]
-    keys = [k for k in ("test_accuracy", "aga", "wga") if before.get(k) is not None]
+def _accuracy_plot(before: Metrics, after: Metrics) -> bytes:
+    names = [(label, name) for label, name in _HEADLINE if getattr(before, name) is not None]
     fig, ax = plt.subplots(figsize=(5.2, 2.8), dpi=100)
-    xs = range(len(keys))
-    ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], 0.4, label="before")
-    ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], 0.4, label="after")
-    ax.set_xticks(list(xs), [k.replace("_", " ") for k in keys])
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [getattr(before, n) for _, n in names], 0.4, label="before")
+    ax.bar([x + 0.2 for x in xs], [getattr(after, n) for _, n in names], 0.4, label="after")
+    ax.set_xticks(list(xs), [label for label, _ in names])
     for container in ax.containers:
         ax.bar_label(container, fmt="%.2f", fontsize=7, padding=1)
     ax.set_ylim(0, 1.12)
@@ -168,7 +173,7 @@ def _training_curves(history: Any) -> bytes | None:
     return _png(fig)
 
 
-def _sample_html(sample: Any, image: Tensor, before: Tensor, after: Tensor) -> str:
+def _sample_html(sample: SampleRecord, image: Tensor, before: Tensor, after: Tensor) -> str:
     figures = [
         _figure(sample.images[name], name)
         for name in ("original", "clusters", "overlay")

@@ -97,9 +97,9 @@ async def test_unknown_spec_class_fails_before_any_call(digits, shortcut_model, 
 async def test_an_explanation_error_ends_the_run_with_that_error(
     digits, shortcut_model, monkeypatch
 ):
-    import lvlmva.api as api
+    import lvlmva.pipeline.explain as stages
 
-    real = api._explain_segment_render
+    real = stages.explain_segment_render
     calls = []
 
     def fail_on_second_batch(*args, **kwargs):
@@ -108,7 +108,7 @@ async def test_an_explanation_error_ends_the_run_with_that_error(
             raise RuntimeError("attribution broke on batch 2")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api, "_explain_segment_render", fail_on_second_batch)
+    monkeypatch.setattr(stages, "explain_segment_render", fail_on_second_batch)
     with pytest.raises(RuntimeError, match="batch 2"):
         await align(
             copy.deepcopy(shortcut_model), digits, critic=CriticSettings(kind="simulated"),
@@ -132,9 +132,8 @@ async def test_sequential_run_does_not_depend_on_the_order_answers_arrive(
 ):
     import asyncio
 
-    import lvlmva.api as api
-
-    make_provider = api._make_provider
+    from lvlmva.critics import CRITICS
+    from lvlmva.critics.simulated import SimulatedCritic
 
     class Reordering:
         """Delegates to the simulation; each call waits `delay(call number)` seconds first."""
@@ -152,17 +151,26 @@ async def test_sequential_run_does_not_depend_on_the_order_answers_arrive(
         async def aclose(self):
             await self.inner.aclose()
 
+    class ReorderedSimulation(SimulatedCritic):
+        """A critic backend of the registry: the simulation behind `Reordering`."""
+
+        name = "reordered-simulation"
+
+        def __init__(self, delay):
+            self.delay = delay
+
+        async def connect(self, settings):
+            connection = await super().connect(settings)
+            connection.critic = connection.judge = Reordering(connection.critic, self.delay)
+            return connection
+
     runs = []
     for delay in (lambda n: 0.0, lambda n: max(0.0, 0.05 - 0.001 * n)):  # later calls first
-
-        async def reordered(critic, delay=delay):
-            provider, oracle, closer = await make_provider(critic)
-            return Reordering(provider, delay), oracle, closer
-
-        monkeypatch.setattr(api, "_make_provider", reordered)
+        monkeypatch.setitem(CRITICS, "reordered-simulation", ReorderedSimulation(delay))
         runs.append(
             await align(
-                copy.deepcopy(shortcut_model), digits, critic=CriticSettings(max_in_flight=16),
+                copy.deepcopy(shortcut_model), digits,
+                critic=CriticSettings("reordered-simulation", max_in_flight=16),
                 n_align=48, explain_batch=48, epochs=1, streaming=False, progress=False,
             )
         )

@@ -10,7 +10,7 @@ import time
 import torch
 from torch import nn
 
-from lvlmva.api import AlignResult, CriticSettings, SampleRecord
+from lvlmva.api import AlignResult, CriticSettings, CritiqueCounts, SampleRecord
 from lvlmva.vision.metrics import Metrics
 
 
@@ -38,7 +38,7 @@ def _result(n: int) -> AlignResult:
         samples=[_record(i) for i in range(n)],
         lam=0.003,
         critic=CriticSettings(),
-        provider_calls=2 * n,
+        counts=CritiqueCounts(provider_calls=2 * n),
     )
 
 

@@ -12,10 +12,11 @@ from PIL import Image
 from torch import nn
 
 from lvlmva.cli import main
-from lvlmva.commands.train import _basic_metrics
+from lvlmva.commands.train import metrics_json
 from lvlmva.vision.checkpoint import load_checkpoint
 from lvlmva.vision.datasets import load_dataset
 from lvlmva.vision.datasets.base import DatasetInfo, ShortcutDataset
+from lvlmva.vision.metrics import evaluate
 from lvlmva.vision.models import build_model
 from lvlmva.vision.training import predict_logits, train_classifier
 
@@ -124,16 +125,16 @@ class _Constant(nn.Module):
         return nn.functional.one_hot(torch.full((len(x),), self.predicted), self.classes).float()
 
 
-def test_basic_metrics_per_group():
+def test_train_metrics_per_group():
     info = DatasetInfo("toy", ("a", "b"), 1, 2, "t", (0.0,), (1.0,), ("a/x", "a/y", "b/x", "b/y"))
     labels = torch.tensor([0, 0, 0, 1, 1])
     groups = torch.tensor([0, 0, 1, 2, 2])
     data = ShortcutDataset(torch.zeros(5, 1, 2, 2), labels, groups)
-    metrics = _basic_metrics(_Constant(0), data, info)
+    metrics = metrics_json(evaluate(_Constant(0), data, info))
     assert metrics["test_accuracy"] == pytest.approx(0.6)
     assert metrics["group_accuracy"] == {"a/x": 1.0, "a/y": 1.0, "b/x": 0.0}  # b/y: no sample
     assert metrics["aga"] == pytest.approx(2 / 3) and metrics["wga"] == 0.0
-    no_groups = _basic_metrics(_Constant(1), ShortcutDataset(data.images, labels), info)
+    no_groups = metrics_json(evaluate(_Constant(1), ShortcutDataset(data.images, labels), info))
     assert no_groups == {"test_accuracy": pytest.approx(0.4)}
 
 
@@ -151,7 +152,7 @@ def test_train_command_writes_a_reloadable_model_and_metrics(tmp_path, capsys):
     assert checkpoint.arch == "mlp" and checkpoint.info.options == {"seed": 1}
     assert checkpoint.extra["epochs"] == 2 and len(checkpoint.extra["train_loss"]) == 2
     splits = load_dataset(checkpoint.info.name, **checkpoint.info.options)
-    again = _basic_metrics(checkpoint.model, splits.test, checkpoint.info)
+    again = metrics_json(evaluate(checkpoint.model, splits.test, checkpoint.info))
     for key in ("test_accuracy", "aga", "wga"):
         assert again[key] == pytest.approx(metrics[key])
     assert again["group_accuracy"] == pytest.approx(metrics["group_accuracy"])

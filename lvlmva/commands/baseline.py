@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import time
 
 from lvlmva.errors import ConfigError
 
@@ -70,73 +70,64 @@ def parse_list(text: str, kind: type, flag: str) -> list:
     return values
 
 
-def parse_options(items: list[str]) -> dict:
-    """KEY=VALUE strings -> dict, values parsed as JSON where they parse (else kept as text)."""
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--dataset-option must look like KEY=VALUE, got {item!r}")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options
-
-
 def run(args: argparse.Namespace) -> int:
-    import time
+    from lvlmva.commands.common import (
+        check_writable,
+        load_model_and_data,
+        parse_key_values,
+        resolve_device,
+        train_original,
+    )
+    from lvlmva.vision.checkpoint import save_checkpoint
 
-    import torch
-
-    from lvlmva.commands.align import dataset_options, resolve_device
-    from lvlmva.vision import baselines
-    from lvlmva.vision.checkpoint import load_checkpoint, save_checkpoint
-    from lvlmva.vision.datasets import load_dataset
-    from lvlmva.vision.metrics import evaluate
-    from lvlmva.vision.models import build_model
-    from lvlmva.vision.training import train_classifier
-
-    cs = parse_list(args.dfr_c, float, "--dfr-c")
-    id_epochs = parse_list(args.jtt_id_epochs, int, "--jtt-id-epochs")
-    upweights = parse_list(args.jtt_upweights, float, "--jtt-upweights")
     if args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    grids = {
+        "cs": parse_list(args.dfr_c, float, "--dfr-c"),
+        "id_epochs": parse_list(args.jtt_id_epochs, int, "--jtt-id-epochs"),
+        "upweights": parse_list(args.jtt_upweights, float, "--jtt-upweights"),
+    }
     device = resolve_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    if args.model:
-        checkpoint = load_checkpoint(args.model, map_location=device)
-        original, arch, info = checkpoint.model, checkpoint.arch, checkpoint.info
-        name = args.dataset or info.name
-        options = dict(info.options) if name == info.name else {}
-    else:
-        original = info = None
-        arch, name, options = args.arch, args.dataset, {}
-        if name is None:
-            raise ConfigError("give --dataset NAME (or --model PATH of a trained model)")
-    options.update(dataset_options(args))
-    options.update(parse_options(args.dataset_option))
-    seed = options.pop("seed", args.seed)
-    splits = load_dataset(name, data_dir=args.data_dir, seed=seed, **options)
+    out = check_writable(args.out)
+    extra = parse_key_values(args.dataset_option, "--dataset-option")
+    checkpoint, splits = load_model_and_data(args, device, extra_options=extra)
     data = splits.info
     if data.group_names is None or splits.val.groups is None:
         raise ConfigError(
             f"dataset {data.name} has no group labels; baselines need groups "
             "(image-folder: add a 'group' column to the CSV)"
         )
-    if info is not None and (info.class_names, info.channels, info.image_size) != (
-        data.class_names,
-        data.channels,
-        data.image_size,
-    ):
-        raise ConfigError(
-            f"model {args.model} was trained on {info.name} ({info.channels}x{info.image_size}px, "
-            f"{info.num_classes} classes) and does not fit dataset {data.name}"
-        )
-
     timings: dict[str, float] = {}
+    if checkpoint is None:
+        arch = args.arch
+        started = time.perf_counter()
+        original = train_original(
+            arch, splits, epochs=args.epochs, seed=args.seed, device=device,
+            progress=not args.quiet, lr=args.lr, batch_size=args.batch_size,
+        )  # fmt: skip
+        timings["original_train_s"] = time.perf_counter() - started
+        save_checkpoint(out / "original.pt", original, arch, data)
+    else:
+        original, arch = checkpoint.model, checkpoint.arch
+    print(f"Running {args.method.upper()} on {data.name} ({arch})", flush=True)
+    result = _run_method(args, original, arch, splits, device, grids)
+    timings["baseline_s"] = result.seconds
+    metrics = _metrics(args, original, result, arch, splits, device, timings)
+    save_checkpoint(
+        out / "model.pt", result.model, arch, data,
+        extra={"baseline": result.method, "params": result.params},
+    )  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(format_table(metrics))
+    print(f"Wrote {out / 'model.pt'} and {out / 'metrics.json'}")
+    return 0
+
+
+def _run_method(args: argparse.Namespace, original, arch: str, splits, device, grids: dict):
+    """DFR on the original model, or JTT / SUBG from fresh models of `arch`."""
+    from lvlmva.vision import baselines
+    from lvlmva.vision.models import build_model
+
     train_kwargs = {
         "lr": args.lr,
         "batch_size": args.batch_size,
@@ -145,42 +136,30 @@ def run(args: argparse.Namespace) -> int:
         "progress": not args.quiet,
     }
 
-    def fresh_model() -> torch.nn.Module:
-        return build_model(arch, data)
+    def fresh_model():
+        return build_model(arch, splits.info)
 
-    if original is None:
-        print(f"Training the original {arch} on {data.name} for {args.epochs} epochs", flush=True)
-        started = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed)
-            original = fresh_model()
-        train_classifier(original, splits.train, epochs=args.epochs, **train_kwargs)
-        timings["original_train_s"] = time.perf_counter() - started
-        save_checkpoint(out / "original.pt", original, arch, data)
-
-    print(f"Running {args.method.upper()} on {data.name} ({arch})", flush=True)
     if args.method == "dfr":
-        result = baselines.dfr(
-            original, splits, cs=cs, n_resamples=args.dfr_resamples, seed=args.seed, device=device
-        )
-    elif args.method == "jtt":
-        result = baselines.jtt(
-            fresh_model,
-            splits,
-            epochs=args.epochs,
-            id_epochs=id_epochs,
-            upweights=upweights,
-            **train_kwargs,
-        )
-    else:
-        result = baselines.subg(fresh_model, splits, epochs=args.epochs, **train_kwargs)
-    timings["baseline_s"] = result.seconds
+        return baselines.dfr(
+            original, splits, cs=grids["cs"], n_resamples=args.dfr_resamples, seed=args.seed,
+            device=device,
+        )  # fmt: skip
+    if args.method == "jtt":
+        return baselines.jtt(
+            fresh_model, splits, epochs=args.epochs, id_epochs=grids["id_epochs"],
+            upweights=grids["upweights"], **train_kwargs,
+        )  # fmt: skip
+    return baselines.subg(fresh_model, splits, epochs=args.epochs, **train_kwargs)
 
-    before = evaluate(original, splits.test, data, device=device)
-    after = evaluate(result.model, splits.test, data, device=device)
+
+def _metrics(args, original, result, arch: str, splits, device, timings: dict) -> dict:
+    """metrics.json: before/after on the test split, the chosen parameters, corruptions."""
+    from lvlmva.vision.metrics import evaluate
+
+    data = splits.info
     metrics = {
-        "before": before.to_dict(),
-        "after": after.to_dict(),
+        "before": evaluate(original, splits.test, data, device=device).to_dict(),
+        "after": evaluate(result.model, splits.test, data, device=device).to_dict(),
         "method": result.method,
         "params": result.params,
         "val_wga": result.val_wga,
@@ -196,17 +175,7 @@ def run(args: argparse.Namespace) -> int:
             "before": corruption_accuracy(original, splits.test, device=device).to_dict(),
             "after": corruption_accuracy(result.model, splits.test, device=device).to_dict(),
         }
-    save_checkpoint(
-        out / "model.pt",
-        result.model,
-        arch,
-        data,
-        extra={"baseline": result.method, "params": result.params},
-    )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(format_table(metrics))
-    print(f"Wrote {out / 'model.pt'} and {out / 'metrics.json'}")
-    return 0
+    return metrics
 
 
 def format_table(metrics: dict) -> str:

@@ -37,14 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from lvlmva.commands.align import resolve_device
-    from lvlmva.vision.attribution import METHODS, explain
-    from lvlmva.vision.checkpoint import load_checkpoint
-    from lvlmva.vision.datasets import load_dataset
-    from lvlmva.vision.ppeps import segment
-    from lvlmva.vision.render import PALETTE, contact_sheet, render_critic_images
+    from lvlmva.commands.common import load_model_and_data, resolve_device
+    from lvlmva.vision.attribution import METHODS
+    from lvlmva.vision.render import PALETTE, contact_sheet
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
@@ -53,44 +48,41 @@ def run(args: argparse.Namespace) -> int:
     if args.method not in METHODS:
         raise ConfigError(f"--method {args.method!r} is not one of {', '.join(METHODS)}")
     device = resolve_device(args.device)
-    checkpoint = load_checkpoint(args.model, map_location=device)
-    model, info = checkpoint.model, checkpoint.info
-    name = args.dataset or info.name
-    options = dict(info.options) if name == info.name else {}
-    seed = options.pop("seed", args.seed)
-    splits = load_dataset(name, data_dir=args.data_dir, seed=seed, **options)
-    data = splits.info
-    if (info.class_names, info.channels, info.image_size) != (
-        data.class_names,
-        data.channels,
-        data.image_size,
-    ):
-        raise ConfigError(
-            f"model {args.model} was trained on {info.name} ({info.channels}x{info.image_size}px, "
-            f"{info.num_classes} classes) and does not fit dataset {data.name} "
-            f"({data.channels}x{data.image_size}px, {data.num_classes} classes)"
-        )
+    checkpoint, splits = load_model_and_data(args, device)
     split = getattr(splits, args.split)
     if len(split) == 0:
-        raise ConfigError(f"the {args.split} split of {data.name} is empty; pick another --split")
+        raise ConfigError(
+            f"the {args.split} split of {splits.info.name} is empty; pick another --split"
+        )
+    rows, captions = _explain_samples(checkpoint.model, splits, split, args, device)
+    sheet = contact_sheet(rows, captions, Path(args.out) / "contact_sheet.png")
+    print(
+        f"Explained {len(rows)} {args.split} samples of {splits.info.name} with {args.method} "
+        f"and {args.clusters} clusters; wrote <index>_original/_clusters/_overlay.png and {sheet}"
+    )
+    return 0
+
+
+def _explain_samples(model, splits, split, args: argparse.Namespace, device) -> tuple[list, list]:
+    """Explain, segment and render `args.n` seeded random samples of `split`; write each
+    sample's three PNGs; return the rendered rows and their captions."""
+    import torch
+
+    from lvlmva.vision.attribution import explain
+    from lvlmva.vision.ppeps import segment
+    from lvlmva.vision.render import render_critic_images
+
     generator = torch.Generator().manual_seed(args.seed)
     indices = torch.randperm(len(split), generator=generator)[: args.n].sort().values
     images, labels = split.images[indices], split.labels[indices]
-
     attributions = explain(
-        model,
-        images,
-        labels,
-        method=args.method,
-        baselines=splits.train.images,
-        device=device,
-        seed=args.seed,
-    )
+        model, images, labels, method=args.method, baselines=splits.train.images,
+        device=device, seed=args.seed,
+    )  # fmt: skip
     seg = segment(attributions, args.clusters, seed=args.seed, device=device)
     model.eval()
     with torch.no_grad():
         probs = model(images.to(device)).softmax(dim=-1).cpu()
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, captions = [], []
@@ -100,23 +92,14 @@ def run(args: argparse.Namespace) -> int:
         for kind in ("original", "clusters", "overlay"):
             (out / f"{index}_{kind}.png").write_bytes(getattr(rendered, kind))
         rows.append(rendered)
+        spurious = _spurious_colors(rendered, cluster_labels, split.spurious_masks, index)
         captions.append(
             _caption(
-                index,
-                args.split,
-                data.class_names,
-                int(labels[j]),
-                probs[j],
-                rendered.colors,
-                _spurious_colors(rendered, cluster_labels, split.spurious_masks, index),
+                index, args.split, splits.info.class_names, int(labels[j]), probs[j],
+                rendered.colors, spurious,
             )
-        )
-    sheet = contact_sheet(rows, captions, out / "contact_sheet.png")
-    print(
-        f"Explained {len(rows)} {args.split} samples of {data.name} with {args.method} and "
-        f"{args.clusters} clusters; wrote <index>_original/_clusters/_overlay.png and {sheet}"
-    )
-    return 0
+        )  # fmt: skip
+    return rows, captions
 
 
 def _spurious_colors(

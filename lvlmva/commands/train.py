@@ -33,27 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _basic_metrics(model, dataset, info, *, batch_size: int = 256, device="cpu") -> dict:
-    """Test accuracy and, where `dataset` has groups, per-group accuracy, AGA (their mean) and
-    WGA (their minimum). Groups with no test sample are left out."""
-    from lvlmva.vision.training import predict_logits
-
-    if len(dataset) == 0:
-        raise ConfigError(f"the test split of {info.name} is empty: nothing to evaluate on")
-    predictions = predict_logits(model, dataset.images, batch_size, device).argmax(dim=1)
-    correct = (predictions == dataset.labels.cpu()).float()
-    metrics: dict = {"test_accuracy": float(correct.mean())}
-    if dataset.groups is not None:
-        groups = dataset.groups.cpu()
-        names = info.group_names
-        accuracy = {}
-        for group in sorted(int(g) for g in groups.unique()):
-            name = names[group] if names is not None and group < len(names) else str(group)
-            accuracy[name] = float(correct[groups == group].mean())
-        metrics["group_accuracy"] = accuracy
-        metrics["aga"] = sum(accuracy.values()) / len(accuracy)
-        metrics["wga"] = min(accuracy.values())
-    return metrics
+def metrics_json(metrics) -> dict:
+    """`Metrics` as metrics.json stores them: test accuracy, and per-group accuracy, AGA and WGA
+    where the data has groups (groups with no test sample are left out)."""
+    out: dict = {"test_accuracy": metrics.test_accuracy}
+    if metrics.group_accuracy is not None:
+        out.update(group_accuracy=metrics.group_accuracy, aga=metrics.aga, wga=metrics.wga)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from lvlmva.commands.align import dataset_options, resolve_device
+    from lvlmva.commands.common import dataset_options, resolve_device
     from lvlmva.vision.checkpoint import save_checkpoint
     from lvlmva.vision.datasets import load_dataset
+    from lvlmva.vision.metrics import evaluate
     from lvlmva.vision.models import build_model
     from lvlmva.vision.training import train_classifier
 
@@ -92,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         progress=not args.quiet,
     )
-    metrics = _basic_metrics(model, splits.test, info, device=device)
+    if len(splits.test) == 0:
+        raise ConfigError(f"the test split of {info.name} is empty: nothing to evaluate on")
+    metrics = metrics_json(evaluate(model, splits.test, info, device=device))
 
     out.mkdir(parents=True, exist_ok=True)
     extra = {

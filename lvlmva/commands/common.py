@@ -1,0 +1,208 @@
+"""What several commands share: dataset and critic flags, the device, loading a checkpoint with
+the data it fits, and training the original model. Heavy imports stay inside the functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lvlmva.errors import ConfigError
+
+
+def add_dataset_arguments(
+    parser: argparse.ArgumentParser, *, dataset_help: str, image_folder: bool = True
+) -> None:
+    """--dataset, --data-dir and (for the image-folder dataset) --csv and --image-size."""
+    parser.add_argument("--dataset", help=dataset_help)
+    parser.add_argument("--data-dir", help="folder holding the data (or env LVLMVA_DATA_DIR)")
+    if image_folder:
+        parser.add_argument(
+            "--csv", help="image-folder: CSV of path,label[,group][,mask_path][,split]"
+        )
+        parser.add_argument("--image-size", type=int, help="image-folder: resize images to this")
+
+
+def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The dataset keyword options given on the command line."""
+    options: dict[str, Any] = {}
+    if getattr(args, "csv", None):
+        options["csv"] = args.csv
+    if getattr(args, "image_size", None):
+        options["image_size"] = args.image_size
+    return options
+
+
+def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """KEY=VALUE strings -> dict, values parsed as JSON where they parse (else kept as text)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} must look like KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def resolve_device(name: str) -> Any:
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:1` ... as a torch device."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r} is not a device torch knows") from exc
+
+
+def load_model_and_data(
+    args: argparse.Namespace,
+    device: Any,
+    *,
+    default_dataset: str | None = None,
+    extra_options: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """`(checkpoint or None, splits)`: the checkpoint of `--model` (if given) and the dataset
+    it was trained on (or `--dataset`, which must fit the model: classes, channels, size)."""
+    from lvlmva.vision.checkpoint import load_checkpoint
+    from lvlmva.vision.datasets import load_dataset
+
+    checkpoint = None
+    options: dict[str, Any] = {}
+    name = args.dataset
+    if getattr(args, "model", None):
+        checkpoint = load_checkpoint(args.model, map_location=device)
+        info = checkpoint.info
+        name = name or info.name
+        if name == info.name:
+            options = dict(info.options)
+    name = name or default_dataset
+    if name is None:
+        raise ConfigError("give --dataset NAME (or --model PATH of a trained model)")
+    options.update(dataset_options(args))
+    options.update(extra_options or {})
+    seed = options.pop("seed", args.seed)
+    splits = load_dataset(name, data_dir=args.data_dir, seed=seed, **options)
+    if checkpoint is not None:
+        check_model_fits(checkpoint.info, splits.info, args.model)
+    return checkpoint, splits
+
+
+def check_model_fits(trained_on: Any, data: Any, model_path: str) -> None:
+    """ConfigError when a model trained on `trained_on` cannot take the images of `data`."""
+    if (trained_on.class_names, trained_on.channels, trained_on.image_size) != (
+        data.class_names,
+        data.channels,
+        data.image_size,
+    ):
+        raise ConfigError(
+            f"model {model_path} was trained on {trained_on.name} ({trained_on.channels}x"
+            f"{trained_on.image_size}px, {trained_on.num_classes} classes) and does not fit "
+            f"dataset {data.name} ({data.channels}x{data.image_size}px, {data.num_classes} "
+            "classes)"
+        )
+
+
+def train_original(
+    arch: str, splits: Any, *, epochs: int, seed: int, device: Any, progress: bool, **kwargs: Any
+) -> Any:
+    """The original model: `arch` built from weights drawn under `seed` (whatever the global
+    random state) and trained normally on the training split."""
+    import torch
+
+    from lvlmva.vision.models import build_model
+    from lvlmva.vision.training import train_classifier
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(arch, splits.info)
+    print(f"Training the original {arch} on {splits.info.name} for {epochs} epochs", flush=True)
+    train_classifier(
+        model, splits.train, epochs=epochs, seed=seed, device=device, progress=progress, **kwargs
+    )
+    return model
+
+
+def check_writable(out: str | Path) -> Path:
+    """The output folder, created; ConfigError naming it when it cannot be written."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".lvlmva-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to --out {path}: {exc.strerror or exc}") from None
+    return path
+
+
+# -- critic flags, from the registry ---------------------------------------------------------
+
+
+def add_critic_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--critic` with the registry's kinds, the flags every LVLM critic shares, and each
+    backend's own options (a flag two backends share is added once)."""
+    from lvlmva.critics import CRITICS
+
+    group = parser.add_argument_group("critic")
+    kinds = " | ".join(CRITICS)
+    group.add_argument(
+        "--critic",
+        choices=tuple(CRITICS),
+        help=f"{kinds} (default: openai when OPENAI_API_KEY or --base-url is set, else "
+        "simulated): "
+        + "; ".join(f"{name}: {backend.summary}" for name, backend in CRITICS.items()),
+    )
+    group.add_argument("--critic-model", help="LVLM for the Critic (e.g. gpt-4o)")
+    group.add_argument("--judge-model", help="LLM for the Judge (default: the critic model)")
+    group.add_argument("--fused", action="store_true", help="one structured-output call per sample")
+    group.add_argument("--rpm", type=float, help="requests-per-minute cap")
+    group.add_argument("--tpm", type=float, help="tokens-per-minute cap")
+    group.add_argument("--max-in-flight", type=int, default=32, help="requests in flight at most")
+    group.add_argument("--budget-usd", type=float, help="stop issuing requests past this cost")
+    group.add_argument("--prices", help="price table file (JSON/YAML/TOML)")
+    group.add_argument(
+        "--cache-dir", help="answer cache (default: ~/.cache/lvlmva or LVLMVA_CACHE_DIR)"
+    )
+    group.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    added: set[str] = set()
+    for backend in CRITICS.values():
+        for option in backend.cli_options:
+            if option.flags[0] not in added:
+                added.add(option.flags[0])
+                option.add_to(group)
+
+
+def critic_settings(args: argparse.Namespace) -> Any:
+    """The `CriticSettings` of the parsed flags and the environment (keys stay in the
+    environment: they are read by the providers and never copied into settings)."""
+    from lvlmva.cache import default_cache_dir
+    from lvlmva.critics import CriticSettings, EngineLimits, get_critic
+
+    kind = args.critic or (
+        "openai" if (os.environ.get("OPENAI_API_KEY") or getattr(args, "base_url", None))
+        else "simulated"
+    )  # fmt: skip
+    backend = get_critic(kind)
+    settings = CriticSettings(
+        kind,
+        fused=args.fused,
+        cache_dir=None if args.no_cache else Path(args.cache_dir or default_cache_dir()),
+        prices_file=args.prices,
+        seed=args.seed,
+        limits=EngineLimits(
+            rpm=args.rpm,
+            tpm=args.tpm,
+            max_in_flight=args.max_in_flight,
+            budget_usd=args.budget_usd,
+        ),
+    )
+    return backend.configure(settings, args)

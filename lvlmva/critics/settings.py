@@ -1,0 +1,179 @@
+"""How the Critic & Judge are reached, as three frozen groups and the settings that hold them.
+
+- endpoint and models: `CriticSettings` itself (`kind`, models, `base_url`, `api_key`, `fused`,
+  the cache and the price table, provider `options`);
+- `SimulationSettings`: what the offline simulated LVLM does (only the `simulated` kind reads it);
+- `EngineLimits`: rate caps, concurrency, budget and timeout of the engine.
+
+Each consumer receives only its group. The flat names of earlier releases
+(`CriticSettings(verdict_accuracy=0.9, budget_usd=5.0, ...)`) still work: they are routed into
+their group, so `CriticSettings(budget_usd=5.0).limits.budget_usd == 5.0`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from lvlmva.errors import ConfigError
+
+__all__ = [
+    "SIMULATED_CRITIC_MODEL",
+    "SIMULATED_JUDGE_MODEL",
+    "CriticSettings",
+    "EngineLimits",
+    "SimulationSettings",
+]
+
+SIMULATED_CRITIC_MODEL = "simulated-critic"
+SIMULATED_JUDGE_MODEL = "simulated-judge"
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """The simulated LVLM (a documented offline simulation, never a model): the share of
+    spurious clusters it marks "no" (`verdict_accuracy`), the share of the other clusters it
+    marks "yes" (`relevant_accuracy`, default: the same figure), its latency per request and
+    whether it is reached in-process or over the real HTTP client (`transport`)."""
+
+    verdict_accuracy: float = 0.87
+    relevant_accuracy: float | None = None
+    latency_ms: float = 0.0
+    transport: Literal["in-process", "http"] = "in-process"
+
+    def __post_init__(self) -> None:
+        for name in ("verdict_accuracy", "relevant_accuracy"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        if self.latency_ms < 0:
+            raise ConfigError(f"the simulated latency must not be negative, got {self.latency_ms}")
+        if self.transport not in ("in-process", "http"):
+            raise ConfigError(f"transport must be 'in-process' or 'http', got {self.transport!r}")
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """What bounds a critique run: requests / tokens per minute, requests in flight, a budget
+    in USD, and the time one request may take."""
+
+    rpm: float | None = None
+    tpm: float | None = None
+    max_in_flight: int = 32
+    budget_usd: float | None = None
+    request_timeout: float = 60.0
+
+
+# Flat names of earlier releases -> (group field, name inside the group).
+_SHORTHAND = {
+    "verdict_accuracy": ("simulation", "verdict_accuracy"),
+    "relevant_accuracy": ("simulation", "relevant_accuracy"),
+    "sim_latency_ms": ("simulation", "latency_ms"),
+    "sim_transport": ("simulation", "transport"),
+    "rpm": ("limits", "rpm"),
+    "tpm": ("limits", "tpm"),
+    "max_in_flight": ("limits", "max_in_flight"),
+    "budget_usd": ("limits", "budget_usd"),
+    "request_timeout": ("limits", "request_timeout"),
+}
+
+
+@dataclass(frozen=True, init=False)
+class CriticSettings:
+    """Which LVLM critiques the explanations, and how it is reached.
+
+    `kind` names an entry of `lvlmva.critics.CRITICS`: `"simulated"` (default; the offline
+    simulation), `"openai"` (any OpenAI-compatible endpoint), `"litellm"` (optional extra),
+    `"ground-truth"` (no LVLM: the true spurious masks, the upper bound). Models default to the
+    simulation's names. `api_key=None` lets each provider read its usual environment variable.
+    `options` are passed to the provider as they are (e.g. `{"structured_output": False}`).
+    """
+
+    kind: str
+    critic_model: str
+    judge_model: str
+    base_url: str | None
+    api_key: str | None = field(repr=False)
+    fused: bool
+    cache_dir: Path | None
+    prices_file: Path | None
+    seed: int
+    options: Mapping[str, Any]
+    simulation: SimulationSettings
+    limits: EngineLimits
+
+    def __init__(
+        self,
+        kind: str = "simulated",
+        critic_model: str = SIMULATED_CRITIC_MODEL,
+        judge_model: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        fused: bool = False,
+        cache_dir: str | Path | None = None,
+        prices_file: str | Path | None = None,
+        seed: int = 0,
+        options: Mapping[str, Any] | None = None,
+        simulation: SimulationSettings | None = None,
+        limits: EngineLimits | None = None,
+        **shorthand: Any,
+    ) -> None:
+        groups: dict[str, Any] = {
+            "simulation": simulation or SimulationSettings(),
+            "limits": limits or EngineLimits(),
+        }
+        routed: dict[str, dict[str, Any]] = {"simulation": {}, "limits": {}}
+        for name, value in shorthand.items():
+            if name not in _SHORTHAND:
+                known = ", ".join(sorted(_SHORTHAND))
+                raise TypeError(
+                    f"CriticSettings got an unexpected argument {name!r} (besides its fields it "
+                    f"takes these shorthands: {known})"
+                )
+            group, inner = _SHORTHAND[name]
+            routed[group][inner] = value
+        for group, values in routed.items():
+            if values:
+                groups[group] = dataclasses.replace(groups[group], **values)
+        if judge_model is None:
+            simulated = critic_model == SIMULATED_CRITIC_MODEL
+            judge_model = SIMULATED_JUDGE_MODEL if simulated else critic_model
+        values = {
+            "kind": kind,
+            "critic_model": critic_model,
+            "judge_model": judge_model,
+            "base_url": base_url,
+            "api_key": api_key,
+            "fused": fused,
+            "cache_dir": Path(cache_dir).expanduser() if cache_dir is not None else None,
+            "prices_file": Path(prices_file) if prices_file is not None else None,
+            "seed": seed,
+            "options": MappingProxyType(dict(options or {})),
+            **groups,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def replace(self, **changes: Any) -> CriticSettings:
+        """A copy with `changes` (fields or shorthands) applied."""
+        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        current["options"] = dict(current["options"])
+        return CriticSettings(**{**current, **changes})
+
+    # Read-only views of the flat names, for callers written against earlier releases.
+    @property
+    def verdict_accuracy(self) -> float:
+        return self.simulation.verdict_accuracy
+
+    @property
+    def budget_usd(self) -> float | None:
+        return self.limits.budget_usd
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.limits.max_in_flight

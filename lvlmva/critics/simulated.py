@@ -1,0 +1,102 @@
+"""The simulated critic: `lvlmva.simulation.SimulatedLVLM`, an offline simulation that answers
+Critic and Judge requests from the dataset's ground-truth spurious masks with a chosen verdict
+accuracy. It is a documented stand-in for tests, benchmarks and runs without an API key, never
+a real model's output; every description of it says so."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from lvlmva.critics.base import CliOption, CriticBackend, CriticConnection
+from lvlmva.critics.settings import (
+    SIMULATED_CRITIC_MODEL,
+    SIMULATED_JUDGE_MODEL,
+    CriticSettings,
+    SimulationSettings,
+)
+from lvlmva.errors import ConfigError
+
+VERDICT_ACCURACY = CliOption(
+    ("--verdict-accuracy",),
+    {
+        "type": float,
+        "default": 0.87,
+        "help": "simulated critic: share of spurious clusters it marks 'no' (default 0.87, "
+        "GPT-4o's figure)",
+    },
+)
+SIM_LATENCY = CliOption(
+    ("--sim-latency-ms",),
+    {"type": float, "default": 0.0, "help": "simulated critic: latency per request"},
+)
+SIM_HTTP = CliOption(
+    ("--sim-http",),
+    {
+        "action": "store_true",
+        "help": "simulated critic: serve it on loopback and use the real HTTP client",
+    },
+)
+
+
+class SimulatedCritic(CriticBackend):
+    name = "simulated"
+    summary = "offline simulation answering from the dataset's ground-truth masks (no API key)"
+    answers_from_ground_truth = True
+    cli_options = (VERDICT_ACCURACY, SIM_LATENCY, SIM_HTTP)
+
+    def configure(self, settings: CriticSettings, args: argparse.Namespace) -> CriticSettings:
+        if not 0.0 <= args.verdict_accuracy <= 1.0:
+            raise ConfigError(f"--verdict-accuracy must be in [0, 1], got {args.verdict_accuracy}")
+        if args.sim_latency_ms < 0:
+            raise ConfigError(f"--sim-latency-ms must not be negative, got {args.sim_latency_ms}")
+        return settings.replace(
+            critic_model=SIMULATED_CRITIC_MODEL,
+            judge_model=SIMULATED_JUDGE_MODEL,
+            simulation=SimulationSettings(
+                verdict_accuracy=args.verdict_accuracy,
+                latency_ms=args.sim_latency_ms,
+                transport="http" if args.sim_http else "in-process",
+            ),
+        )
+
+    def describe(self, settings: CriticSettings) -> str:
+        return (
+            "Critic: SIMULATED LVLM (offline simulation answering from ground-truth masks with "
+            f"verdict accuracy {settings.simulation.verdict_accuracy:.2f}; not a real model)"
+        )
+
+    def price_overrides(self, settings: CriticSettings) -> Mapping[str, Any]:
+        from lvlmva.engine.cost import ModelPrice
+
+        free = ModelPrice(0.0, 0.0)  # a simulation costs nothing: no "no price" warning
+        return {settings.critic_model: free, settings.judge_model: free}
+
+    async def connect(self, settings: CriticSettings) -> CriticConnection:
+        from lvlmva.simulation import DictOracle, SimulatedLVLM
+        from lvlmva.vision.render import PALETTE
+
+        sim_settings = settings.simulation
+        oracle = DictOracle()
+        sim = SimulatedLVLM(
+            oracle=oracle,
+            palette=PALETTE,
+            verdict_accuracy=sim_settings.verdict_accuracy,
+            relevant_accuracy=sim_settings.relevant_accuracy,
+            latency_ms=sim_settings.latency_ms,
+            seed=settings.seed,
+        )
+        if sim_settings.transport != "http":
+            return CriticConnection(sim, sim, truth=oracle)
+        return await _over_http(sim, oracle)
+
+
+async def _over_http(sim: Any, oracle: Any) -> CriticConnection:
+    """Serve the simulation on loopback and reach it through the real OpenAI HTTP client."""
+    from lvlmva.engine.providers.openai_compat import OpenAICompatibleProvider
+    from lvlmva.simulation import start_sim_server
+
+    server = await start_sim_server(sim, host="127.0.0.1", port=0)
+    provider = OpenAICompatibleProvider(base_url=server.base_url, api_key="sim")
+    return CriticConnection(provider, provider, truth=oracle, closers=[server.close])

@@ -1,0 +1,127 @@
+"""Pipeline stages 4-6: rendered samples become Critic & Judge jobs, the engine's verdicts
+become correction masks. Also the ground-truth stand-in for the whole stage (the upper bound)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+
+import torch
+from torch import Tensor
+
+from lvlmva.critics.session import CriticSession
+from lvlmva.engine.types import CritiqueJob, ImagePart, JobResult
+from lvlmva.errors import DataError
+from lvlmva.pipeline.records import RenderedSample, SampleRecord
+from lvlmva.prompts import TaskSpec
+from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
+from lvlmva.vision.masks import mask_from_verdicts
+
+__all__ = ["critique_samples", "ground_truth_records", "job_for", "record_for"]
+
+IMAGE_NAMES = ("original", "clusters", "overlay")
+
+
+def job_for(sample: RenderedSample, job_id: str, spec: TaskSpec, class_name: str) -> CritiqueJob:
+    """The engine job of one rendered sample: its three images, colours and class variables."""
+    pngs = sample.pngs()
+    return CritiqueJob(
+        job_id=job_id,
+        images=tuple(ImagePart(name, pngs[name]) for name in IMAGE_NAMES),
+        colors=sample.colors,
+        variables=dict(spec.variables(class_name)),
+    )
+
+
+def record_for(
+    sample: RenderedSample, result: JobResult, class_name: str, *, soft: bool
+) -> SampleRecord:
+    """The sample's record; a mask only from validated verdicts, never a guess."""
+    mask = None
+    if result.ok and result.verdicts is not None:
+        mask = mask_from_verdicts(
+            sample.cluster_labels,
+            sample.colors,
+            sample.cluster_ids,
+            result.verdicts,
+            responsibilities=sample.responsibilities,
+            soft=soft,
+        )
+    return SampleRecord(
+        index=sample.index,
+        label=sample.label,
+        class_name=class_name,
+        cluster_labels=sample.cluster_labels,
+        colors=sample.colors,
+        cluster_ids=sample.cluster_ids,
+        status=result.status.value,
+        mask=mask,
+        verdicts=dict(result.verdicts) if result.verdicts else None,
+        critique=result.critique,
+        error=result.error,
+        images=sample.pngs(),
+        provider_calls=result.provider_calls,
+        cache_hits=result.cache_hits,
+        cost_usd=result.cost_usd,
+    )
+
+
+async def critique_samples(
+    samples: AsyncIterable[RenderedSample],
+    session: CriticSession,
+    spec: TaskSpec,
+    dataset: DatasetSplits,
+    *,
+    soft_masks: bool,
+    total: int | None = None,
+) -> AsyncIterator[SampleRecord]:
+    """Critique `samples` (training samples of `dataset`) through the session's engine and
+    yield their records in completion order. A simulated critic is told each sample's
+    ground-truth mask before its job is sent."""
+    info, split = dataset.info, dataset.train
+    if session.needs_truth and split.spurious_masks is None:
+        raise DataError(
+            f"the simulated critic answers from ground-truth spurious masks, and dataset "
+            f"{info.name!r} has none; use --critic openai or litellm"
+        )
+    pending: dict[str, RenderedSample] = {}
+
+    async def jobs() -> AsyncIterator[CritiqueJob]:
+        async for sample in samples:
+            job_id = f"{info.name}/train/{sample.index}"
+            pending[job_id] = sample
+            if session.needs_truth:
+                session.register_truth(
+                    sample.images.original, split.spurious_masks[sample.index].numpy()
+                )
+            yield job_for(sample, job_id, spec, info.class_names[sample.label])
+
+    async for result in session.engine.run(jobs(), total=total):
+        sample = pending.pop(result.job_id)
+        yield record_for(sample, result, info.class_names[sample.label], soft=soft_masks)
+
+
+def ground_truth_records(dataset: DatasetSplits, indices: Tensor) -> list[SampleRecord]:
+    """Records whose masks are the true spurious masks (no clusters, no LVLM)."""
+    split: ShortcutDataset = dataset.train
+    if split.spurious_masks is None:
+        raise DataError(
+            f"dataset {dataset.info.name!r} has no ground-truth spurious masks, so "
+            "--critic ground-truth cannot be used; choose an LVLM critic"
+        )
+    chosen = split.spurious_masks[indices].float()
+    records = []
+    for i, mask in zip(indices.tolist(), chosen, strict=True):
+        label = int(split.labels[i])
+        records.append(
+            SampleRecord(
+                index=i,
+                label=label,
+                class_name=dataset.info.class_names[label],
+                cluster_labels=torch.full(mask.shape, -1, dtype=torch.long),
+                colors=(),
+                cluster_ids=(),
+                status="ground-truth",
+                mask=mask,
+            )
+        )
+    return records
