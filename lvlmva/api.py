@@ -15,34 +15,15 @@ from lvlmva.critics import (
     EngineLimits,
     SimulationSettings,
 )
-from lvlmva.pipeline import (
-    AlignResult,
-    CritiqueCounts,
-    CritiqueOptions,
-    SampleRecord,
-    TrainOptions,
-    align,
-    align_sync,
-    choose_alignment_indices,
-    default_lambda,
-    resolve_spec,
-)
+from lvlmva.pipeline import *  # noqa: F403
+from lvlmva.pipeline import __all__ as _pipeline_names
 
 __all__ = [
     "CRITICS",
     "SIMULATED_CRITIC_MODEL",
     "SIMULATED_JUDGE_MODEL",
-    "AlignResult",
     "CriticSettings",
-    "CritiqueCounts",
-    "CritiqueOptions",
     "EngineLimits",
-    "SampleRecord",
     "SimulationSettings",
-    "TrainOptions",
-    "align",
-    "align_sync",
-    "choose_alignment_indices",
-    "default_lambda",
-    "resolve_spec",
+    *_pipeline_names,
 ]
