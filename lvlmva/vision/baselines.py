@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
+from lvlmva.vision.modes import eval_mode
 
 DFR_CS = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 JTT_ID_EPOCHS = (1, 2)
@@ -90,14 +91,12 @@ def penultimate_features(
     handle = layer.register_forward_hook(
         lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1).float().cpu())
     )
-    was_training = model.training
-    model.to(device).eval()
     try:
-        for batch in images.split(batch_size):
-            model(batch.to(device))
+        with eval_mode(model.to(device)):
+            for batch in images.split(batch_size):
+                model(batch.to(device))
     finally:
         handle.remove()
-        model.train(was_training)
     return torch.cat(captured) if captured else torch.empty(0, layer.in_features)
 
 

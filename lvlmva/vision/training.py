@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from lvlmva.errors import DataError
 from lvlmva.progress import progress_bar
 from lvlmva.vision.datasets.base import ShortcutDataset
+from lvlmva.vision.modes import eval_mode
 
 _MAX_DEVICE_COPY = 1 << 30  # datasets up to 1 GiB are copied to an accelerator once
 
@@ -139,13 +140,8 @@ def predict_logits(
 ) -> Tensor:
     """Logits [N, K] of `model` for `images` [N, C, H, W], in eval mode, batched, on the CPU."""
     device = torch.device(device)
-    model.to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model.to(device)):
         outputs = [model(batch.to(device)).float().cpu() for batch in images.split(batch_size)]
-    finally:
-        model.train(was_training)
     if not outputs:
         return torch.empty(0, 0)
     return torch.cat(outputs)
