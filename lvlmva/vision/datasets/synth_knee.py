@@ -11,8 +11,8 @@ training "R" marks `marker_rate[c]` of class `c`; in validation / test half of e
 The default, 2% of healthy and 98% of osteoarthritis images, is a strong correlation because
 the joint itself is easy to read: a ResNet-18 (40 px, 600 training images, 5 epochs, seeds
 0-1) reaches a test worst-group accuracy of 0.59-0.61 at 10% / 90% but 0.11-0.22 at 2% / 98%,
-nearer the real knee model of DESIGN.md (0.03). Groups are class x letter; the spurious mask
-is the letter's pixels dilated by one pixel.
+nearer the 0.03 the method's authors report for a real knee model (docs/method.md). Groups are
+class x letter; the spurious mask is the letter's pixels dilated by one pixel.
 
 One channel, because radiographs are grey (models built for the dataset take 1 input channel).
 Seeded and vectorised in torch (about 1.5 s per 1,000 images on one CPU core). Default size:
