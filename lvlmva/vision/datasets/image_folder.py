@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from lvlmva.errors import ConfigError, DataError
-from lvlmva.vision.datasets.base import DatasetInfo, DatasetSplits, ShortcutDataset
-from lvlmva.vision.datasets.decoy import channel_stats
+from lvlmva.vision.datasets.base import DatasetInfo, DatasetSplits, ShortcutDataset, channel_stats
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 REQUIRED_COLUMNS = ("path", "label")
