@@ -4,9 +4,9 @@ It answers from ground truth, not from looking at images the way a model does:
 
 - **Critic requests** (images, no response schema): the 2nd image is decoded as a cluster map
   by `lvlmva.vision.render.decode_cluster_map` (nearest palette colour, black = background;
-  not a cluster map: a 400); the oracle gives the spurious mask of the 1st
-  image (the original), resized nearest-neighbour to the map; a cluster is truly spurious when
-  it has at least `max(1, ceil(min_overlap * its pixels))` pixels on that mask (default: one
+  not a cluster map: a 400); the oracle gives the spurious mask of the 1st image (the
+  original), resized nearest-neighbour to the map; a cluster is truly spurious when it has at
+  least `max(1, ceil(min_overlap * its pixels))` pixels on that mask (default: one
   pixel). For each colour the simulation states the truth with probability
   `verdict_accuracy` for truly spurious clusters (the verdict accuracy of the reference figures
   in docs/method.md: the share of spurious clusters marked "no") and `relevant_accuracy` for

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ def _gradient_shap_arguments(inputs: Tensor, backgrounds: Tensor, n_baselines: i
     return {"baselines": backgrounds, "n_samples": n_baselines, "stdevs": 0.0}
 
 
-ATTRIBUTION_METHODS: Mapping[str, AttributionMethod] = {
+ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {
     # DeepLiftShap averaged over the drawn backgrounds
     "deeplift-shap": AttributionMethod("DeepLiftShap", True, _deeplift_shap_arguments),
     # IntegratedGradients from an all-black (zero) image, IG_STEPS steps
