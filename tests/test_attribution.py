@@ -8,11 +8,14 @@ from torch import nn
 
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.attribution import (
+    ATTRIBUTION_METHODS,
     METHODS,
+    AttributionMethod,
+    Explainer,
     draw_backgrounds,
     explain,
-    find_reused_modules,
 )
+from lvlmva.vision.deeplift_safety import find_reused_modules
 
 SHAPE = (1, 6, 6)
 
@@ -162,6 +165,20 @@ def test_a_reused_relu_is_rejected_or_fixed(data):
     assert explain(model, images, targets, method="gradient-shap", baselines=train).shape == (
         images.shape
     )
+
+
+@pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+def test_the_method_table_is_the_list_of_methods_and_one_entry_adds_one(data, monkeypatch):
+    assert tuple(ATTRIBUTION_METHODS) == METHODS
+    assert METHODS == ("deeplift-shap", "integrated-gradients", "gradient-shap")
+    assert [ATTRIBUTION_METHODS[m].deeplift for m in METHODS] == [True, False, False]
+    images, targets, _ = data
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    saliency = AttributionMethod("Saliency", False, lambda inputs, backgrounds, n: {"abs": False})
+    monkeypatch.setitem(ATTRIBUTION_METHODS, "saliency", saliency)
+    maps = Explainer(model, "saliency", sample_shape=SHAPE).attribute(images, targets)
+    weights = model[1].weight.detach()[targets].reshape(-1, *SHAPE)
+    assert torch.allclose(maps, weights)  # the gradient of a linear model is its weights
 
 
 def test_unknown_method_lists_the_known_ones(data):

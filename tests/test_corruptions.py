@@ -14,7 +14,6 @@ from lvlmva.vision.corruptions import (
     SEVERITIES,
     corrupt,
     corruption_accuracy,
-    corruption_drop,
     disk_kernel,
 )
 from lvlmva.vision.datasets.base import ShortcutDataset
@@ -91,9 +90,10 @@ def test_accuracy_drop_matches_a_direct_count():
         for s in SEVERITIES:
             expected = float((model(corrupt(images, kind, s)).argmax(1) == labels).float().mean())
             assert result.accuracy[kind][s] == pytest.approx(expected)
-    drops = corruption_drop(model, data, kinds=("gamma",), severities=(1, 5))
+    drops = corruption_accuracy(model, data, kinds=("gamma",), severities=(1, 5)).drop
     assert set(drops) == {"gamma"} and set(drops["gamma"]) == {1, 5}
     assert drops["gamma"][5] >= drops["gamma"][1] > 0  # gamma darkens bright images below 0.5
+    assert drops["gamma"][5] == result.clean_accuracy - result.accuracy["gamma"][5]
     assert result.to_dict()["mean_drop"]["gamma"] == pytest.approx(
         sum(result.drop["gamma"].values()) / 5
     )

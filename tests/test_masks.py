@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lvlmva.vision.masks import mask_from_verdicts, masks_from_verdicts
+from lvlmva.vision.masks import mask_from_verdicts
 
 LABELS = torch.tensor(
     [
@@ -85,24 +85,14 @@ def test_colours_and_ids_must_pair_up():
         mask_from_verdicts(LABELS, COLORS[:3], IDS, dict.fromkeys(COLORS[:3], True))
 
 
-def test_batched_masks_match_single_masks_and_skip_failed_critiques():
-    labels = torch.stack([LABELS, LABELS.flip(1), LABELS])
-    resp = torch.stack([_responsibilities(s) for s in range(3)])
-    verdicts = [
-        {"red": True, "blue": False, "green": True, "pink": False},
-        {"red": False, "blue": True, "green": True, "pink": True},
-        None,
-    ]
+def test_a_mask_follows_its_own_label_map_and_responsibilities():
+    """The pipeline builds one mask per critiqued image: flipping an image's segmentation
+    flips its mask, in both modes."""
+    resp = _responsibilities(1)
+    verdicts = {"red": True, "blue": False, "green": True, "pink": False}
     for soft in (False, True):
-        batch = masks_from_verdicts(
-            labels, [COLORS] * 3, [IDS] * 3, verdicts, responsibilities=resp, soft=soft
+        mask = mask_from_verdicts(LABELS, COLORS, IDS, verdicts, responsibilities=resp, soft=soft)
+        flipped = mask_from_verdicts(
+            LABELS.flip(1), COLORS, IDS, verdicts, responsibilities=resp.flip(2), soft=soft
         )
-        assert batch.shape == (3, 3, 4)
-        for i in range(2):
-            single = mask_from_verdicts(
-                labels[i], COLORS, IDS, verdicts[i], responsibilities=resp[i], soft=soft
-            )
-            assert torch.equal(batch[i], single)
-        assert batch[2].sum() == 0
-    with pytest.raises(ValueError, match="must match"):
-        masks_from_verdicts(labels, [COLORS] * 2, [IDS] * 3, verdicts)
+        assert mask.sum() > 0 and torch.equal(flipped, mask.flip(1))

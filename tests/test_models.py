@@ -13,7 +13,8 @@ from torchvision.models import resnet18, resnet50
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.checkpoint import load_checkpoint, save_checkpoint
 from lvlmva.vision.datasets.base import DatasetInfo
-from lvlmva.vision.models import Normalize, build_model, make_deeplift_safe
+from lvlmva.vision.deeplift_safety import make_deeplift_safe
+from lvlmva.vision.models import Normalize, build_model
 
 
 def _info(channels: int = 1, size: int = 16, classes: int = 3) -> DatasetInfo:

@@ -3,14 +3,15 @@
 It answers from ground truth, not from looking at images the way a model does:
 
 - **Critic requests** (images, no response schema): the 2nd image is decoded as a cluster map
-  (nearest palette colour, black = background); the oracle gives the spurious mask of the 1st
-  image (the original), resized nearest-neighbour to the map; a cluster is truly spurious when
-  it has at least `max(1, ceil(min_overlap * its pixels))` pixels on that mask (default: one
+  by `lvlmva.vision.render.decode_cluster_map` (nearest palette colour, black = background;
+  not a cluster map: a 400); the oracle gives the spurious mask of the 1st image (the
+  original), resized nearest-neighbour to the map; a cluster is truly spurious when it has at
+  least `max(1, ceil(min_overlap * its pixels))` pixels on that mask (default: one
   pixel). For each colour the simulation states the truth with probability
-  `verdict_accuracy` for truly spurious clusters (the verdict accuracy of DESIGN.md: the share
-  of spurious clusters marked "no") and `relevant_accuracy` for the others (default: the same
-  figure; no published figure exists for it), else the opposite, independently per colour,
-  drawn from a hash of
+  `verdict_accuracy` for truly spurious clusters (the verdict accuracy of the reference figures
+  in docs/method.md: the share of spurious clusters marked "no") and `relevant_accuracy` for
+  the others (default: the same figure; no published figure exists for it), else the opposite,
+  independently per colour, drawn from a hash of
   (seed, original image SHA-256, colour): the same request always gets the same answer. An
   original the oracle does not know has no spurious region (every cluster is truly relevant).
   The answer is prose, one paragraph per colour, each ending ``Verdict for <colour>: yes|no``.
@@ -45,10 +46,11 @@ from PIL import Image
 from lvlmva.engine.errors import BadRequest, ProviderTimeout, RateLimited, ServerError
 from lvlmva.engine.types import ChatRequest, ChatResponse, ImagePart, Message, TextPart, Usage
 from lvlmva.errors import ConfigError
-from lvlmva.simulation.clustermap import decode_cluster_map, find_spurious
+from lvlmva.simulation.clustermap import find_spurious
 from lvlmva.simulation.critique import SimVerdict, read_verdicts, unit_draw, write_critique
 from lvlmva.simulation.faults import FaultRates, spoil_json
 from lvlmva.simulation.oracle import MaskOracle
+from lvlmva.vision.render import decode_cluster_map
 
 __all__ = ["LatencySpec", "SimOutcome", "SimStats", "SimulatedLVLM", "request_hash"]
 

@@ -1,105 +1,93 @@
 """Attribution maps (pipeline stage 1): captum explanations for a chosen class, batched.
 
 The default is DeepLiftShap for the ground-truth class against `n_baselines` background images
-drawn at random (seeded) from the training images. IntegratedGradients (all-black baseline, see
-`Explainer`) and GradientShap (the same backgrounds as DeepLiftShap) are selectable.
+drawn at random (seeded) from the training images. IntegratedGradients (all-black baseline) and
+GradientShap (the same backgrounds as DeepLiftShap) are selectable. `ATTRIBUTION_METHODS` holds
+one entry per method: adding a captum method is adding an entry.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lvlmva.errors import ConfigError, DataError
+from lvlmva.vision.deeplift_safety import ensure_deeplift_safe
+from lvlmva.vision.modes import eval_mode
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "ATTRIBUTION_METHODS",
+    "METHODS",
+    "AttributionMethod",
+    "Explainer",
+    "draw_backgrounds",
+    "explain",
+]
 
-METHODS = ("deeplift-shap", "integrated-gradients", "gradient-shap")
-_DEEPLIFT_METHODS = ("deeplift-shap",)
-_IG_STEPS = 50
-
-
-def _nonlinear_types() -> tuple[type[nn.Module], ...]:
-    """The module types captum's DeepLift hooks (each must be called once per forward)."""
-    try:
-        from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
-
-        return tuple(SUPPORTED_NON_LINEAR)
-    except ImportError:  # captum moved its private table: fall back to the common ones
-        return (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.MaxPool2d)
+IG_STEPS = 50
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put `model` in eval mode for the block and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+@dataclass(frozen=True)
+class AttributionMethod:
+    """How one captum attribution method is run.
 
-
-def find_reused_modules(model: nn.Module, example: Tensor) -> list[str]:
-    """Names of the nonlinearity modules that one forward pass of `example` calls more than once.
-
-    captum's DeepLift stores a module's input and output on the module itself, so a ReLU used
-    twice (as in torchvision's ResNet blocks) gives wrong multipliers or a crash.
+    `captum_class` names the class in `captum.attr` (built as ``cls(model)``); `deeplift` says
+    whether the model must be DeepLift-safe (see `lvlmva.vision.deeplift_safety`); `arguments`
+    builds the keyword arguments of ``cls(model).attribute(inputs, target=..., **arguments)``
+    from the inputs, the drawn backgrounds [M, C, H, W] and `n_baselines`.
     """
-    types = _nonlinear_types()
-    calls: dict[str, int] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if type(module) in types:
 
-            def hook(_module, _inputs, _output, name=name) -> None:
-                calls[name] = calls.get(name, 0) + 1
+    captum_class: str
+    deeplift: bool
+    arguments: Callable[[Tensor, Tensor, int], dict[str, Any]]
 
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return sorted(name or "<model>" for name, count in calls.items() if count > 1)
+    def build(self, model: nn.Module):
+        """The captum attribution object for `model`."""
+        import captum.attr
+
+        return getattr(captum.attr, self.captum_class)(model)
 
 
-def ensure_deeplift_safe(model: nn.Module, example: Tensor) -> nn.Module:
-    """`model` itself if no nonlinearity module is reused, else a fixed copy.
+def _deeplift_shap_arguments(inputs: Tensor, backgrounds: Tensor, n_baselines: int) -> dict:
+    if len(backgrounds) == 1:  # DeepLiftShap wants a distribution of >= 2
+        backgrounds = backgrounds.expand(2, *backgrounds.shape[1:])
+    return {"baselines": backgrounds}
 
-    The copy comes from `lvlmva.vision.models.make_deeplift_safe`; if that is not available or
-    does not fix the model, a ConfigError names the reused modules.
-    """
-    reused = find_reused_modules(model, example)
-    if not reused:
-        return model
-    shown = ", ".join(reused[:3]) + (f" and {len(reused) - 3} more" if len(reused) > 3 else "")
-    advice = (
-        f"DeepLift needs every nonlinearity module used once, and {type(model).__name__} "
-        f"reuses {shown}; give each use its own module, e.g. with "
-        "lvlmva.vision.models.make_deeplift_safe(model), or pick --method integrated-gradients"
-    )
-    try:
-        from lvlmva.vision.models import make_deeplift_safe
-    except ImportError as exc:
-        raise ConfigError(advice) from exc
-    fixed = copy.deepcopy(model)
-    returned = make_deeplift_safe(fixed)
-    if isinstance(returned, nn.Module):
-        fixed = returned
-    still = find_reused_modules(fixed, example)
-    if still:
-        raise ConfigError(f"{advice} (make_deeplift_safe could not fix {', '.join(still)})")
-    log.info("explaining a DeepLift-safe copy of the model (it reused %s)", ", ".join(reused))
-    return fixed
+
+def _integrated_gradients_arguments(inputs: Tensor, backgrounds: Tensor, n_baselines: int) -> dict:
+    # Inputs are in [0, 1] and black means "no signal" in the digit and radiograph data, so the
+    # path starts from an empty image; the backgrounds are not used.
+    return {
+        "baselines": torch.zeros_like(inputs),
+        "n_steps": IG_STEPS,
+        "internal_batch_size": max(1, len(inputs) * n_baselines),
+    }
+
+
+def _gradient_shap_arguments(inputs: Tensor, backgrounds: Tensor, n_baselines: int) -> dict:
+    return {"baselines": backgrounds, "n_samples": n_baselines, "stdevs": 0.0}
+
+
+ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {
+    # DeepLiftShap averaged over the drawn backgrounds
+    "deeplift-shap": AttributionMethod("DeepLiftShap", True, _deeplift_shap_arguments),
+    # IntegratedGradients from an all-black (zero) image, IG_STEPS steps
+    "integrated-gradients": AttributionMethod(
+        "IntegratedGradients", False, _integrated_gradients_arguments
+    ),
+    # GradientShap: n_baselines random draws per input from the backgrounds, no noise
+    "gradient-shap": AttributionMethod("GradientShap", False, _gradient_shap_arguments),
+}
+"""Attribution method name -> how captum runs it; `METHODS` lists the names in this order."""
+
+METHODS = tuple(ATTRIBUTION_METHODS)
 
 
 def draw_backgrounds(
@@ -140,12 +128,11 @@ class Explainer:
     """A captum attribution method with its backgrounds fixed, in captum's style:
     `Explainer(model, method, baselines=...).attribute(inputs, target=...)`.
 
-    - ``deeplift-shap``: captum ``DeepLiftShap`` averaged over the drawn backgrounds.
-    - ``integrated-gradients``: captum ``IntegratedGradients`` from an all-black (zero) baseline,
-      50 steps. Inputs are in [0, 1] and black means "no signal" in the digit and radiograph
-      data, so the path starts from an empty image; `baselines` is not used.
-    - ``gradient-shap``: captum ``GradientShap`` with the same backgrounds, `n_baselines`
-      random draws per input.
+    `method` is a key of `ATTRIBUTION_METHODS`. Backgrounds: `n_baselines` images drawn (seeded)
+    from `baselines` (see `draw_backgrounds`). A method that needs a DeepLift-safe model
+    explains a fixed copy if `model` reuses a nonlinearity module. Every `attribute` call runs
+    with numpy's global generator seeded (``seed`` + the call's number) and restored after, as
+    captum's GradientShap draws from it.
 
     The model is moved to `device`; each forward pass sees about
     ``len(inputs) * n_baselines * 2`` samples (lower `batch_size` in `explain` for big models).
@@ -162,11 +149,14 @@ class Explainer:
         device: str | torch.device = "cpu",
         seed: int = 0,
     ) -> None:
-        if method not in METHODS:
+        spec = ATTRIBUTION_METHODS.get(method)
+        if spec is None:
             raise ConfigError(
-                f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}"
+                f"unknown attribution method {method!r}; choose one of "
+                f"{', '.join(ATTRIBUTION_METHODS)}"
             )
         self.method = method
+        self.spec = spec
         self.device = torch.device(device)
         self.seed = seed
         self.n_baselines = n_baselines
@@ -178,20 +168,10 @@ class Explainer:
             shape = baselines.shape[1:]
         self.sample_shape = shape
         self.backgrounds = draw_backgrounds(baselines, n_baselines, shape, seed=seed)
-        if method in _DEEPLIFT_METHODS:
-            self.model = ensure_deeplift_safe(self.model, self.backgrounds[:1].to(self.device)).to(
-                self.device
-            )
+        if spec.deeplift:
+            example = self.backgrounds[:1].to(self.device)
+            self.model = ensure_deeplift_safe(self.model, example).to(self.device)
         self._calls = 0
-
-    def _captum(self):
-        from captum.attr import DeepLiftShap, GradientShap, IntegratedGradients
-
-        if self.method == "deeplift-shap":
-            return DeepLiftShap(self.model)
-        if self.method == "gradient-shap":
-            return GradientShap(self.model)
-        return IntegratedGradients(self.model)
 
     def attribute(self, inputs: Tensor, target: Tensor | Sequence[int] | int) -> Tensor:
         """Attributions [N, C, H, W] of `inputs` for class `target`, on the CPU."""
@@ -200,33 +180,14 @@ class Explainer:
             target = [target] * len(inputs)
         target = torch.as_tensor(target, dtype=torch.long).to(self.device)
         backgrounds = self.backgrounds.to(self.device)
-        method = self._captum()
+        method = self.spec.build(self.model)
+        arguments = self.spec.arguments(inputs, backgrounds, self.n_baselines)
         seed = self.seed + self._calls
         self._calls += 1
-        with eval_mode(self.model), warnings.catch_warnings():
+        with eval_mode(self.model), _numpy_seeded(seed), warnings.catch_warnings():
             # captum announces on every DeepLift call that it sets hooks; that is expected here
             warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
-            if self.method == "deeplift-shap":
-                if len(backgrounds) == 1:  # DeepLiftShap wants a distribution of >= 2
-                    backgrounds = backgrounds.expand(2, *backgrounds.shape[1:])
-                out = method.attribute(inputs, baselines=backgrounds, target=target)
-            elif self.method == "gradient-shap":
-                with _numpy_seeded(seed):
-                    out = method.attribute(
-                        inputs,
-                        baselines=backgrounds,
-                        target=target,
-                        n_samples=self.n_baselines,
-                        stdevs=0.0,
-                    )
-            else:
-                out = method.attribute(
-                    inputs,
-                    baselines=torch.zeros_like(inputs),
-                    target=target,
-                    n_steps=_IG_STEPS,
-                    internal_batch_size=max(1, len(inputs) * self.n_baselines),
-                )
+            out = method.attribute(inputs, target=target, **arguments)
         return out.detach().float().cpu()
 
 

@@ -19,6 +19,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,12 @@ from torch import Tensor, nn
 
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
+from lvlmva.vision.modes import eval_mode
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from lvlmva.vision.training import TrainOptions
 
 DFR_CS = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 JTT_ID_EPOCHS = (1, 2)
@@ -90,14 +97,12 @@ def penultimate_features(
     handle = layer.register_forward_hook(
         lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1).float().cpu())
     )
-    was_training = model.training
-    model.to(device).eval()
     try:
-        for batch in images.split(batch_size):
-            model(batch.to(device))
+        with eval_mode(model.to(device)):
+            for batch in images.split(batch_size):
+                model(batch.to(device))
     finally:
         handle.remove()
-        model.train(was_training)
     return torch.cat(captured) if captured else torch.empty(0, layer.in_features)
 
 
@@ -268,13 +273,11 @@ def jtt(
     epochs: int = 5,
     id_epochs: Sequence[int] = JTT_ID_EPOCHS,
     upweights: Sequence[float] = JTT_UPWEIGHTS,
-    lr: float = 1e-3,
-    batch_size: int = 64,
     seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
+    **train: Unpack[TrainOptions],
 ) -> BaselineResult:
-    """Just Train Twice with fresh models from `model_fn` (called with torch seeded by `seed`).
+    """Just Train Twice with fresh models from `model_fn` (called with torch seeded by `seed`);
+    `train` (lr, batch_size, device, progress) goes to every `train_classifier` call.
 
     One identification model is trained up to max(`id_epochs`); at each T in `id_epochs` its
     misclassified training samples form the error set (training continues from there with a new
@@ -292,16 +295,16 @@ def jtt(
             f"and {list(upweights)}"
         )
     val_groups = _require_groups(splits.val, "validation")
-    train = splits.train
-    kwargs = {"lr": lr, "batch_size": batch_size, "device": device, "progress": progress}
+    data = splits.train
+    device = train.get("device", "cpu")
 
     errors: dict[int, Tensor] = {}
     identifier = _build(model_fn, seed)
     done = 0
     for t in sorted({int(t) for t in id_epochs}):
-        train_classifier(identifier, train, epochs=t - done, seed=seed + done, **kwargs)
+        train_classifier(identifier, data, epochs=t - done, seed=seed + done, **train)
         done = t
-        wrong = _predict(identifier, train.images, 256, device) != train.labels.long().cpu()
+        wrong = _predict(identifier, data.images, 256, device) != data.labels.long().cpu()
         errors[t] = wrong
     del identifier
 
@@ -312,7 +315,7 @@ def jtt(
             weight = 1.0 + (float(up) - 1.0) * wrong.float()
             model = _build(model_fn, seed + 1)
             train_classifier(
-                model, train, epochs=epochs, seed=seed + 1, sample_weight=weight, **kwargs
+                model, data, epochs=epochs, seed=seed + 1, sample_weight=weight, **train
             )
             pred = _predict(model, splits.val.images, 256, device)
             wga = worst_group_accuracy(pred, splits.val.labels, val_groups)
@@ -338,32 +341,21 @@ def subg(
     splits: DatasetSplits,
     *,
     epochs: int = 5,
-    lr: float = 1e-3,
-    batch_size: int = 64,
     seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
+    **train: Unpack[TrainOptions],
 ) -> BaselineResult:
     """Train a fresh model from `model_fn` on the training split with every group subsampled
-    (seeded) to the size of the smallest group."""
+    (seeded) to the size of the smallest group; `train` (lr, batch_size, device, progress) goes
+    to `train_classifier`."""
     from lvlmva.vision.training import train_classifier
 
     started = time.perf_counter()
     groups = _require_groups(splits.train, "training")
     idx = balanced_indices(groups, torch.Generator().manual_seed(seed))
     model = _build(model_fn, seed + 1)
-    train_classifier(
-        model,
-        splits.train.subset(idx),
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed + 1,
-        device=device,
-        progress=progress,
-    )
+    train_classifier(model, splits.train.subset(idx), epochs=epochs, seed=seed + 1, **train)
     per_group = len(idx) // len(torch.unique(groups))
-    pred = _predict(model, splits.val.images, 256, device)
+    pred = _predict(model, splits.val.images, 256, train.get("device", "cpu"))
     val_groups = _require_groups(splits.val, "validation")
     wga = worst_group_accuracy(pred, splits.val.labels, val_groups)
     return BaselineResult(

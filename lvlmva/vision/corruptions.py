@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.datasets.base import ShortcutDataset
+from lvlmva.vision.modes import eval_mode
 
 CORRUPTIONS = ("gamma", "defocus", "contrast")
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -127,34 +128,16 @@ def corruption_accuracy(
     device = torch.device(device)
     settings = [(None, 0)] + [(k, int(s)) for k in kinds for s in severities]
     correct = torch.zeros(len(settings))
-    was_training = model.training
-    model.to(device).eval()
-    try:
+    with eval_mode(model.to(device)):
         for start in range(0, len(dataset), batch_size):
             x = dataset.images[start : start + batch_size].to(device)
             y = dataset.labels[start : start + batch_size].to(device).long()
             for j, (kind, severity) in enumerate(settings):
                 inputs = x if kind is None else corrupt(x, kind, severity)
                 correct[j] += float((model(inputs).argmax(dim=1) == y).sum())
-    finally:
-        model.train(was_training)
     acc = (correct / len(dataset)).tolist()
     by_kind: dict[str, dict[int, float]] = {}
     for (kind, severity), a in zip(settings[1:], acc[1:], strict=True):
         by_kind.setdefault(kind, {})[severity] = a
     return CorruptionAccuracy(clean_accuracy=acc[0], accuracy=by_kind)
 
-
-def corruption_drop(
-    model: nn.Module,
-    dataset: ShortcutDataset,
-    *,
-    kinds: Sequence[str] = CORRUPTIONS,
-    severities: Sequence[int] = SEVERITIES,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-) -> dict[str, dict[int, float]]:
-    """Accuracy drop (clean minus corrupted) of `model` per corruption kind and severity."""
-    return corruption_accuracy(
-        model, dataset, kinds=kinds, severities=severities, batch_size=batch_size, device=device
-    ).drop

@@ -71,36 +71,3 @@ def mask_from_verdicts(
     total = resp[rejected].sum(dim=0) if rejected else torch.zeros_like(resp[0])
     return total.clamp(0.0, 1.0) * (labels >= 0).to(torch.float32)
 
-
-def masks_from_verdicts(
-    labels: Tensor,
-    colors: Sequence[Sequence[str]],
-    cluster_ids: Sequence[Sequence[int]],
-    verdicts: Sequence[Mapping[str, bool] | None],
-    *,
-    responsibilities: Tensor | None = None,
-    soft: bool = False,
-) -> Tensor:
-    """`mask_from_verdicts` for a batch: labels [N, H, W] -> masks [N, H, W]. An image whose
-    verdicts are None (its critique failed) gets an all-zero mask (no correction)."""
-    n = len(labels)
-    if not len(colors) == len(cluster_ids) == len(verdicts) == n:
-        raise ValueError(
-            f"{n} label maps, {len(colors)} colour lists, {len(cluster_ids)} id lists and "
-            f"{len(verdicts)} verdict sets: they must match"
-        )
-    if responsibilities is not None and len(responsibilities) != n:
-        raise ValueError(f"{len(responsibilities)} responsibility maps for {n} label maps")
-    out = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
-    for i in range(n):
-        if verdicts[i] is None:
-            continue
-        out[i] = mask_from_verdicts(
-            labels[i],
-            colors[i],
-            cluster_ids[i],
-            verdicts[i],
-            responsibilities=None if responsibilities is None else responsibilities[i],
-            soft=soft,
-        )
-    return out

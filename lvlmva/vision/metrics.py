@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from lvlmva.errors import DataError
 from lvlmva.vision.datasets.base import DatasetInfo, ShortcutDataset
+from lvlmva.vision.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -39,16 +40,11 @@ def predict_labels(
     """Predicted classes [N] (on the CPU); the model is moved to `device` and run in eval mode
     (its previous mode is restored)."""
     device = torch.device(device)
-    model.to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model.to(device)):
         out = [
             model(images[i : i + batch_size].to(device)).argmax(dim=1).cpu()
             for i in range(0, len(images), batch_size)
         ]
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 

@@ -1,5 +1,7 @@
 """Task models: the reference MLP and torchvision ResNets, all DeepLift-safe.
 
+ResNets go through `lvlmva.vision.deeplift_safety.make_deeplift_safe` (one ReLU module per use).
+
 Every model starts with `Normalize(info.mean, info.std)`, so it takes images in [0, 1].
 ResNets for small images (``image_size <= 32``, e.g. 28 px digits) use a 3x3 stride-1 first
 convolution and no max-pool (the CIFAR-style stem), so the feature maps do not shrink to one
@@ -8,16 +10,15 @@ pixel; larger images keep torchvision's 7x7 stride-2 stem (with `info.channels` 
 
 from __future__ import annotations
 
-import copy
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet50
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from lvlmva.errors import ConfigError
 from lvlmva.vision.datasets.base import DatasetInfo
+from lvlmva.vision.deeplift_safety import make_deeplift_safe
 
 ARCHS = ("mlp", "resnet18", "resnet50")
 MLP_HIDDEN = 256
@@ -113,97 +114,3 @@ def reinitialize(model: nn.Module, *, seed: int | None = None) -> None:
                 nn.init.zeros_(module.bias)
         elif callable(getattr(module, "reset_parameters", None)):
             module.reset_parameters()
-
-
-# --- DeepLift safety -------------------------------------------------------------------------
-
-
-class SafeBasicBlock(BasicBlock):
-    """BasicBlock with one ReLU module per use (relu1, relu2) and no in-place addition."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + identity)
-
-
-class SafeBottleneck(Bottleneck):
-    """Bottleneck with one ReLU module per use (relu1, relu2, relu3), no in-place addition."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.relu2(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu3(out + identity)
-
-
-# torchvision block class -> (its DeepLift-safe subclass, number of ReLU uses)
-_SAFE_BLOCKS: dict[type[nn.Module], tuple[type[nn.Module], int]] = {
-    BasicBlock: (SafeBasicBlock, 2),
-    Bottleneck: (SafeBottleneck, 3),
-}
-
-
-def _nonlinear_types() -> tuple[type[nn.Module], ...]:
-    try:
-        from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
-
-        return tuple(SUPPORTED_NON_LINEAR)
-    except ImportError:  # captum moved its private table
-        return (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.MaxPool2d)
-
-
-def _split_reused_calls(model: nn.Module) -> nn.Module:
-    """Trace `model` with torch.fx and give every repeated call of a nonlinearity its own copy.
-
-    Returns `model` unchanged if it cannot be traced or reuses nothing.
-    """
-    from torch import fx
-
-    types = _nonlinear_types()
-    try:
-        traced = fx.symbolic_trace(model)
-    except Exception:  # models with data-dependent control flow cannot be traced
-        return model
-    uses: dict[str, int] = defaultdict(int)
-    changed = False
-    for node in traced.graph.nodes:
-        if node.op != "call_module":
-            continue
-        module = traced.get_submodule(node.target)
-        if not isinstance(module, types):
-            continue
-        uses[node.target] += 1
-        if uses[node.target] > 1:
-            name = f"{node.target.replace('.', '_')}_use{uses[node.target]}"
-            traced.add_submodule(name, copy.deepcopy(module))
-            node.target = name
-            changed = True
-    if not changed:
-        return model
-    traced.recompile()
-    return traced
-
-
-def make_deeplift_safe(model: nn.Module) -> nn.Module:
-    """Make every nonlinearity module of `model` be used at most once per forward pass.
-
-    torchvision's BasicBlock / Bottleneck apply one `relu` module two / three times: they are
-    turned (in place, weights kept) into subclasses with `relu1`, `relu2` (, `relu3`). Other
-    models that reuse a module are traced with torch.fx and get a copy per use (a new
-    `GraphModule` is returned). ReLUs are set to ``inplace=False``. Always use the returned model;
-    outputs and state_dict keys are unchanged.
-    """
-    for module in model.modules():
-        entry = _SAFE_BLOCKS.get(type(module))
-        if entry is not None:
-            safe_class, n_relus = entry
-            for i in range(1, n_relus + 1):
-                setattr(module, f"relu{i}", nn.ReLU(inplace=False))
-            del module.relu
-            module.__class__ = safe_class
-        elif isinstance(module, nn.ReLU):
-            module.inplace = False
-    return _split_reused_calls(model)

@@ -1,6 +1,6 @@
 """PPEPS-WGM: Positive Predictive Effect Probabilistic Segmentation via Weighted Gaussian Mixtures.
 
-Pipeline stage 2 of DESIGN.md. For every attribution map:
+Pipeline stage 2, "segment" (docs/method.md). For every attribution map:
 
 1. sum over channels and keep the positive part: the pixels whose net effect pushes the score
    of the explained class up;

@@ -1,7 +1,10 @@
-"""The three Critic images of a sample (pipeline stage 3) and a contact sheet for people.
+"""The three Critic images of a sample (pipeline stage 3), a contact sheet for people, and the
+cluster map read back.
 
 Cluster id k is drawn in `PALETTE` entry k (PPEPS-WGM orders ids by cluster weight), on black.
 Images are upscaled nearest-neighbour so an LVLM can see small inputs (28 px -> 336 px).
+`decode_cluster_map` inverts the cluster map under these conventions (the simulated LVLM reads
+the Critic's second image with it).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (230, 25, 25),
@@ -33,6 +36,10 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 
 BACKGROUND = (0, 0, 0)
 _NAMES = tuple(PALETTE)
+
+STRAY_TOLERANCE = 60.0  # RGB distance beyond which a pixel matches no palette colour
+MAX_STRAY_FRACTION = 0.05  # more stray pixels than this: the image is not a cluster map
+MAX_COLOURS = 4096  # more distinct colours than this: the image is not a cluster map
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,9 @@ def _target_hw(h: int, w: int, size: int | None) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def _nearest(array: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of [H, W, ...] (an exact repeat for integer factors)."""
+def resize_nearest(array: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of [H, W, ...] to `out_hw` (an exact repeat for integer factors):
+    output pixel (r, c) takes input pixel (r * H // out_h, c * W // out_w)."""
     h, w = array.shape[:2]
     rows = (np.arange(out_hw[0]) * h) // out_hw[0]
     cols = (np.arange(out_hw[1]) * w) // out_hw[1]
@@ -123,49 +131,92 @@ def render_critic_images(
 
     out_hw = _target_hw(*lab.shape, size)
     return CriticImages(
-        original=_png(_nearest(pixels, out_hw)),
-        clusters=_png(_nearest(cluster_map, out_hw)),
-        overlay=_png(_nearest(overlay, out_hw)),
+        original=_png(resize_nearest(pixels, out_hw)),
+        clusters=_png(resize_nearest(cluster_map, out_hw)),
+        overlay=_png(resize_nearest(overlay, out_hw)),
         colors=tuple(_NAMES[k] for k in ids),
         cluster_ids=ids,
         size=out_hw,
     )
 
 
-def decode_cluster_map(
-    png_bytes: bytes,
-    colors: Sequence[str],
-    *,
-    shape: tuple[int, int] | None = None,
-    tolerance: float = 60.0,
-) -> np.ndarray:
-    """Cluster ids [H, W] (int64, -1 for black background) read back from a cluster-map PNG.
+@dataclass(frozen=True)
+class ClusterMap:
+    """A cluster-map image read back. `labels` [H, W] (int64) holds each pixel's cluster id
+    (the index of its colour in `names`, as `render_critic_images` draws them) and -1 for the
+    black background; `names` is the whole palette in order, `present` the colours found (in
+    palette order) and `counts` their pixel counts."""
 
-    Every pixel takes the nearest of black and the `colors` named; one farther than
-    `tolerance` (RGB distance) from all of them raises ValueError. With `shape`, the map is
-    sampled at the pixel centres of an image of that (height, width), e.g. the original 28x28.
-    """
-    unknown = [c for c in colors if c not in PALETTE]
-    if unknown:
-        raise ValueError(f"colours {unknown} are not in the palette ({', '.join(_NAMES)})")
-    rgb = np.asarray(Image.open(io.BytesIO(png_bytes)).convert("RGB"), dtype=np.float64)
-    if shape is not None:
-        h, w = rgb.shape[:2]
-        rows = ((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64)
-        cols = ((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64)
-        rgb = rgb[rows][:, cols]
-    ids = np.array([-1, *(_NAMES.index(c) for c in colors)], dtype=np.int64)
-    refs = np.array([BACKGROUND, *(PALETTE[c] for c in colors)], dtype=np.float64)
-    distance = np.linalg.norm(rgb[..., None, :] - refs, axis=-1)
-    nearest = distance.argmin(axis=-1)
-    far = distance.min(axis=-1) > tolerance
-    if far.any():
-        r, c = np.argwhere(far)[0]
+    labels: np.ndarray
+    names: tuple[str, ...]
+    present: tuple[str, ...]
+    counts: Mapping[str, int]
+
+
+def _palette_image(refs: Sequence[tuple[int, int, int]]) -> Image.Image:
+    flat = [v for rgb in refs for v in rgb]
+    flat += [0, 0, 0] * (256 - len(refs))  # unused entries are black (background)
+    image = Image.new("P", (1, 1))
+    image.putpalette(flat)
+    return image
+
+
+def _read_rgb(png: bytes) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(png)) as img:
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"the cluster map is not a readable image ({exc})") from None
+
+
+def _check_stray_pixels(rgb: Image.Image, refs: Sequence[tuple[int, int, int]]) -> None:
+    """ValueError if `rgb` has over `MAX_COLOURS` colours or over `MAX_STRAY_FRACTION` of its
+    pixels farther than `STRAY_TOLERANCE` from every colour of `refs`."""
+    found = rgb.getcolors(MAX_COLOURS)
+    if found is None:
         raise ValueError(
-            f"pixel ({r}, {c}) has colour {tuple(int(v) for v in rgb[r, c])}, not black or one "
-            f"of {list(colors)} within {tolerance}"
+            f"the image has more than {MAX_COLOURS} distinct colours: it is not a cluster map"
         )
-    return ids[nearest]
+    counts = np.array([c for c, _ in found], dtype=np.int64)
+    colours = np.array([rgb_ for _, rgb_ in found], dtype=np.float64)
+    distance = np.linalg.norm(colours[:, None, :] - np.array(refs, np.float64)[None], axis=-1)
+    stray = int(counts[distance.min(axis=1) > STRAY_TOLERANCE].sum())
+    w, h = rgb.size
+    if stray > MAX_STRAY_FRACTION * h * w:
+        raise ValueError(
+            f"{stray / (h * w):.0%} of the pixels match neither black nor a palette colour: "
+            "the image does not look like a cluster map"
+        )
+
+
+def decode_cluster_map(
+    png: bytes, palette: Mapping[str, tuple[int, int, int]] = PALETTE
+) -> ClusterMap:
+    """Read a cluster-map image (drawn in `palette` on black) back into cluster ids.
+
+    Every pixel takes the nearest of black and the palette colours (PIL's `quantize` with that
+    fixed palette), so resampling and light compression are tolerated. ValueError when the bytes
+    are not an image, when it has more than 4096 distinct colours, or when more than 5% of its
+    pixels are farther than 60 (RGB distance) from black and every palette colour: it is then
+    not a cluster map drawn in this palette.
+    """
+    if not palette or len(palette) > 255:
+        raise ValueError(f"the palette must have 1 to 255 colours, got {len(palette)}")
+    rgb = _read_rgb(png)
+    names = tuple(palette)
+    refs = (BACKGROUND, *(tuple(int(v) for v in palette[n]) for n in names))
+    _check_stray_pixels(rgb, refs)
+    quantized = rgb.quantize(palette=_palette_image(refs), dither=Image.Dither.NONE)
+    codes = np.asarray(quantized, dtype=np.int64)  # 0 = black, k = palette entry k - 1
+    codes = np.where(codes < len(refs), codes, 0)  # unused palette entries are black
+    per_code = np.bincount(codes.ravel(), minlength=len(refs))
+    return ClusterMap(
+        labels=codes - 1,
+        names=names,
+        present=tuple(n for k, n in enumerate(names, start=1) if per_code[k] > 0),
+        counts={n: int(per_code[k]) for k, n in enumerate(names, start=1) if per_code[k] > 0},
+    )
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

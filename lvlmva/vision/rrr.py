@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.progress import progress_bar
 from lvlmva.vision.datasets.base import DatasetInfo, ShortcutDataset
+from lvlmva.vision.modes import eval_mode
 
 UNKNOWN_LABEL = -100  # alignment samples added without a label are left out of the CE term
 
@@ -435,13 +436,11 @@ class RRRTrainer:
         """Class probabilities [N, K] of the trained model."""
         model = self.model_
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        out = [
-            F.softmax(model(images[i : i + batch_size].to(device)), dim=1).cpu()
-            for i in range(0, len(images), batch_size)
-        ]
-        model.train(was_training)
+        with eval_mode(model):
+            out = [
+                F.softmax(model(images[i : i + batch_size].to(device)), dim=1).cpu()
+                for i in range(0, len(images), batch_size)
+            ]
         return torch.cat(out) if out else torch.empty(0, 0)
 
     def predict(self, images: Tensor, batch_size: int = 256) -> Tensor:

@@ -1,4 +1,5 @@
-"""In-memory datasets whose samples carry a label, a group and a ground-truth spurious mask."""
+"""In-memory datasets whose samples carry a label, a group and a ground-truth spurious mask, and
+the normalisation statistics (`channel_stats`) every dataset computes on its training split."""
 
 from __future__ import annotations
 
@@ -75,3 +76,22 @@ class DatasetSplits:
     train: ShortcutDataset
     val: ShortcutDataset
     test: ShortcutDataset
+
+
+def channel_stats(
+    images: Tensor, *, decimals: int | None = None, dtype: torch.dtype = torch.float64
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of [N, C, H, W] images, summed in `dtype`.
+
+    The std is at least 1e-3 (1 when there is a single value per channel); both are rounded to
+    `decimals` when given.
+    """
+    x = images.to(dtype)
+    mean = x.mean(dim=(0, 2, 3))
+    single = x[:, 0].numel() <= 1
+    std = torch.ones_like(mean) if single else x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+
+    def values(stat: Tensor) -> tuple[float, ...]:
+        return tuple(float(v) if decimals is None else round(float(v), decimals) for v in stat)
+
+    return values(mean), values(std)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lvlmva.vision.datasets.base import DatasetInfo, DatasetSplits, ShortcutDataset
+from lvlmva.vision.datasets.base import DatasetInfo, DatasetSplits, ShortcutDataset, channel_stats
 
 DECOY_SIZE = 4
 TASK = "decoy-digits"
@@ -52,14 +52,6 @@ def add_decoys(
     shades = decoy_shade(shade_digits).view(n, 1, 1, 1).to(images.dtype)
     painted = torch.where(masks[:, None], shades, images)
     return painted, masks
-
-
-def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation of [N, C, H, W] images (std at least 1e-3)."""
-    flat = images.transpose(0, 1).reshape(images.shape[1], -1).double()
-    mean = flat.mean(dim=1)
-    std = flat.std(dim=1).clamp_min(1e-3) if flat.shape[1] > 1 else torch.ones_like(mean)
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def _decoy_split(

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from lvlmva.errors import ConfigError, DataError
-from lvlmva.vision.datasets.base import DatasetInfo, DatasetSplits, ShortcutDataset
-from lvlmva.vision.datasets.decoy import channel_stats
+from lvlmva.vision.datasets.base import DatasetInfo, DatasetSplits, ShortcutDataset, channel_stats
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 REQUIRED_COLUMNS = ("path", "label")
@@ -222,56 +221,22 @@ def load_image_folder(
         raise ConfigError(f"image_size must be an integer of at least 8, got {image_size!r}")
     if channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {channels!r}")
-    folder = data_dir if data_dir is not None else root
-    options: dict = {"seed": seed, "image_size": image_size, "task": task}
-    if csv is not None:
-        csv_path = Path(csv).expanduser()
-        if (
-            not csv_path.is_absolute()
-            and folder is not None
-            and (Path(folder) / csv_path).is_file()
-        ):
-            csv_path = Path(folder) / csv_path
-        csv_path = csv_path.resolve()
-        records, columns = read_csv(csv_path)
-        options["csv"] = str(csv_path)
-    elif folder is not None:
-        root_path = Path(folder).expanduser().resolve()
-        records, columns = scan_class_folders(root_path), ("path", "label")
-        options["root"] = str(root_path)
-    else:
-        raise DataError(
-            "image-folder needs --data-dir DIR (one sub-folder per class) or --csv FILE "
-            "(columns path,label[,group][,mask_path][,split])"
-        )
-
+    records, columns, source = find_records(data_dir if data_dir is not None else root, csv)
     class_names = _sorted_names({r.label for r in records})
     if len(class_names) < 2:
         raise DataError(f"image-folder found only the class {class_names[0]!r}; need at least 2")
     if channels is None:
         grey = all(_probe_mode(r.path) in _GREY_MODES for r in records)
         channels = 1 if grey else 3
-    options["channels"] = channels
-    arrays, mask_arrays = [], []
-    for record in records:
-        image = _open(record.path, "image")
-        arrays.append(_to_array(image, channels, image_size))
-        if record.mask_path is not None:
-            mask = _open(record.mask_path, "mask")
-            mask_arrays.append(_mask_array(mask, record, image.size, image_size))
-        else:
-            mask_arrays.append(np.zeros((image_size, image_size), dtype=bool))
-    images = torch.from_numpy(np.stack(arrays))
+    images, masks = read_images(records, channels, image_size)
     class_index = {name: i for i, name in enumerate(class_names)}
     labels = torch.tensor([class_index[r.label] for r in records], dtype=torch.long)
-
     group_names = groups = None
     if "group" in columns:
         group_names = _sorted_names({r.group for r in records if r.group is not None})
         group_index = {name: i for i, name in enumerate(group_names)}
         groups = torch.tensor([group_index[r.group] for r in records], dtype=torch.long)
-    masks = torch.from_numpy(np.stack(mask_arrays)) if "mask_path" in columns else None
-    full = ShortcutDataset(images, labels, groups, masks)
+    full = ShortcutDataset(images, labels, groups, masks if "mask_path" in columns else None)
     train, val, test = (full.subset(idx) for idx in _split_indices(records, seed))
     if len(train) == 0:
         raise DataError("image-folder: the train split is empty; mark some CSV rows split=train")
@@ -285,6 +250,55 @@ def load_image_folder(
         mean=mean,
         std=std,
         group_names=group_names,
-        options=options,
+        options={
+            "seed": seed,
+            "image_size": image_size,
+            "task": task,
+            **source,
+            "channels": channels,
+        },
     )
     return DatasetSplits(info, train, val, test)
+
+
+def find_records(
+    folder: str | os.PathLike | None, csv: str | os.PathLike | None
+) -> tuple[list[ImageRecord], tuple[str, ...], dict[str, str]]:
+    """The records listed by `csv` (a relative path is looked up in `folder` first) or else
+    found in the class folders under `folder`; their columns; the option naming the source
+    (``{"csv": ...}`` or ``{"root": ...}``, resolved)."""
+    if csv is not None:
+        csv_path = Path(csv).expanduser()
+        if (
+            not csv_path.is_absolute()
+            and folder is not None
+            and (Path(folder) / csv_path).is_file()
+        ):
+            csv_path = Path(folder) / csv_path
+        csv_path = csv_path.resolve()
+        records, columns = read_csv(csv_path)
+        return records, columns, {"csv": str(csv_path)}
+    if folder is not None:
+        root_path = Path(folder).expanduser().resolve()
+        return scan_class_folders(root_path), ("path", "label"), {"root": str(root_path)}
+    raise DataError(
+        "image-folder needs --data-dir DIR (one sub-folder per class) or --csv FILE "
+        "(columns path,label[,group][,mask_path][,split])"
+    )
+
+
+def read_images(
+    records: Sequence[ImageRecord], channels: int, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [N, channels, size, size] in [0, 1] and spurious masks [N, size, size] (bool; all
+    False for a record without a mask) of `records`."""
+    arrays, mask_arrays = [], []
+    for record in records:
+        image = _open(record.path, "image")
+        arrays.append(_to_array(image, channels, size))
+        if record.mask_path is not None:
+            mask = _open(record.mask_path, "mask")
+            mask_arrays.append(_mask_array(mask, record, image.size, size))
+        else:
+            mask_arrays.append(np.zeros((size, size), dtype=bool))
+    return torch.from_numpy(np.stack(arrays)), torch.from_numpy(np.stack(mask_arrays))

@@ -22,10 +22,14 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
-from lvlmva.errors import ConfigError
-from lvlmva.vision.datasets.base import DatasetInfo, DatasetSplits, ShortcutDataset
+from lvlmva.vision.datasets.base import DatasetSplits
+from lvlmva.vision.datasets.synthetic import (
+    SyntheticTask,
+    build_synthetic_splits,
+    pixel_grid,
+    smooth_noise,
+)
 
 CLASS_NAMES = ("benign", "malignant")
 GROUP_NAMES = (
@@ -35,7 +39,6 @@ GROUP_NAMES = (
     "malignant/bandage",
 )
 TASK = "skin-lesions"
-CHUNK = 512
 
 _SKIN_LIGHT = (0.96, 0.80, 0.69)
 _SKIN_DARK = (0.66, 0.45, 0.33)
@@ -62,50 +65,9 @@ def load_synth_lesions(
 ) -> DatasetSplits:
     """Build the seeded train / val / test splits (`data_dir` is accepted and ignored)."""
     del data_dir
-    rate = check_options(image_size, (n_train, n_val, n_test), bandage_rate, "bandage_rate")
-    splits = []
-    for k, (n, split_rate) in enumerate(
-        ((n_train, rate), (n_val, (0.5, 0.5)), (n_test, (0.5, 0.5)))
-    ):
-        generator = torch.Generator().manual_seed(split_seed(seed, k))
-        splits.append(generate_lesions(n, image_size, split_rate, generator))
-    train = splits[0]
-    mean, std = channel_stats(train.images)
-    info = DatasetInfo(
-        name="synth-lesions",
-        class_names=CLASS_NAMES,
-        channels=3,
-        image_size=image_size,
-        task=TASK,
-        mean=mean,
-        std=std,
-        group_names=GROUP_NAMES,
-        options={
-            "seed": seed,
-            "image_size": image_size,
-            "n_train": n_train,
-            "n_val": n_val,
-            "n_test": n_test,
-            "bandage_rate": list(rate),
-        },
+    return build_synthetic_splits(
+        LESIONS, seed=seed, image_size=image_size, sizes=(n_train, n_val, n_test), rate=bandage_rate
     )
-    return DatasetSplits(info, *splits)
-
-
-def generate_lesions(
-    n: int, size: int, bandage_rate: Sequence[float], generator: torch.Generator
-) -> ShortcutDataset:
-    """`n` images of `size` px; class-balanced labels, bandages at `bandage_rate` per class."""
-    labels = balanced_labels(n, generator)
-    bandage = attribute_by_class(labels, bandage_rate, generator)
-    images = torch.empty(n, 3, size, size)
-    masks = torch.empty(n, size, size, dtype=torch.bool)
-    for start in range(0, n, CHUNK):
-        stop = min(n, start + CHUNK)
-        images[start:stop], masks[start:stop] = _draw_chunk(
-            labels[start:stop], bandage[start:stop], size, generator
-        )
-    return ShortcutDataset(images, labels, labels * 2 + bandage.long(), masks)
 
 
 def _draw_chunk(
@@ -236,62 +198,16 @@ def rounded_box_sdf(u: Tensor, v: Tensor, half_u: Tensor, half_v: Tensor, r: Ten
     return outside + inside - r
 
 
-def smooth_noise(n: int, size: int, cells: int, generator: torch.Generator) -> Tensor:
-    """Smooth random fields [n, size, size] in [0, 1]: a `cells` x `cells` grid, upsampled."""
-    grid = torch.rand(n, 1, cells + 1, cells + 1, generator=generator)
-    field = F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=True)
-    return field[:, 0].clamp(0.0, 1.0)
-
-
-def pixel_grid(size: int) -> tuple[Tensor, Tensor]:
-    """Row and column coordinates [size, size] of the pixel centres."""
-    axis = torch.arange(size, dtype=torch.float32)
-    return torch.meshgrid(axis, axis, indexing="ij")
-
-
-def balanced_labels(n: int, generator: torch.Generator, num_classes: int = 2) -> Tensor:
-    """Labels 0 .. num_classes-1 in equal shares (up to rounding), in random order."""
-    return (torch.arange(n) % num_classes)[torch.randperm(n, generator=generator)]
-
-
-def attribute_by_class(labels: Tensor, rate: Sequence[float], generator: torch.Generator) -> Tensor:
-    """A bool attribute that holds for round(rate[c] * n_c) random samples of each class c."""
-    out = torch.zeros(len(labels), dtype=torch.bool)
-    for c, share in enumerate(rate):
-        members = torch.nonzero(labels == c).flatten()
-        chosen = members[torch.randperm(len(members), generator=generator)]
-        out[chosen[: round(share * len(members))]] = True
-    return out
-
-
-def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of [N, C, H, W] images, rounded to 4 decimals."""
-    mean = images.mean(dim=(0, 2, 3))
-    std = images.std(dim=(0, 2, 3)).clamp(min=1e-3)
-    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
-
-
-def split_seed(seed: int, split: int) -> int:
-    """Independent generator seeds for the train (0), val (1) and test (2) splits."""
-    return (seed * 1_000_003 + 7919 * (split + 1)) % (2**63)
-
-
-def check_options(
-    image_size: int, sizes: Sequence[int], rate: Sequence[float], rate_name: str
-) -> tuple[float, float]:
-    """Validate the shared options of the synthetic datasets; return the rate as a pair."""
-    if not 32 <= int(image_size) <= 512:
-        raise ConfigError(f"image_size must be between 32 and 512 px, got {image_size}")
-    for name, n in zip(("n_train", "n_val", "n_test"), sizes, strict=True):
-        if int(n) < 2:
-            raise ConfigError(f"{name} must be at least 2 (one image per class), got {n}")
-    pair = tuple(float(r) for r in rate)
-    if len(pair) != 2 or not all(0.0 <= r <= 1.0 for r in pair):
-        raise ConfigError(
-            f"{rate_name} must be two shares in [0, 1] (one per class), got {list(rate)}"
-        )
-    return pair
-
-
 def _randn(n: int, generator: torch.Generator) -> Tensor:
     return torch.randn(n, generator=generator)
+
+
+LESIONS = SyntheticTask(
+    name="synth-lesions",
+    task=TASK,
+    class_names=CLASS_NAMES,
+    group_names=GROUP_NAMES,
+    channels=3,
+    rate_option="bandage_rate",
+    draw=_draw_chunk,
+)
