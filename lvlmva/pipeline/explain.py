@@ -29,10 +29,11 @@ def explain_segment_render(
     device: torch.device,
 ) -> list[RenderedSample]:
     """The samples `batch` (indices into `split`) explained for their true class against
-    backgrounds drawn from `split`, segmented and rendered. CPU/GPU work: call it in a thread."""
+    backgrounds drawn from `split` (forward/backward passes sized for the model and device),
+    segmented on `device` and rendered on a thread pool. CPU/GPU work: call it in a thread."""
     from lvlmva.vision.attribution import explain
     from lvlmva.vision.ppeps import segment
-    from lvlmva.vision.render import render_critic_images
+    from lvlmva.vision.render import render_many
 
     images = split.images[batch]
     labels = split.labels[batch]
@@ -46,13 +47,14 @@ def explain_segment_render(
         seed=seed + int(batch[0]),
     )
     seg = segment(attributions, options.n_clusters, seed=seed, device=device)
+    rendered = render_many(images, seg.labels)
     return [
         RenderedSample(
             index=index,
             label=int(labels[j]),
             cluster_labels=seg.labels[j],
             responsibilities=seg.responsibilities[j],
-            images=render_critic_images(images[j], seg.labels[j]),
+            images=rendered[j],
         )
         for j, index in enumerate(batch.tolist())
     ]
