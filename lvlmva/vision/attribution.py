@@ -43,6 +43,26 @@ log = logging.getLogger(__name__)
 IG_STEPS = 50
 
 
+try:  # captum's forward runner (target selection): private, so optional
+    from captum._utils.common import _run_forward
+except ImportError:  # pragma: no cover - captum moved it; its own gradient function is used
+    _run_forward = None
+
+
+def summed_gradients(
+    forward_fn: Callable, inputs: tuple[Tensor, ...], target_ind=None, additional_forward_args=None
+) -> tuple[Tensor, ...]:
+    """captum's `compute_gradients` with the selected outputs summed into one backward root.
+
+    captum differentiates ``torch.unbind(outputs)``: one autograd root per sample, which costs
+    more than the whole backward pass of a small model at thousands of samples per pass. Every
+    output depends on its own sample only, so the gradient of the sum is the same gradient.
+    """
+    with torch.enable_grad():
+        outputs = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
+        return torch.autograd.grad(outputs.sum(), inputs)
+
+
 @dataclass(frozen=True)
 class AttributionWork:
     """One `Explainer.attribute` call: `inputs` [N, C, H, W] and `targets` [N] on the device,
@@ -86,10 +106,14 @@ class AttributionMethod:
     run: Callable[[Any, AttributionWork, AttributionMethod], Tensor] | None = None
 
     def build(self, model: nn.Module):
-        """The captum attribution object for `model`."""
+        """The captum attribution object for `model`, taking its gradients with one backward
+        root (`summed_gradients`) where it has captum's `gradient_func`."""
         import captum.attr
 
-        return getattr(captum.attr, self.captum_class)(model)
+        method = getattr(captum.attr, self.captum_class)(model)
+        if getattr(method, "gradient_func", None) is not None and _run_forward is not None:
+            method.gradient_func = summed_gradients
+        return method
 
     def attribute(self, model: nn.Module, work: AttributionWork) -> Tensor:
         """The attributions [N, C, H, W] of `work` (on its device)."""

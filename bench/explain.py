@@ -1,0 +1,287 @@
+"""Explain, segment and render throughput, side by side with a plain forward + backward pass.
+
+    python bench/explain.py                                  # the three models on the CPU
+    python bench/explain.py --device cuda
+    python bench/explain.py --models resnet18-64 --images 32 --repeats 5 --json out.json
+
+Models (random weights, seeded: what an explanation costs does not depend on them): the
+reference MLP on 28 px decoy digits, ResNet-18 on 64 px synth-lesions, ResNet-50 on 224 px
+synth-lesions. Every stage runs with its defaults: `explain` (DeepLiftShap, 25 backgrounds
+drawn from the training images, automatic batch size), `segment` (PPEPS-WGM, J = 7) on the same
+device, `render_many` (the three Critic PNGs at 336 px on the render thread pool), and the
+pipeline's `explain_segment_render` over the same images in the pipeline's batches.
+
+The reference is a plain forward + backward pass (the gradient of the explained class's score
+with respect to the input) over exactly the samples DeepLiftShap puts through the model: an
+input and a background for every (image, background) pair, in passes of the same size. Explain
+and reference alternate `--repeats` times; the ratio is the median explain time over the median
+reference time. CPU time (user, system) comes from `resource.getrusage` around each stage.
+`--old` also runs `explain(batch_size=64)`, the fixed default before the automatic size (skipped
+where its estimated working set exceeds half the RAM). Prints a table and one JSON line per
+model; `--json` writes them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lvlmva.pipeline.explain import explain_segment_render
+from lvlmva.pipeline.options import CritiqueOptions
+from lvlmva.vision.attribution import Explainer, draw_backgrounds, explain
+from lvlmva.vision.batch_sizing import WORKING_SET_FACTOR, available_memory_bytes
+from lvlmva.vision.datasets import load_dataset
+from lvlmva.vision.datasets.base import ShortcutDataset
+from lvlmva.vision.models import build_model
+from lvlmva.vision.ppeps import segment
+from lvlmva.vision.render import RENDER_THREADS, render_critic_images, render_many
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    arch: str
+    dataset: str
+    options: dict
+    images: int  # default number of explained images
+
+
+CASES = {
+    "mlp-28": Case("mlp-28", "mlp", "decoy-digits", {}, 256),
+    "resnet18-64": Case("resnet18-64", "resnet18", "synth-lesions", {}, 32),
+    "resnet50-224": Case(
+        "resnet50-224",
+        "resnet50",
+        "synth-lesions",
+        {"image_size": 224, "n_train": 200, "n_val": 8, "n_test": 8},
+        2,
+    ),
+}
+N_BASELINES = 25
+OLD_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall, user and system seconds of one stage (the repeat with the median wall time)."""
+
+    wall_s: float
+    user_s: float
+    sys_s: float
+
+
+def timed(fn, device: torch.device) -> tuple[object, Timing]:
+    """`fn()`'s result and its wall / user / system time (after a device sync)."""
+    start_usage = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return result, Timing(
+        wall, usage.ru_utime - start_usage.ru_utime, usage.ru_stime - start_usage.ru_stime
+    )
+
+
+def median_timing(timings: list[Timing]) -> Timing:
+    ordered = sorted(timings, key=lambda t: t.wall_s)
+    return ordered[len(ordered) // 2]
+
+
+def plain_forward_backward(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    backgrounds: Tensor,
+    samples_per_forward: int,
+) -> None:
+    """Forward + input-gradient backward over DeepLiftShap's samples: for every (image,
+    background) pair the image and the background, `samples_per_forward` per pass."""
+    n, m = len(images), len(backgrounds)
+    pairs_per_pass = max(1, samples_per_forward // 2)
+    model.eval()
+    for start in range(0, n * m, pairs_per_pass):
+        pair = torch.arange(start, min(start + pairs_per_pass, n * m), device=images.device)
+        x = torch.cat((images[pair // m], backgrounds[pair % m])).requires_grad_()
+        target = targets[pair // m].repeat(2)
+        score = model(x).gather(1, target[:, None]).sum()
+        torch.autograd.grad(score, x)
+
+
+def relative_difference(a: Tensor, b: Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def load_case(case: Case, n_images: int, device: torch.device):
+    splits = load_dataset(case.dataset, **case.options)
+    torch.manual_seed(0)
+    model = build_model(case.arch, splits.info).to(device).eval()
+    train = splits.train
+    index = torch.arange(min(n_images, len(train)))
+    return model, train, index
+
+
+def _per_image(timing: Timing, n: int) -> dict:
+    return {
+        "images_per_s": n / timing.wall_s,
+        "ms_per_image": 1e3 * timing.wall_s / n,
+        "user_s": timing.user_s,
+        "sys_s": timing.sys_s,
+        "sys_over_user": timing.sys_s / timing.user_s if timing.user_s > 0 else 0.0,
+    }
+
+
+def run_case(case: Case, args, device: torch.device) -> dict:
+    """Every stage of one model; a dict of the figures (see the module docstring)."""
+    n_images = args.images or case.images
+    model, train, index = load_case(case, n_images, device)
+    images, labels = train.images[index], train.labels[index]
+    explainer = Explainer(model, baselines=train.images, n_baselines=N_BASELINES, device=device)
+    plan = explainer.plan()
+    backgrounds = draw_backgrounds(train.images, N_BASELINES, images.shape[1:], seed=0)
+    on_device = (images.to(device), labels.to(device), backgrounds.to(device))
+    load_before = os.getloadavg()[0]
+
+    def do_explain() -> Tensor:
+        return explain(model, images, labels, baselines=train.images, device=device)
+
+    def do_plain() -> None:
+        plain_forward_backward(model, *on_device, plan.samples_per_forward)
+
+    do_explain(), do_plain()  # warm-up: kernels, allocator, the plan
+    explained, plain = [], []
+    for _ in range(args.repeats):
+        maps, t = timed(do_explain, device)
+        explained.append(t)
+        plain.append(timed(do_plain, device)[1])
+    t_explain, t_plain = median_timing(explained), median_timing(plain)
+
+    one_by_one = explain(model, images[:4], labels[:4], baselines=train.images, batch_size=1,
+                         device=device)  # fmt: skip
+    result = {
+        "model": case.name,
+        "device": str(device),
+        "images": len(images),
+        "pairs_per_image": len(backgrounds),
+        "samples_per_forward": plan.samples_per_forward,
+        "plan_bound": plan.bound,
+        "largest_activation_bytes_per_sample": plan.profile.largest_bytes,
+        "explain": _per_image(t_explain, len(images)),
+        "plain_forward_backward": _per_image(t_plain, len(images)),
+        "explain_over_plain": t_explain.wall_s / t_plain.wall_s,
+        "explain_over_plain_each": [e.wall_s / p.wall_s for e, p in zip(explained, plain)],
+        "auto_vs_batch_size_1": relative_difference(maps[:4], one_by_one),
+    }
+    if args.old:
+        result["old_batch_64"] = run_old(model, images, labels, train, device, plan, maps)
+
+    seg, t_seg = timed(lambda: segment(maps, 7, seed=0, device=device), device)
+    result["segment"] = _per_image(t_seg, len(images))
+    serial = [None]
+    _, t_serial = timed(
+        lambda: serial.__setitem__(
+            0, [render_critic_images(images[j], seg.labels[j]) for j in range(len(images))]
+        ),
+        device,
+    )
+    pooled, t_pool = timed(lambda: render_many(images, seg.labels), device)
+    assert pooled == serial[0], "render_many changed the bytes"
+    result["render_one_by_one"] = _per_image(t_serial, len(images))
+    result["render"] = _per_image(t_pool, len(images))
+    result["render_threads"] = RENDER_THREADS
+
+    split = ShortcutDataset(images, labels)
+    options = CritiqueOptions()
+
+    def pipeline() -> None:
+        for start in range(0, len(images), options.explain_batch):
+            batch = torch.arange(start, min(start + options.explain_batch, len(images)))
+            explain_segment_render(model, split, batch, options, seed=0, device=device)
+
+    result["pipeline"] = _per_image(timed(pipeline, device)[1], len(images))
+    result["load_average"] = [load_before, os.getloadavg()[0]]
+    return result
+
+
+def run_old(model, images, labels, train, device, plan, maps) -> dict:
+    """`explain(batch_size=64)` once, if its working set fits half the RAM."""
+    samples = min(OLD_BATCH, len(images)) * 2 * N_BASELINES
+    need = samples * WORKING_SET_FACTOR * plan.profile.output_bytes
+    if device.type == "cpu" and need > available_memory_bytes() / 2:
+        return {"skipped": f"needs about {need / 2**30:.0f} GiB"}
+    old, t = timed(
+        lambda: explain(model, images, labels, baselines=train.images, batch_size=OLD_BATCH,
+                        device=device),  # fmt: skip
+        device,
+    )
+    return {**_per_image(t, len(images)), "vs_auto": relative_difference(old, maps)}
+
+
+def table(results: list[dict]) -> str:
+    rows = [
+        "| model | samples / pass | explain img/s | plain fwd+bwd img/s | explain / plain | "
+        "sys / user (explain) | segment img/s | render img/s (1 thread) | pipeline img/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        rows.append(
+            f"| {r['model']} | {r['samples_per_forward']} ({r['plan_bound']}) | "
+            f"{r['explain']['images_per_s']:.2f} | "
+            f"{r['plain_forward_backward']['images_per_s']:.2f} | "
+            f"{r['explain_over_plain']:.3f} | {r['explain']['sys_over_user']:.3f} | "
+            f"{r['segment']['images_per_s']:.1f} | {r['render']['images_per_s']:.1f} "
+            f"({r['render_one_by_one']['images_per_s']:.1f}) | "
+            f"{r['pipeline']['images_per_s']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", choices=tuple(CASES), default=list(CASES))
+    parser.add_argument("--images", type=int, default=None, help="images per model")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--old", action="store_true", help="also run batch_size=64")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require")
+    header = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "command": " ".join(["python", "bench/explain.py", *sys.argv[1:]]),
+    }
+    print(json.dumps(header), flush=True)
+    results = []
+    for name in args.models:
+        result = run_case(CASES[name], args, device)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
