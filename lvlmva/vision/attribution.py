@@ -4,6 +4,11 @@ The default is DeepLiftShap for the ground-truth class against `n_baselines` bac
 drawn at random (seeded) from the training images. IntegratedGradients (all-black baseline) and
 GradientShap (the same backgrounds as DeepLiftShap) are selectable. `ATTRIBUTION_METHODS` holds
 one entry per method: adding a captum method is adding an entry.
+
+Work is cut finer than images: DeepLiftShap and GradientShap run per (image, background) pair,
+IntegratedGradients per (image, step), in forward/backward passes of a size planned for the
+model, input shape and device (`lvlmva.vision.batch_sizing`). Every map is averaged over its
+own pairs, so the maps do not depend on the batching.
 """
 
 from __future__ import annotations
@@ -43,12 +48,6 @@ log = logging.getLogger(__name__)
 IG_STEPS = 50
 
 
-try:  # captum's forward runner (target selection): private, so optional
-    from captum._utils.common import _run_forward
-except ImportError:  # pragma: no cover - captum moved it; its own gradient function is used
-    _run_forward = None
-
-
 def summed_gradients(
     forward_fn: Callable, inputs: tuple[Tensor, ...], target_ind=None, additional_forward_args=None
 ) -> tuple[Tensor, ...]:
@@ -58,6 +57,8 @@ def summed_gradients(
     more than the whole backward pass of a small model at thousands of samples per pass. Every
     output depends on its own sample only, so the gradient of the sum is the same gradient.
     """
+    from captum._utils.common import _run_forward  # captum's target selection (private)
+
     with torch.enable_grad():
         outputs = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
         return torch.autograd.grad(outputs.sum(), inputs)
@@ -111,8 +112,13 @@ class AttributionMethod:
         import captum.attr
 
         method = getattr(captum.attr, self.captum_class)(model)
-        if getattr(method, "gradient_func", None) is not None and _run_forward is not None:
-            method.gradient_func = summed_gradients
+        if getattr(method, "gradient_func", None) is None:
+            return method
+        try:
+            from captum._utils.common import _run_forward  # noqa: F401
+        except ImportError:  # captum moved it: keep captum's own gradient function
+            return method
+        method.gradient_func = summed_gradients
         return method
 
     def attribute(self, model: nn.Module, work: AttributionWork) -> Tensor:
