@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.batch_sizing import BatchPlan, plan_batch, shrink_plan
+from lvlmva.vision.deeplift_rules import deeplift_rules, rule_view
 from lvlmva.vision.deeplift_safety import ensure_deeplift_safe
 from lvlmva.vision.modes import eval_mode
 
@@ -174,7 +175,8 @@ def mean_over_pairs(
 
 def _run_deeplift_shap(method: Any, work: AttributionWork, spec: AttributionMethod) -> Tensor:
     """DeepLiftShap: captum's DeepLift of every (image, background) pair, averaged over the
-    backgrounds (what captum's DeepLiftShap computes), two model samples per pair."""
+    backgrounds (what captum's DeepLiftShap computes), two model samples per pair; ReLU and
+    max-pooling apply `lvlmva.vision.deeplift_rules` (the model is a `rule_view`)."""
 
     def pairs(images: Tensor, backgrounds: Tensor) -> Tensor:
         # fresh leaf copies that require gradients, as captum's DeepLiftShap expands them
@@ -182,13 +184,14 @@ def _run_deeplift_shap(method: Any, work: AttributionWork, spec: AttributionMeth
         baselines = work.backgrounds[backgrounds].requires_grad_()
         return method.attribute(inputs, baselines=baselines, target=work.targets[images])
 
-    return mean_over_pairs(
-        pairs,
-        len(work.inputs),
-        len(work.backgrounds),
-        max(1, work.samples_per_forward // 2),
-        work.inputs.device,
-    )
+    with deeplift_rules():
+        return mean_over_pairs(
+            pairs,
+            len(work.inputs),
+            len(work.backgrounds),
+            max(1, work.samples_per_forward // 2),
+            work.inputs.device,
+        )
 
 
 def gradient_shap_draws(
@@ -297,7 +300,8 @@ class Explainer:
 
     `method` is a key of `ATTRIBUTION_METHODS`. Backgrounds: `n_baselines` images drawn (seeded)
     from `baselines` (see `draw_backgrounds`). A method that needs a DeepLift-safe model
-    explains a fixed copy if `model` reuses a nonlinearity module. Call number k of `attribute`
+    explains a fixed copy if `model` reuses a nonlinearity module, through a `rule_view`
+    (parameters shared; see `lvlmva.vision.deeplift_rules`). Call number k of `attribute`
     is seeded ``seed + k`` (gradient-shap's draws; numpy's global generator is seeded with it
     for the call and restored after).
 
@@ -343,7 +347,7 @@ class Explainer:
         self.backgrounds = draw_backgrounds(baselines, n_baselines, shape, seed=seed)
         if spec.deeplift:
             example = self.backgrounds[:1].to(self.device)
-            self.model = ensure_deeplift_safe(self.model, example).to(self.device)
+            self.model = rule_view(ensure_deeplift_safe(self.model, example).to(self.device))
         self._calls = 0
 
     @property
