@@ -71,6 +71,10 @@ def _per_half(small: Tensor, fallback: Tensor, ratio: Tensor) -> Tensor:
 
 
 class _RescaleReLU(torch.autograd.Function):
+    """Saves one multiplier per (input, reference) pair, shared by both halves of the batch,
+    on the CPU when no |x - r| < eps (identical regions); else one per sample (on a GPU always,
+    which saves the check's synchronisation)."""
+
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         y = torch.relu(x)
@@ -78,13 +82,18 @@ class _RescaleReLU(torch.autograd.Function):
         y_in, y_ref = _halves(y)
         delta = x_in - x_ref
         ratio = (y_in - y_ref).div_(delta)
-        ctx.save_for_backward(_per_half(delta.abs_() < EPS, x > 0, ratio))
+        small = delta.abs_() < EPS
+        if x.device.type != "cpu" or bool(small.any()):
+            ratio = _per_half(small, x > 0, ratio)
+        ctx.save_for_backward(ratio)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (multiplier,) = ctx.saved_tensors
-        return grad * multiplier
+        if multiplier.shape[0] == grad.shape[0]:
+            return grad * multiplier
+        return (grad.reshape(2, *multiplier.shape) * multiplier).view(grad.shape)
 
 
 class _RescaleMaxPool2d(torch.autograd.Function):
