@@ -37,6 +37,7 @@ __all__ = [
     "SimServer",
     "build_app",
     "is_loopback",
+    "listen",
     "parse_chat_request",
     "start_sim_server",
 ]
@@ -261,16 +262,11 @@ class SimServer:
         await self.runner.cleanup()
 
 
-async def start_sim_server(
-    sim: SimulatedLVLM,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    allow_remote: bool = False,
-    hang_s: float | None = None,
-) -> SimServer:
-    """Serve `sim` on `host:port` (port 0: a free port) until `close()`. A host that is not a
-    loopback address is refused unless `allow_remote`."""
+async def listen(
+    app: web.Application, host: str, port: int, *, allow_remote: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Serve `app` on `host:port` (port 0: a free port); returns the runner and the bound port.
+    A host that is not a loopback address is refused unless `allow_remote`."""
     if not allow_remote and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve the simulation on {host}, which is not a loopback address; "
@@ -290,8 +286,23 @@ async def start_sim_server(
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    runner = web.AppRunner(build_app(sim, hang_s=hang_s), access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.SockSite(runner, sock, backlog=1024)
     await site.start()
-    return SimServer(runner=runner, host=host, port=sock.getsockname()[1], sim=sim)
+    return runner, sock.getsockname()[1]
+
+
+async def start_sim_server(
+    sim: SimulatedLVLM,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    allow_remote: bool = False,
+    hang_s: float | None = None,
+) -> SimServer:
+    """Serve `sim` on `host:port` (port 0: a free port) until `close()`. A host that is not a
+    loopback address is refused unless `allow_remote`."""
+    app = build_app(sim, hang_s=hang_s)
+    runner, bound = await listen(app, host, port, allow_remote=allow_remote)
+    return SimServer(runner=runner, host=host, port=bound, sim=sim)
