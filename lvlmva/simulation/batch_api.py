@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lvlmva.errors import ConfigError
+from lvlmva.simulation.batch_lines import BatchLine, batch_error, parse_batch_lines
 from lvlmva.simulation.clock import Clock
 from lvlmva.simulation.openai_chat import ChatEngine
 from lvlmva.simulation.openai_errors import (
@@ -96,17 +97,6 @@ class BatchTiming:
 
 
 @dataclass
-class _Line:
-    number: int
-    custom_id: str
-    body: Any
-
-
-def _batch_error(code: str, message: str, line: int | None = None, param: str | None = None):
-    return {"code": code, "message": message, "param": param, "line": line}
-
-
-@dataclass
 class _Batch:
     """A batch's mutable state; `to_dict` is the API's `batch` object."""
 
@@ -122,7 +112,7 @@ class _Batch:
     model: str | None = None
     times: dict[str, float] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
-    lines: list[_Line] = field(default_factory=list)
+    lines: list[BatchLine] = field(default_factory=list)
     processed: int = 0
     results: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
@@ -176,8 +166,10 @@ class _Batch:
 def _check_metadata(metadata: Any) -> dict[str, str] | None:
     if metadata is None:
         return None
-    if not isinstance(metadata, Mapping) or len(metadata) > 16 or any(
-        not isinstance(v, str) or len(k) > 64 or len(v) > 512 for k, v in metadata.items()
+    if (
+        not isinstance(metadata, Mapping)
+        or len(metadata) > 16
+        or any(not isinstance(v, str) or len(k) > 64 or len(v) > 512 for k, v in metadata.items())
     ):
         raise invalid_value(
             "metadata",
@@ -191,8 +183,10 @@ def _output_expiry(spec: Any) -> int | None:
     if spec is None:
         return None
     seconds = spec.get("seconds") if isinstance(spec, Mapping) else None
-    if not isinstance(spec, Mapping) or spec.get("anchor") != "created_at" or not (
-        isinstance(seconds, int) and 3600 <= seconds <= 2_592_000
+    if (
+        not isinstance(spec, Mapping)
+        or spec.get("anchor") != "created_at"
+        or not (isinstance(seconds, int) and 3600 <= seconds <= 2_592_000)
     ):
         raise invalid_value(
             "output_expires_after",
@@ -329,78 +323,13 @@ class BatchRunner:
 
     # -- validation ---------------------------------------------------------------------------
 
-    def _parse(self, batch: _Batch) -> tuple[list[_Line], list[dict[str, Any]]]:
-        """The file's lines, and what is wrong with them (BatchError dicts)."""
-        try:
-            text = batch.content.decode("utf-8")
-        except UnicodeDecodeError:
-            return [], [_batch_error("invalid_file_format", "The input file is not UTF-8 text.")]
-        lines: list[_Line] = []
-        errors: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for number, raw in enumerate(text.split("\n"), 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                obj = None
-            if not isinstance(obj, dict):
-                errors.append(_batch_error("invalid_json_line",
-                                           "This line is not parseable as valid JSON.", number))
-                continue  # fmt: skip
-            problem = self._line_problem(obj, batch.endpoint, seen)
-            if problem is not None:
-                errors.append({**problem, "line": number})
-                continue
-            seen.add(obj["custom_id"])
-            lines.append(_Line(number, obj["custom_id"], obj["body"]))
-        if not lines and not errors:
-            errors.append(_batch_error("empty_file", "The batch input file is empty."))
-        if len(lines) > self.timing.max_lines:
-            errors.append(_batch_error(
-                "too_many_tasks",
-                f"The batch input file has {len(lines)} requests; a batch takes at most "
-                f"{self.timing.max_lines}.",
-            ))  # fmt: skip
-        return lines, errors
-
-    @staticmethod
-    def _line_problem(obj: Mapping[str, Any], endpoint: str, seen: set[str]) -> dict | None:
-        for key in ("custom_id", "method", "url", "body"):
-            if key not in obj:
-                return _batch_error("missing_required_parameter",
-                                    f"Missing required parameter: '{key}'.", param=key)  # fmt: skip
-        if not isinstance(obj["custom_id"], str):
-            return _batch_error("invalid_value", "custom_id must be a string.", param="custom_id")
-        if obj["method"] != "POST":
-            return _batch_error("invalid_value", "Only the POST method is supported.",
-                                param="method")  # fmt: skip
-        if obj["url"] != endpoint:
-            return _batch_error(
-                "url_mismatch",
-                f"The url of this request ({obj['url']!r}) does not match the batch's endpoint "
-                f"({endpoint!r}).",
-                param="url",
-            )
-        if obj["custom_id"] in seen:
-            return _batch_error(
-                "duplicate_custom_id",
-                f"The custom_id {obj['custom_id']!r} is used by another request in this file; "
-                "custom_id must be unique for each request in a batch.",
-                param="custom_id",
-            )
-        if not isinstance(obj["body"], dict):
-            return _batch_error("invalid_value", "body must be a JSON object.", param="body")
-        return None
-
-    def _model_problems(self, batch: _Batch, lines: list[_Line]) -> list[dict[str, Any]]:
+    def _model_problems(self, batch: _Batch, lines: list[BatchLine]) -> list[dict[str, Any]]:
         models = [(line.number, line.body.get("model")) for line in lines]
         if not models:
             return []
         first = models[0][1]
         errors = [
-            _batch_error(
+            batch_error(
                 "model_mismatch",
                 f"The model of this request ({model!r}) differs from the file's first model "
                 f"({first!r}); a batch input file takes one model.",
@@ -415,11 +344,11 @@ class BatchRunner:
         try:
             self.engine.resolve(first)
         except APIError as exc:
-            return [_batch_error(exc.code or "invalid_model", exc.message, None, "body.model")]
+            return [batch_error(exc.code or "invalid_model", exc.message, None, "body.model")]
         batch.model = first
         return self._queue_problem(batch, lines)
 
-    def _queue_problem(self, batch: _Batch, lines: list[_Line]) -> list[dict[str, Any]]:
+    def _queue_problem(self, batch: _Batch, lines: list[BatchLine]) -> list[dict[str, Any]]:
         tokens = 0
         for line in lines:
             try:
@@ -435,7 +364,7 @@ class BatchRunner:
             if b is not batch and b.model == batch.model and b.status in ACTIVE[1:]
         )
         if limit is not None and queued + tokens > limit:
-            return [_batch_error(
+            return [batch_error(
                 "token_limit_exceeded",
                 f"Enqueued token limit reached for {batch.model} in organization {ORGANIZATION}. "
                 f"Limit: {limit} enqueued tokens. Please try again once some in_progress batches "
@@ -444,7 +373,7 @@ class BatchRunner:
         return []
 
     def _validate(self, batch: _Batch, at: float) -> None:
-        lines, errors = self._parse(batch)
+        lines, errors = parse_batch_lines(batch.content, batch.endpoint, self.timing.max_lines)
         if not errors:
             errors = self._model_problems(batch, lines)
         if errors:
@@ -473,7 +402,7 @@ class BatchRunner:
             self._run_line(batch, batch.lines[batch.processed])
             batch.processed += 1
 
-    def _run_line(self, batch: _Batch, line: _Line) -> None:
+    def _run_line(self, batch: _Batch, line: BatchLine) -> None:
         outcome = self.engine.run(
             line.body, channel="batch", batch_id=batch.id, custom_id=line.custom_id
         )

@@ -204,9 +204,7 @@ def _parts(builder: _Builder, content: Any, role: str, where: str) -> tuple[Part
             "but got an empty array instead.",
             "empty_array",
         )
-    allowed = {"user": ("text", "image_url"), "assistant": ("text", "refusal")}.get(
-        role, ("text",)
-    )
+    allowed = {"user": ("text", "image_url"), "assistant": ("text", "refusal")}.get(role, ("text",))
     out: list[Part] = []
     for j, part in enumerate(content):
         at = f"{where}.content[{j}]"

@@ -196,4 +196,3 @@ def page(items: list[Any], after: str | None, limit: int) -> dict[str, Any]:
         "last_id": chosen[-1].id if chosen else None,
         "has_more": len(items) > limit,
     }
-

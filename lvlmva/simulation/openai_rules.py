@@ -188,9 +188,7 @@ def _check_shapes(body: Mapping[str, Any]) -> None:
             "characters.",
         )
     if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
-        raise invalid_value(
-            "top_logprobs", "'top_logprobs' requires 'logprobs' to be set to true."
-        )
+        raise invalid_value("top_logprobs", "'top_logprobs' requires 'logprobs' to be set to true.")
     if body.get("stream_options") is not None and body.get("stream") is not True:
         raise invalid_value(
             "stream_options",
@@ -222,9 +220,7 @@ def _effort(body: Mapping[str, Any], family: ModelFamily) -> str | None:
         raise unknown_parameters(["reasoning_effort"])
     if value not in family.efforts:
         supported = ", ".join(f"'{e}'" for e in family.efforts)
-        raise unsupported_value(
-            "reasoning_effort", value, f"Supported values are: {supported}."
-        )
+        raise unsupported_value("reasoning_effort", value, f"Supported values are: {supported}.")
     return value
 
 
@@ -304,4 +300,3 @@ def validate_chat(body: Any, family: ModelFamily, answer_model: str) -> ChatPara
         n=body.get("n") or 1,
         request=request,
     )
-

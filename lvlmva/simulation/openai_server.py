@@ -235,7 +235,7 @@ async def _advance(request: web.Request) -> web.Response:
     body = await _json_body(request)
     seconds = body.get("seconds") if isinstance(body, dict) else None
     if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-        raise invalid_request("POST /stand-in/advance takes {\"seconds\": <number >= 0>}.")
+        raise invalid_request('POST /stand-in/advance takes {"seconds": <number >= 0>}.')
     if not isinstance(standin.clock, FakeClock):
         raise APIError(409, "The stand-in runs on the wall clock; start it with a FakeClock "
                        "(lvlmva serve-sim --fake-clock) to advance time.")  # fmt: skip

@@ -204,6 +204,5 @@ def check_response_format(value: Any, message_text: str) -> ResponseFormat:
         return _json_schema(value.get("json_schema"))
     raise invalid_value(
         "response_format.type",
-        f"Invalid value: {kind!r}. Supported values are: 'text', 'json_object', and "
-        "'json_schema'.",
+        f"Invalid value: {kind!r}. Supported values are: 'text', 'json_object', and 'json_schema'.",
     )
