@@ -5,9 +5,6 @@ validated against the SDK's pydantic types, so a shape the SDK cannot parse fail
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import urllib.request
 
 import openai
 import pytest
@@ -15,16 +12,13 @@ from openai.types.chat import ChatCompletion
 from standin_support import KEY, image_part, png, serve, user
 
 from lvlmva.engine.validation import verdict_schema
-from lvlmva.errors import ConfigError
-from lvlmva.simulation import DictOracle, SimulatedLVLM
-from lvlmva.simulation.answerers import FixedAnswerer, SimulatedAnswerer
+from lvlmva.simulation.answerers import FixedAnswerer
 from lvlmva.simulation.openai_chat import ChatSettings
 from lvlmva.simulation.openai_faults import Faults
 from lvlmva.simulation.openai_models import family_for
 from lvlmva.simulation.openai_ratelimit import RateLimits, go_duration
 from lvlmva.simulation.openai_standin import StandInConfig
 from lvlmva.simulation.openai_usage import ReasoningLengths
-from lvlmva.vision.render import PALETTE
 
 LONG = "word " * 80  # 400 characters: 100 tokens by the stand-in's count
 
@@ -472,60 +466,3 @@ async def test_ledger_counts_calls_repeats_and_tokens_per_model():
         assert s.standin.ledger.sync_calls == 0
         status, _, body = await s.raw("POST", "/stand-in/advance", json={"seconds": 5})
         assert status == 200 and body["now"] == s.clock.now()
-
-
-async def test_the_simulated_lvlm_answers_through_the_stand_in():
-    sim = SimulatedLVLM(oracle=DictOracle(), palette=PALETTE)
-    async with serve(SimulatedAnswerer(sim)) as s:
-        reply = await s.client.chat.completions.create(
-            model="simulated-judge",
-            messages=user("Verdict for red: yes\nVerdict for blue: no"),
-            max_tokens=200,
-            temperature=0,
-            extra_body=_schema_body(verdict_schema(["red", "blue"])),
-        )
-        assert json.loads(reply.choices[0].message.content) == {
-            "output": [{"color": "red", "verdict": "yes"}, {"color": "blue", "verdict": "no"}]
-        }
-        with pytest.raises(openai.BadRequestError) as info:  # prose without verdict lines
-            await s.client.chat.completions.create(
-                model="simulated-judge",
-                messages=user("no verdicts here"),
-                extra_body=_schema_body(verdict_schema(["red"])),
-            )
-        assert info.value.code == "simulation_cannot_answer"
-    with pytest.raises(ConfigError, match="owns transport faults"):
-        SimulatedAnswerer(SimulatedLVLM(oracle=DictOracle(), palette=PALETTE, rate_429=0.1))
-
-
-def test_serve_sim_is_strict_by_default_and_drives_a_fake_clock():
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lvlmva.cli", "serve-sim", "--port", "0", "--fake-clock"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert "SIMULATED LVLM" in line and "strict OpenAI stand-in" in line, line
-        base = line.rsplit(" ", 1)[-1].strip()
-        root = base.removesuffix("/v1")
-
-        def post(url, body):
-            request = urllib.request.Request(
-                url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    return response.status, json.load(response)
-            except urllib.error.HTTPError as err:
-                return err.code, json.load(err)
-
-        status, body = post(f"{base}/chat/completions",
-                            {"model": "gpt-5", "messages": user(), "max_tokens": 5})  # fmt: skip
-        assert status == 400 and body["error"]["code"] == "unsupported_parameter"
-        before = post(f"{root}/stand-in/advance", {"seconds": 0})[1]["now"]
-        assert post(f"{root}/stand-in/advance", {"seconds": 3600})[1]["now"] == before + 3600
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
