@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lvlmva.errors import ConfigError
-from lvlmva.simulation.batch_lines import BatchLine, batch_error, parse_batch_lines
+from lvlmva.simulation.batch_lines import BatchLine, batch_error, json_lines, parse_batch_lines
 from lvlmva.simulation.clock import Clock
 from lvlmva.simulation.openai_chat import ChatEngine
 from lvlmva.simulation.openai_errors import (
@@ -301,13 +301,7 @@ class BatchRunner:
 
     def _record_lines(self, batch: _Batch) -> None:
         """Every submitted line goes to the ledger (body hash, or raw-line hash if not JSON)."""
-        for number, raw in enumerate(batch.content.split(b"\n"), 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                obj = None
+        for number, raw, obj in json_lines(batch.content):
             custom_id = obj.get("custom_id") if isinstance(obj, dict) else None
             body = obj.get("body") if isinstance(obj, dict) else None
             sha = body_sha256(body) if body is not None else hashlib.sha256(raw).hexdigest()

@@ -10,11 +10,11 @@ too_many_tasks. Each error carries the 1-based line number, as `BatchError.line`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BatchLine", "batch_error", "parse_batch_lines"]
+__all__ = ["BatchLine", "batch_error", "json_lines", "parse_batch_lines"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,18 @@ def batch_error(
 ) -> dict[str, Any]:
     """A `BatchError` object."""
     return {"code": code, "message": message, "param": param, "line": line}
+
+
+def json_lines(content: bytes) -> Iterator[tuple[int, bytes, Any]]:
+    """(1-based line number, raw bytes, parsed JSON or None) of each non-blank line."""
+    for number, raw in enumerate(content.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+        yield number, raw, obj
 
 
 def _line_problem(obj: Mapping[str, Any], endpoint: str, seen: set[str]) -> dict | None:
@@ -68,19 +80,13 @@ def parse_batch_lines(
     """The well-formed lines of `content`, and every problem found (BatchError dicts). Blank
     lines are skipped; a file with problems fails as a whole."""
     try:
-        text = content.decode("utf-8")
+        content.decode("utf-8")
     except UnicodeDecodeError:
         return [], [batch_error("invalid_file_format", "The input file is not UTF-8 text.")]
     lines: list[BatchLine] = []
     errors: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for number, raw in enumerate(text.split("\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            obj = None
+    for number, _, obj in json_lines(content):
         if not isinstance(obj, dict):
             message = "This line is not parseable as valid JSON."
             errors.append(batch_error("invalid_json_line", message, number))

@@ -34,7 +34,7 @@ from lvlmva.simulation.openai_files import MAX_FILE_BYTES
 from lvlmva.simulation.openai_ledger import CallRecord, body_sha256
 from lvlmva.simulation.openai_models import CUSTOM, openai_model_ids
 from lvlmva.simulation.openai_standin import OpenAIStandIn
-from lvlmva.simulation.server import listen
+from lvlmva.simulation.server import LoopbackServer, listen
 
 __all__ = ["StandInServer", "build_openai_app", "start_openai_standin"]
 
@@ -306,25 +306,10 @@ def build_openai_app(standin: OpenAIStandIn) -> web.Application:
 
 
 @dataclass
-class StandInServer:
+class StandInServer(LoopbackServer):
     """A running stand-in; `base_url` is what an OpenAI client takes."""
 
-    runner: web.AppRunner
-    host: str
-    port: int
     standin: OpenAIStandIn
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
-
-    async def close(self) -> None:
-        await self.runner.cleanup()
 
 
 async def start_openai_standin(

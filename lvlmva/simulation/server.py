@@ -34,6 +34,7 @@ from lvlmva.errors import ConfigError
 from lvlmva.simulation.simulator import SimOutcome, SimulatedLVLM
 
 __all__ = [
+    "LoopbackServer",
     "SimServer",
     "build_app",
     "is_loopback",
@@ -241,13 +242,12 @@ def build_app(sim: SimulatedLVLM, *, hang_s: float | None = None) -> web.Applica
 
 
 @dataclass
-class SimServer:
-    """A running simulation server; `base_url` is what an OpenAI client takes."""
+class LoopbackServer:
+    """A running aiohttp server; `base_url` is what an OpenAI client takes."""
 
     runner: web.AppRunner
     host: str
     port: int
-    sim: SimulatedLVLM
 
     @property
     def url(self) -> str:
@@ -260,6 +260,13 @@ class SimServer:
 
     async def close(self) -> None:
         await self.runner.cleanup()
+
+
+@dataclass
+class SimServer(LoopbackServer):
+    """A running simulation server."""
+
+    sim: SimulatedLVLM
 
 
 async def listen(
