@@ -79,7 +79,10 @@ class Faults:
         values = dict(changes)
         if "missing_models" in values:
             values["missing_models"] = frozenset(values["missing_models"] or ())
-        return dataclasses.replace(self, **values)
+        try:
+            return dataclasses.replace(self, **values)
+        except TypeError as exc:
+            raise ConfigError(f"fault settings {values}: a wrong type ({exc})") from None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
