@@ -112,6 +112,11 @@ def test_grid_filters_sorts_and_pages(served, page):
     page.wait_for_selector("body[data-ready=grid] .card")
     assert page.locator(".card").count() == 60
     assert page.inner_text("#page-info").endswith(f"{run.count()} samples")
+    assert page.locator("#summary").is_hidden()
+    page.click("#summary-toggle")
+    page.wait_for_selector("#summary div")
+    assert f"samples: {run.count()}" in page.inner_text("#summary")
+    assert "accuracy vs truth: critic" in page.inner_text("#summary")
     page.select_option("select[name=label]", "3")
     page.check("input[name=misclassified]")
     expected = run.query(RunQuery(labels=(3,), misclassified=True), limit=60)

@@ -140,8 +140,9 @@ def test_filters_and_sorts_match_a_brute_force_scan(tmp_path):
     run = build_synthetic_run(tmp_path / "s", 120, size=28, seed=3)
     everything = list(run.iter_samples(batch=7))
     assert [s.record.index for s in everything] == list(range(120))
-    run.override(everything[5].record.index, everything[5].record.colors[0],
-                 not everything[5].effective_verdicts[everything[5].record.colors[0]])
+    ok = [s for s in everything if s.effective_verdicts][5]
+    run.override(ok.record.index, ok.record.colors[0],
+                 not ok.effective_verdicts[ok.record.colors[0]])
     everything = list(run)
     cases = [
         (RunQuery(labels=(2, 3)), lambda s: s.record.label in (2, 3)),

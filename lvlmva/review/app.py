@@ -68,6 +68,8 @@ class Review:
         self.realign_hook = realign
         self.names = run.manifest.class_names
         self.index_html = (STATIC / "index.html").read_text().replace("__REVIEW_TOKEN__", token)
+        self.scales = {"attribution": panels.scale_stops(panels.ATTRIBUTION_SCALE),
+                       "mask": panels.scale_stops(panels.MASK_SCALE)}
 
     @staticmethod
     def _index(request: web.Request) -> int:
@@ -94,8 +96,7 @@ class Review:
             "path": str(self.run.root.resolve()), "has_truth": has_truth,
             "reviewer": self.reviewer,
             "palette": {n: "#{:02x}{:02x}{:02x}".format(*rgb) for n, rgb in PALETTE.items()},
-            "scales": {"attribution": panels.scale_stops(panels.ATTRIBUTION_SCALE),
-                       "mask": panels.scale_stops(panels.MASK_SCALE)},
+            "scales": self.scales,
             "realign": {"argv": argv, "command": shlex.join(argv),
                         "wired": self.realign_hook is not None},
         })
@@ -137,9 +138,9 @@ class Review:
     async def image(self, request: web.Request) -> web.StreamResponse:
         index, kind = self._index(request), request.match_info["kind"]
         if kind in FILE_IMAGES:
-            sample = await asyncio.to_thread(self.run.get, index)
-            path = await asyncio.to_thread(lambda: self.run.arrays(index).image_path(kind))
-            fresh = request.query.get("g") == str(sample.generation)
+            stored = await asyncio.to_thread(self.run.arrays, index)
+            path = stored.image_path(kind)
+            fresh = request.query.get("g") == str(stored.generation)
             cache = "private, max-age=31536000, immutable" if fresh else "no-cache"
             return web.FileResponse(path, headers={"Cache-Control": cache,
                                                    "Content-Type": "image/png"})

@@ -74,7 +74,7 @@ def _record(rng, index, label, class_names, rendered, labels, spurious, flip) ->
     )
     status = rng.choice(["ok", "failed", "not_run"], p=[0.94, 0.04, 0.02])
     verdicts = {c: (c not in truth) != (rng.random() < flip) for c in colours}
-    agreement = {c: float(rng.choice([1.0, 1.0, 1.0, 2 / 3])) for c in colours}
+    agreement = {c: 2 / 3 if rng.random() < 0.06 else 1.0 for c in colours}
     prediction = label if rng.random() < 0.8 else int(rng.integers(len(class_names)))
     sentences = []
     for c in colours:

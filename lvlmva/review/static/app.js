@@ -154,6 +154,7 @@ async function showGrid() {
   renderPager(page);
   $('grid').replaceChildren(...page.items.map(cardFor));
   document.body.dataset.ready = 'grid';
+  performance.mark('grid-ready');
 }
 
 // --- sample view --------------------------------------------------------------------------
@@ -192,6 +193,7 @@ async function showSample(index) {
   }
   renderVerdicts();
   document.body.dataset.ready = `sample:${index}`;
+  performance.mark('sample-ready');
 }
 
 function renderVerdicts() {
