@@ -35,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from lvlmva.runs import CritiqueRun
 
     check_bind(args.host, args.allow_remote)  # before opening anything
-    reviewer = args.reviewer or getpass.getuser()
+    reviewer = args.reviewer
+    if not reviewer:
+        try:
+            reviewer = getpass.getuser()
+        except (KeyError, OSError):  # no login name (some containers): overrides stay unsigned
+            reviewer = None
     with CritiqueRun.open(args.run) as critique_run:
         n = critique_run.count()
 

@@ -21,7 +21,7 @@ from lvlmva.errors import ConfigError, DataError
 from lvlmva.review import panels
 from lvlmva.review.params import card, detail, parse_page, parse_query
 from lvlmva.review.security import guard
-from lvlmva.runs import CritiqueRun
+from lvlmva.runs import CritiqueRun, MissingSample
 from lvlmva.vision import masks as _masks  # noqa: F401  (torch loads now, not on the first toggle)
 from lvlmva.vision.render import PALETTE
 
@@ -51,8 +51,10 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     """Our own errors become one-line JSON answers: 404 for a missing sample, else 400."""
     try:
         return await handler(request)
+    except MissingSample as exc:
+        return _json_error(404, str(exc))
     except DataError as exc:
-        return _json_error(404 if "is not in the run" in str(exc) else 400, str(exc))
+        return _json_error(400, str(exc))
     except ConfigError as exc:
         return _json_error(400, str(exc))
 
