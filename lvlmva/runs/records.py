@@ -4,7 +4,6 @@ its arrays going in, and what a reviewed sample, an audit entry and a summary lo
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field

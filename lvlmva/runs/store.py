@@ -10,7 +10,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ from lvlmva.runs.query import RunQuery
 from lvlmva.runs.records import (
     STORE_VERSION,
     AuditEntry,
-    MissingSample,
     ExportResult,
+    MissingSample,
     Page,
     ReviewedSample,
     RunManifest,

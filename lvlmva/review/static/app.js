@@ -15,6 +15,7 @@ const state = {
   original: null,     // its original image, for the outlines
   highlight: null,    // colour highlighted in the outlines
   maskVersion: 0,
+  ticket: 0,          // the latest navigation: answers to older ones are dropped
 };
 
 function el(tag, attrs = {}, ...children) {
@@ -70,6 +71,7 @@ function hashFor(view, index = null) {
 
 async function route() {
   const where = readHash();
+  document.body.dataset.ready = 'loading';
   syncForm();
   try {
     if (where.view === 'sample') await showSample(where.index);
@@ -106,9 +108,13 @@ async function loadPage(offset) {
   const params = new URLSearchParams(state.params);
   params.set('offset', String(offset));
   params.set('limit', String(PAGE_SIZE));
-  state.page = await api(`/api/samples?${params}`);
-  state.offset = offset;
-  return state.page;
+  return api(`/api/samples?${params}`);
+}
+
+function keep(page) {
+  state.page = page;
+  state.offset = page.offset;
+  return page;
 }
 
 function cardFor(item) {
@@ -148,9 +154,12 @@ function renderPager(page) {
 }
 
 async function showGrid() {
+  const ticket = ++state.ticket;
+  const page = await loadPage(state.offset);
+  if (ticket !== state.ticket) return;  // a newer filter or page was asked for meanwhile
+  keep(page);
   $('sample-view').hidden = true;
   $('grid-view').hidden = false;
-  const page = await loadPage(state.offset);
   renderPager(page);
   $('grid').replaceChildren(...page.items.map(cardFor));
   document.body.dataset.ready = 'grid';
@@ -160,13 +169,17 @@ async function showGrid() {
 // --- sample view --------------------------------------------------------------------------
 
 async function showSample(index) {
-  $('grid-view').hidden = true;
-  $('sample-view').hidden = false;
-  if (!state.page || state.page.offset !== state.offset) await loadPage(state.offset);
-  const [sample, labels] = await Promise.all([
+  const ticket = ++state.ticket;
+  const needPage = !state.page || state.page.offset !== state.offset;
+  const [page, sample, labels] = await Promise.all([
+    needPage ? loadPage(state.offset) : state.page,
     api(`/api/samples/${index}`),
     api(`/api/samples/${index}/labels`).catch(() => null),
   ]);
+  if (ticket !== state.ticket) return;  // the reviewer moved on meanwhile
+  keep(page);
+  $('grid-view').hidden = true;
+  $('sample-view').hidden = false;
   state.sample = sample;
   state.labels = labels;
   state.highlight = null;
@@ -248,10 +261,12 @@ function toggle(color) {
     const s = state.sample;
     if (!s || !s.effective_verdicts || !(color in s.effective_verdicts)) return;
     try {
-      state.sample = await api(`/api/samples/${s.index}/verdict`,
-                               {color, verdict: !s.effective_verdicts[color]});
+      const saved = await api(`/api/samples/${s.index}/verdict`,
+                              {color, verdict: !s.effective_verdicts[color]});
+      say(`saved: #${s.index} ${color} is now "${saved.effective_verdicts[color] ? 'yes' : 'no'}"`, true);
+      if (state.sample?.index !== s.index) return;  // moved on: the saved state shows on return
+      state.sample = saved;
       renderVerdicts();
-      say(`saved: ${color} is now "${state.sample.effective_verdicts[color] ? 'yes' : 'no'}"`, true);
     } catch (error) {
       say(`not saved: ${error.message}`);
     }
@@ -346,7 +361,7 @@ async function step(delta) {
   }
   const offset = state.offset + (delta > 0 ? PAGE_SIZE : -PAGE_SIZE);
   if (offset < 0 || offset >= (state.page?.total ?? 0)) { say('no more samples this way'); return; }
-  const page = await loadPage(offset);
+  const page = keep(await loadPage(offset));
   target = delta > 0 ? 0 : page.items.length - 1;
   if (page.items[target]) location.hash = hashFor('sample', page.items[target].index);
 }
@@ -356,9 +371,11 @@ async function saveNote() {
   const text = $('note').value;
   if (!s || text === (s.note || '')) return;
   try {
-    state.sample = await api(`/api/samples/${s.index}/note`, {note: text});
+    const saved = await api(`/api/samples/${s.index}/note`, {note: text});
+    say(`note of #${s.index} saved`, true);
+    if (state.sample?.index !== s.index) return;
+    state.sample = saved;
     renderVerdicts();
-    say('note saved', true);
   } catch (error) {
     say(`note not saved: ${error.message}`);
   }
