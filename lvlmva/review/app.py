@@ -22,8 +22,7 @@ from lvlmva.review import panels
 from lvlmva.review.params import card, detail, parse_page, parse_query
 from lvlmva.review.security import guard
 from lvlmva.runs import CritiqueRun, MissingSample
-from lvlmva.vision import masks as _masks  # noqa: F401  (torch loads now, not on the first toggle)
-from lvlmva.vision.render import PALETTE
+from lvlmva.vision.palette import PALETTE
 
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}

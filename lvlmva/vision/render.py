@@ -18,21 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (230, 25, 25),
-    "blue": (30, 90, 240),
-    "green": (30, 160, 50),
-    "yellow": (255, 230, 20),
-    "pink": (255, 140, 200),
-    "brown": (130, 70, 20),
-    "grey": (150, 150, 150),
-    "orange": (255, 130, 0),
-    "purple": (140, 40, 200),
-    "cyan": (0, 230, 240),
-    "white": (255, 255, 255),
-    "magenta": (255, 0, 255),
-}
-"""Ordered colour name -> RGB. Pairwise RGB distance >= 100 and none near black (background)."""
+from lvlmva.vision.palette import PALETTE  # the order is documented there
 
 BACKGROUND = (0, 0, 0)
 _NAMES = tuple(PALETTE)
