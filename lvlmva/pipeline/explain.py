@@ -46,6 +46,10 @@ def explain_segment_render(
         seed=seed + int(batch[0]),
     )
     seg = segment(attributions, options.n_clusters, seed=seed, device=device)
+    with torch.no_grad():
+        probabilities = model(images.to(device)).softmax(dim=-1).cpu()
+    confidence, prediction = probabilities.max(dim=-1)
+    summed = attributions.sum(dim=1).cpu()
     return [
         RenderedSample(
             index=index,
@@ -53,6 +57,9 @@ def explain_segment_render(
             cluster_labels=seg.labels[j],
             responsibilities=seg.responsibilities[j],
             images=render_critic_images(images[j], seg.labels[j]),
+            attribution=summed[j],
+            prediction=int(prediction[j]),
+            confidence=float(confidence[j]),
         )
         for j, index in enumerate(batch.tolist())
     ]

@@ -21,13 +21,17 @@ __all__ = ["AlignResult", "CritiqueCounts", "RenderedSample", "SampleRecord"]
 class RenderedSample:
     """One training sample after explain + segment + render: its PPEPS-WGM clusters
     (`cluster_labels` [H, W], -1 = background; `responsibilities` [J, H, W]) and the three
-    Critic images with the colour names of the clusters present."""
+    Critic images with the colour names of the clusters present; the attribution summed over
+    channels [H, W] and the model's predicted class and its probability, when computed."""
 
     index: int
     label: int
     cluster_labels: Tensor = field(repr=False)
     responsibilities: Tensor = field(repr=False)
     images: CriticImages = field(repr=False)
+    attribution: Tensor | None = field(default=None, repr=False)
+    prediction: int | None = None
+    confidence: float | None = None
 
     @property
     def colors(self) -> tuple[str, ...]:
