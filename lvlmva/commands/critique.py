@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with `lvlmva align --critique RUN`.",
     )
     p.add_argument("--model", required=True, help="checkpoint to explain (`lvlmva train`)")
-    add_dataset_arguments(p, dataset_help="dataset name (default: the one the model was trained on)")
+    add_dataset_arguments(p, dataset_help="dataset name (default: the model's own)")
     p.add_argument("--spec", help="task spec file or built-in name (default: the dataset's task)")
     add_critic_arguments(p)
     count = p.add_mutually_exclusive_group()

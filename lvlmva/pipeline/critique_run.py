@@ -253,7 +253,9 @@ async def critique_run(
     spec = resolve_spec(spec, dataset)
     part: ShortcutDataset = getattr(dataset, split)
     if len(part) == 0:
-        raise ConfigError(f"the {split} split of {dataset.info.name} is empty; pick another --split")
+        raise ConfigError(
+            f"the {split} split of {dataset.info.name} is empty; pick another --split"
+        )
     if providers is None:
         await backend.preflight(critic)
     device = torch.device(device)
