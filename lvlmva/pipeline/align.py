@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -66,6 +67,7 @@ async def align(
     device: str | torch.device = "cpu",
     progress: bool = True,
     on_sample: Callable[[SampleRecord], None] | None = None,
+    records: Sequence[SampleRecord] | None = None,
     **options: Any,
 ) -> AlignResult:
     """Explain, critique, mask and retrain `model` on `dataset` with the class-level `spec`.
@@ -75,6 +77,8 @@ async def align(
     also be given as keywords, e.g. `n_align=200, epochs=2`). `critic_provider` /
     `judge_provider` are ready `Provider` objects to use instead of the critic's own.
     Explanations always come from the original `model`, which is left unchanged.
+    `records`: masks made already (a reviewed critique run, `pipeline.from_run`): no explanation
+    and no LVLM call; they enter the pool at once, in the given order.
     """
     critic = critic or CriticSettings()
     what, how = split_options(critique, training, options)
@@ -82,12 +86,18 @@ async def align(
     device = torch.device(device)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    if backend.uses_llm:
+    if records is not None:
+        how = dataclasses.replace(how, streaming=False)
+    elif backend.uses_llm:
         spec = resolve_spec(spec, dataset)
         if critic_provider is None:
             await backend.preflight(critic)
     before = await asyncio.to_thread(_evaluate, model, dataset)
-    indices = choose_alignment_indices(len(dataset.train), what.n_align, seed)
+    indices = (
+        choose_alignment_indices(len(dataset.train), what.n_align, seed)
+        if records is None
+        else torch.tensor([r.index for r in records], dtype=torch.long)
+    )
     lam = how.lam
     if lam is None:
         lam = default_lambda(dataset.info.name, how.start, critic_masks=backend.uses_llm)
@@ -103,7 +113,10 @@ async def align(
     )
     run.start()
     try:
-        if backend.uses_llm:
+        if records is not None:
+            records, counts = list(records), CritiqueCounts()
+            run.add(records)
+        elif backend.uses_llm:
             records, counts = await _critique(
                 model, dataset, spec, indices, critic, what, run,
                 providers=(critic_provider, judge_provider), seed=seed, device=device,
@@ -134,8 +147,16 @@ async def align(
 
 
 def align_sync(*args: Any, **kwargs: Any) -> AlignResult:
-    """`align` for callers without an event loop."""
-    return asyncio.run(align(*args, **kwargs))
+    """`align` without `await`: in a script, or where an event loop already runs (a notebook),
+    in a worker thread with a loop of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(align(*args, **kwargs))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="align_sync") as pool:
+        return pool.submit(asyncio.run, align(*args, **kwargs)).result()
 
 
 def _start_model(model: nn.Module, options: TrainOptions, seed: int) -> nn.Module:
