@@ -83,6 +83,13 @@ def _image_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
 
 
+def original_png(image: torch.Tensor | np.ndarray, *, size: int | None = 336) -> bytes:
+    """The Critic's first image alone, byte for byte as `render_critic_images` draws it (what
+    the simulated LVLM's oracle is keyed by)."""
+    pixels = _image_uint8(image)
+    return _png(resize_nearest(pixels, _target_hw(*pixels.shape[:2], size)))
+
+
 def render_critic_images(
     image: torch.Tensor | np.ndarray,
     labels: torch.Tensor | np.ndarray,
