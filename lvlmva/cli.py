@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from lvlmva import __version__
 from lvlmva.commands import COMMANDS
 from lvlmva.errors import LvlmvaError
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Align small vision models with domain knowledge, using an LVLM as critic.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    parser.add_argument("--version", action="version", version=f"lvlmva {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
