@@ -124,6 +124,7 @@ def _write_outputs(out: Path, result, arch: str, splits, original, args, device)
     """model.pt, metrics.json and report.html, then the before/after table."""
     import json
 
+    from lvlmva.pipeline import resolve_spec
     from lvlmva.report import write_align_report
 
     extra = {"aligned": True, "lambda": result.lam, "critic": result.critic.kind}
@@ -131,7 +132,7 @@ def _write_outputs(out: Path, result, arch: str, splits, original, args, device)
     (out / "metrics.json").write_text(json.dumps(result.metrics_dict(), indent=2) + "\n")
     report = write_align_report(
         out / "report.html", result, splits, original_model=original,
-        n_samples=args.report_samples, device=device,
+        n_samples=args.report_samples, device=device, spec=resolve_spec(args.spec, splits),
     )  # fmt: skip
     print(result.summary())
     print(f"Wrote {out / 'model.pt'}, {out / 'metrics.json'} and {report}")
@@ -167,5 +168,9 @@ def _run_from_critique(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
             )
         )  # fmt: skip
+        for record in result.samples[: args.report_samples]:  # the report shows their images
+            stored = run.arrays(record.index)
+            record.images = {n: stored.image(n) for n in ("original", "overlay", "clusters")
+                             if n in stored.names}
     _write_outputs(out, result, checkpoint.arch, splits, checkpoint.model, args, device)
     return 0
