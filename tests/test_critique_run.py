@@ -133,3 +133,26 @@ async def test_a_run_of_another_split_or_model_is_refused(digits, model, tmp_pat
                        progress=False, checkpoint_sha256="cd" * 32)
     with CritiqueRun.open(train) as run, pytest.raises(ConfigError, match="checkpoint"):
         check_run_fits(run, digits, "ef" * 32)
+
+
+async def test_the_report_flags_wrong_verdicts_and_links_images_past_the_embed_limit(
+    digits, model, tmp_path
+):
+    from lvlmva.prompts import load_spec
+    from lvlmva.report import EMBED_LIMIT, write_align_report
+
+    critic = _critic(tmp_path, verdict_accuracy=0.5)
+    result = await align(copy.deepcopy(model), digits, critic=critic, n_align=EMBED_LIMIT + 2,
+                         epochs=0, progress=False)
+    spec = load_spec(digits.info.task)
+    small = write_align_report(tmp_path / "small.html", result, digits, original_model=model,
+                               n_samples=2, spec=spec)
+    text = small.read_text()
+    assert "data:image/png;base64" in text and not (tmp_path / "small_files").exists()
+    assert spec.classes[0].description in text and "group:" in text
+    assert "(ground truth: " in text or result.verdict_accuracy.accuracy == 1.0
+    big = write_align_report(tmp_path / "big.html", result, digits, original_model=model,
+                             n_samples=EMBED_LIMIT + 2)
+    assert "data:image/png;base64" not in big.read_text().split("Alignment samples")[1]
+    assert len(list((tmp_path / "big_files").glob("*.png"))) >= 6 * (EMBED_LIMIT + 2)
+    assert "predicted" in big.read_text() and "p=" in big.read_text()
