@@ -197,8 +197,8 @@ def _class_table(spec: TaskSpec) -> str:
     notes = f"<p><b>Task notes</b> (known spurious features): {html.escape(spec.notes)}</p>" \
         if spec.notes else ""
     return (f"<h2>What each class should look like (task spec {html.escape(spec.task)})</h2>"
-            f"<table><tr><th>class</th><th class='desc'>description the Critic was given</th></tr>{rows}"
-            f"</table>{notes}")
+            "<table><tr><th>class</th><th class='desc'>description the Critic was given</th>"
+            f"</tr>{rows}</table>{notes}")
 
 
 def _legend() -> str:
