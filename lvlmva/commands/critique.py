@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    from pathlib import Path
 
     from lvlmva.critics import get_critic
     from lvlmva.pipeline import CritiqueOptions
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint.model, splits, args.out, args.spec, critic=critic, critique=options,
             split=args.split, n=None if args.all else args.n, seed=args.seed, device=device,
             progress=not args.quiet, checkpoint_sha256=file_sha256(args.model),
-            model_path=str(args.model), sync=not args.no_fsync,
+            model_path=str(Path(args.model).resolve()), sync=not args.no_fsync,
         )
     )  # fmt: skip
     print(result.summary(), flush=True)
