@@ -156,3 +156,28 @@ async def test_the_report_flags_wrong_verdicts_and_links_images_past_the_embed_l
     assert "data:image/png;base64" not in big.read_text().split("Alignment samples")[1]
     assert len(list((tmp_path / "big_files").glob("*.png"))) >= 6 * (EMBED_LIMIT + 2)
     assert "predicted" in big.read_text() and "p=" in big.read_text()
+
+
+def test_the_cli_critiques_and_the_review_apps_hook_aligns_from_the_run(digits, model, tmp_path):
+    import asyncio
+    import json
+
+    from lvlmva.cli import main
+    from lvlmva.review.realign import SubprocessRealign, realign_argv
+    from lvlmva.vision.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.pt", model, "mlp", digits.info)
+    out = tmp_path / "run"
+    argv = ["critique", "--model", str(tmp_path / "m.pt"), "--n", "10", "--masks", "hard",
+            "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    with CritiqueRun.open(out) as run:
+        assert run.count() == 10 and run.manifest.extra["model_path"] == str(tmp_path / "m.pt")
+        assert realign_argv(run)[:5] == ["lvlmva", "align", "--critique", str(out.resolve()),
+                                         "--masks"]
+        message = asyncio.run(SubprocessRealign(("--quiet", "--epochs", "1"))(run))
+    folder = next((out / "aligned").iterdir())
+    assert str(folder) in message and "LVLM calls 0" in message
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["provider_calls"] == 0 and metrics["n_masks"] == 10
+    assert (folder / "report.html").exists() and (folder / "model.pt").exists()
