@@ -29,6 +29,7 @@ from lvlmva.engine.types import (
 from lvlmva.errors import ConfigError
 
 COLORS = ("red", "blue", "green")
+PRICES = PriceTable({"fake-model": ModelPrice(1.0, 2.0)})
 
 
 @dataclass(frozen=True)
@@ -408,6 +409,15 @@ async def test_aclose_cancels_a_run_in_progress():
     assert provider.closed
 
 
+async def test_the_progress_bar_shows_cost_throughput_failures_and_cache_hits(capsys):
+    engine = Engine(FakeProvider(), None, config(progress=True, budget_usd=5.0, prices=PRICES))
+    await collect(engine, [make_job(i) for i in range(3)])
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: plain lines
+    assert lines[-1].startswith("critique: 100%") and "3/3" in lines[-1]
+    assert re.search(r"\$0\.\d{4}/\$5 \d+ req/min fail 0 cached 0", lines[-1]), lines[-1]
+    await engine.aclose()
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ConfigError, match="max_in_flight"):
         config(max_in_flight=0)
@@ -549,7 +559,10 @@ async def test_the_http_path_with_retries_and_no_double_billing(tmp_path):
     )
     server = await start_sim_server(sim, host="127.0.0.1", port=0)
     provider = OpenAICompatibleProvider(base_url=server.base_url, api_key="sim")
-    engine = Engine(provider, None, sim_config(), cache=VerdictCache(tmp_path))
+    # 30 % of answers fail, in an order that depends on arrival: with 4 attempts some request
+    # failed for good in about 1 run of 15; with 8 the chance is 0.3**8 per request.
+    retry = RetryPolicy(max_attempts=8, initial_backoff=0.001, max_backoff=0.005)
+    engine = Engine(provider, None, sim_config(retry=retry), cache=VerdictCache(tmp_path))
     try:
         results = await collect(engine, jobs)
         assert all(r.ok for r in results), [r.error for r in results if not r.ok]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from lvlmva.engine.types import Tally, Usage
+from lvlmva.engine.types import Tally, TallyView, Usage
 
 __all__ = ["CALL", "REASKED", "EngineStats", "Ledger"]
 
@@ -22,7 +22,7 @@ _SHARED = Tally(deduplicated=1)
 
 
 @dataclass
-class EngineStats:
+class EngineStats(TallyView):
     """Counters over every `run` of an engine. `completed` = validated (OK) results."""
 
     submitted: int = 0
@@ -38,33 +38,9 @@ class EngineStats:
         return self.completed + self.failed + self.not_run
 
     @property
-    def provider_calls(self) -> int:
-        return self.tally.provider_calls
-
-    @property
     def cache_hits(self) -> int:
-        """Answers read from the cache (see `deduplicated` for those shared in flight)."""
+        """Answers read from the cache (`deduplicated`: those shared in flight)."""
         return self.tally.cache_hits
-
-    @property
-    def deduplicated(self) -> int:
-        return self.tally.deduplicated
-
-    @property
-    def retries(self) -> int:
-        return self.tally.retries
-
-    @property
-    def reasks(self) -> int:
-        return self.tally.reasks
-
-    @property
-    def usage(self) -> Usage:
-        return self.tally.usage
-
-    @property
-    def cost_usd(self) -> float:
-        return self.tally.cost_usd
 
 
 class Ledger:

@@ -124,6 +124,36 @@ class Tally:
         return self.cache_hits + self.deduplicated
 
 
+class TallyView:
+    """The counts of `self.tally` as attributes of a result or of an engine's stats."""
+
+    tally: Tally
+
+    @property
+    def provider_calls(self) -> int:
+        return self.tally.provider_calls
+
+    @property
+    def retries(self) -> int:
+        return self.tally.retries
+
+    @property
+    def reasks(self) -> int:
+        return self.tally.reasks
+
+    @property
+    def deduplicated(self) -> int:
+        return self.tally.deduplicated
+
+    @property
+    def usage(self) -> Usage:
+        return self.tally.usage
+
+    @property
+    def cost_usd(self) -> float:
+        return self.tally.cost_usd
+
+
 @dataclass(frozen=True)
 class ChatResponse:
     text: str
@@ -162,7 +192,7 @@ class JobStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class JobResult:
+class JobResult(TallyView):
     job_id: str
     status: JobStatus
     verdicts: Mapping[str, bool] | None = None  # colour -> True for "yes" (relevant)
@@ -175,18 +205,6 @@ class JobResult:
         return self.status is JobStatus.OK
 
     @property
-    def provider_calls(self) -> int:
-        return self.tally.provider_calls
-
-    @property
     def cache_hits(self) -> int:
         """Answers this job did not pay for (from the cache or an identical job in flight)."""
         return self.tally.reused
-
-    @property
-    def usage(self) -> Usage:
-        return self.tally.usage
-
-    @property
-    def cost_usd(self) -> float:
-        return self.tally.cost_usd
