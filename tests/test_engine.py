@@ -365,6 +365,27 @@ async def test_a_warm_rerun_sends_nothing_and_changed_settings_miss(tmp_path):
     await engine.aclose()
 
 
+async def test_cached_entries_that_do_not_decode_or_validate_are_misses(tmp_path):
+    jobs = [make_job(i) for i in range(6)]
+    engine = Engine(FakeProvider(), None, config(fused=True), cache=VerdictCache(tmp_path))
+    cold = {r.job_id: r.verdicts for r in await collect(engine, jobs)}
+    await engine.aclose()
+    invalid = {"text": "sure!", "usage": [1, 2], "model": "m"}  # decodes, does not validate
+    with VerdictCache(tmp_path) as cache:
+        for k, key in enumerate(sorted(cache._cache.iterkeys())):
+            cache._cache.set(key, ["not", "an", "entry"] if k % 2 else invalid)
+    provider = FakeProvider()
+    engine = Engine(provider, None, config(fused=True), cache=VerdictCache(tmp_path))
+    warm = await collect(engine, jobs)
+    assert {r.job_id: r.verdicts for r in warm} == cold and all(r.ok for r in warm)
+    assert len(provider.calls) == 6 and engine.stats.cache_hits == 0
+    await engine.aclose()
+    engine = Engine(FakeProvider(), None, config(fused=True), cache=VerdictCache(tmp_path))
+    await collect(engine, jobs)
+    assert engine.stats.cache_hits == 6 and engine.stats.provider_calls == 0  # stored again
+    await engine.aclose()
+
+
 async def test_an_interrupted_run_resumes_paying_only_for_uncached_answers(tmp_path):
     n, k = 40, 12
     first = FakeProvider(latency=0.01, latency_of={str(i): 0.002 * (i % 7) for i in range(n)})
