@@ -17,7 +17,6 @@ from lvlmva.engine.cost import CostMeter, ModelPrice, PriceTable
 from lvlmva.engine.dispatch import Call, Dispatcher, OnlineDispatcher
 from lvlmva.engine.engine import Engine, EngineConfig
 from lvlmva.engine.errors import BudgetReached, ServerError
-from lvlmva.engine.stats import CALL
 from lvlmva.engine.types import ChatResponse, CritiqueJob, ImagePart, JobStatus, TextPart, Usage
 
 COLORS = ("red", "blue", "green")
@@ -97,7 +96,7 @@ class DeferredDispatcher:
         for call, future in batch:
             if future.done():  # cancelled by the engine
                 continue
-            call.ledger.book(CALL)
+            call.ledger.called()
             outcome = self.script(call) if self.script else None
             if isinstance(outcome, Exception):
                 future.set_exception(outcome)
@@ -238,3 +237,42 @@ async def test_failed_and_unsent_calls_end_their_jobs_only():
     assert results["job2"].status is JobStatus.NOT_RUN and "budget" in results["job2"].error
     assert results["job0"].ok and results["job3"].ok
     assert (engine.stats.failed, engine.stats.not_run, engine.stats.completed) == (1, 1, 2)
+
+
+async def test_a_stopped_run_leaves_the_engine_ready_for_the_next():
+    def script(call):
+        if "job=0 " in text_of(call):
+            return ServerError("down", status=500)
+        return None
+
+    dispatcher = DeferredDispatcher(script=script)
+    engine = Engine(NeverCalled(), None, config(), dispatcher=dispatcher)
+    jobs = [job(i) for i in range(5)] + [job(3, job_id=f"copy{k}") for k in range(3)]
+    async for first in engine.run(jobs):
+        assert first.job_id == "job0"  # the others wait on Judge calls (some on another's) ...
+        break  # ... and are cancelled there
+    results = await run(engine, [job(i) for i in range(5, 9)])
+    assert sorted(results) == [f"job{i}" for i in range(5, 9)]
+    assert all(r.ok for r in results.values())
+    assert engine.stats.submitted == 12 and engine.stats.failed == 1
+
+
+async def test_the_idle_watch_forgets_a_waiter_that_leaves_while_the_call_is_out():
+    from lvlmva.engine.idle import IdleWatch
+
+    idle = []
+    watch = IdleWatch(lambda: idle.append(True))
+    watch.job_started()
+    watch.job_started()
+    watch.want("k")
+    watch.send_started("k")  # the leader's call is out
+    watch.want("k")  # an identical job waits on it ...
+    watch.unwant("k")  # ... and is cancelled
+    watch.job_finished()
+    await asyncio.sleep(0)
+    assert idle == [True]  # the leader alone is left, waiting on its call
+    watch.send_ended("k")
+    watch.unwant("k")
+    watch.job_finished()
+    await asyncio.sleep(0)
+    assert idle == [True]  # nothing new was offered: no second on_idle

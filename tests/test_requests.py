@@ -110,3 +110,18 @@ async def test_the_engine_sends_exactly_these_requests():
         judge_request(PROMPTS, JOB, "critique", model="j", sampling=SAMPLING, structured=True),
     ]
     await engine.aclose()
+
+
+def test_the_render_memo_never_returns_another_jobs_text():
+    from lvlmva.engine.requests import render
+
+    template = PROMPTS.critic_user
+    base = prompt_variables(JOB)
+    for name in sorted(template.variables):
+        changed = {**base, name: base[name] + " (changed)"}
+        assert render(template, changed) == template.render(changed)
+        assert render(template, base) == template.render(base)
+    extra = {**base, "unused": "anything"}  # a variable the template does not use
+    assert render(template, extra) == template.render(base)
+    with pytest.raises(Exception, match="needs the variable"):
+        render(template, {})

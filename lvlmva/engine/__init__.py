@@ -11,6 +11,7 @@ _EXPORTS = {
     "Engine": "lvlmva.engine.engine",
     "EngineConfig": "lvlmva.engine.engine",
     "EngineStats": "lvlmva.engine.stats",
+    "Ledger": "lvlmva.engine.stats",
     "Tally": "lvlmva.engine.types",
     "Call": "lvlmva.engine.dispatch",
     "Dispatcher": "lvlmva.engine.dispatch",

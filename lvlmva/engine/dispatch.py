@@ -11,7 +11,7 @@ is left to send goes to its dispatcher as a `Call`. The contract:
   cancelled when the engine no longer needs the answer.
 - `call.custom_id` is unique among the calls in flight (the cache key, plus the re-ask
   number): a batch file's `custom_id`.
-- A dispatcher books what it spends on `call.ledger`: `book(CALL)` per request that reached
+- A dispatcher books what it spends on `call.ledger`: `called()` per request that reached
   the provider, `spent(usage, usd)` per response, `retried(error)` per retry. Its `meter` (a
   `CostMeter`, the engine's `cost`) holds the price table and the budget: reserve before
   sending, `add` each response, release after.
@@ -41,7 +41,7 @@ from lvlmva.engine.cost import CostMeter, PriceTable, estimate_request_tokens
 from lvlmva.engine.errors import BudgetReached, ProviderError, ProviderTimeout, RateLimited
 from lvlmva.engine.ratelimit import RateLimiter, RateLimitSignal
 from lvlmva.engine.retry import RetryPolicy, call_with_retries
-from lvlmva.engine.stats import CALL, Ledger
+from lvlmva.engine.stats import Ledger
 from lvlmva.engine.types import ChatRequest, ChatResponse, Provider
 
 __all__ = ["Call", "Dispatcher", "OnlineDispatcher"]
@@ -144,7 +144,7 @@ class OnlineDispatcher:
         provider, request, timeout = call.provider, call.request, self._timeout
         limiter = self.limiter(provider)
         async with limiter.acquire(estimated) as permit:
-            call.ledger.book(CALL)
+            call.ledger.called()
             try:
                 async with asyncio.timeout(timeout + TIMEOUT_GRACE_S):
                     response = await provider.complete(request, timeout=timeout)

@@ -43,7 +43,7 @@ from lvlmva.engine.requests import (
     step_template_sha256,
 )
 from lvlmva.engine.retry import RetryPolicy
-from lvlmva.engine.stats import REASKED, EngineStats, Ledger
+from lvlmva.engine.stats import EngineStats, Ledger
 from lvlmva.engine.types import (
     ChatRequest,
     ChatResponse,
@@ -202,14 +202,19 @@ class Engine:
             if not task.cancelled():
                 queue.put_nowait(task)
 
+        def job_finished(task: asyncio.Future[Any]) -> None:
+            self._idle.job_finished()  # here, not in the job: it may be cancelled unstarted
+            finished(task)
+
         def start(job: CritiqueJob) -> None:
             nonlocal pulled
             pulled += 1
             self.stats.submitted += 1
+            self._idle.job_started()
             task = loop.create_task(self._process(job))
             tasks.add(task)
             self._tasks.add(task)
-            task.add_done_callback(finished)
+            task.add_done_callback(job_finished)
 
         feeder = loop.create_task(self._feed(jobs, slots, start))
         self._tasks.add(feeder)
@@ -258,12 +263,13 @@ class Engine:
         iterator = aiter(jobs) if isinstance(jobs, AsyncIterable) else None
         while True:
             await slots.acquire()
-            with self._idle.pulling():
-                try:
-                    job = next(plain) if plain is not None else await anext(iterator)
-                except (StopIteration, StopAsyncIteration):
-                    return
-                self._idle.job_started()
+            self._idle.pull_started()
+            try:
+                job = next(plain) if plain is not None else await anext(iterator)
+            except (StopIteration, StopAsyncIteration):
+                return
+            finally:
+                self._idle.pull_ended()
             start(job)
 
     def _count(self, result: JobResult) -> None:
@@ -279,7 +285,7 @@ class Engine:
 
     async def _process(self, job: CritiqueJob) -> JobResult:
         """critic -> judge -> validate (-> re-ask), or fused -> validate (-> re-ask)."""
-        ledger = Ledger(self.stats)
+        ledger = Ledger(self.stats.ledger)
         critique: str | None = None
         status, verdicts, error = JobStatus.OK, None, None
         try:
@@ -294,8 +300,6 @@ class Engine:
             status, error = JobStatus.FAILED, str(exc)
         except _NotRun as exc:
             status, error = JobStatus.NOT_RUN, str(exc)
-        finally:
-            self._idle.job_finished()
         return JobResult(
             job_id=job.job_id,
             status=status,
@@ -364,7 +368,7 @@ class Engine:
                         raise _Failed(
                             f"{step}: output still invalid after {attempt + 1} answers: {exc}"
                         ) from None
-                    ledger.book(REASKED)
+                    ledger.reasked()
                     current = reask_request(request, response.text, exc, colors)
                     continue
                 return ChatResponse(response.text, total, response.model), verdicts
@@ -400,19 +404,24 @@ class Engine:
         encode: Callable[[T], Any],
         decode: Callable[[Any], T],
     ) -> T:
-        with self._idle.wanting(key):
+        self._idle.want(key)
+        try:
             return await self._answers.get(
                 key, compute, encode=encode, decode=decode, ledger=ledger
             )
+        finally:
+            self._idle.unwant(key)
 
     async def _send(self, call: Call) -> ChatResponse:
-        with self._idle.sending(call.key):
-            try:
-                return await self.dispatcher.send(call)
-            except ProviderError as exc:
-                raise _Failed(f"{call.step}: {exc}") from None
-            except BudgetReached as exc:
-                raise _NotRun(f"{call.step}: {exc}") from None
+        self._idle.send_started(call.key)
+        try:
+            return await self.dispatcher.send(call)
+        except ProviderError as exc:
+            raise _Failed(f"{call.step}: {exc}") from None
+        except BudgetReached as exc:
+            raise _NotRun(f"{call.step}: {exc}") from None
+        finally:
+            self._idle.send_ended(call.key)
 
     async def aclose(self) -> None:
         """Cancel what is still running, then close the dispatcher, providers and cache."""

@@ -10,23 +10,22 @@ calls, or begun other work) before the check looks again.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 __all__ = ["IdleWatch"]
 
 
 class IdleWatch:
     """Counts held jobs, jobs waiting on a call in `send` and pulling feeders; calls `on_idle`
-    once per quiet period that followed new calls."""
+    once per quiet period that followed new calls. Each `*_started` / `want` is paired with
+    its `*_ended` / `unwant` in a `finally`."""
 
     def __init__(self, on_idle: Callable[[], None]) -> None:
         self._on_idle = on_idle
         self._held = 0  # jobs being processed
         self._parked = 0  # held jobs whose answer waits on a call in `send`
         self._pulling = 0  # feeders that may pull a job now
-        self._wanting: Counter[str] = Counter()  # key -> held jobs waiting for its answer
+        self._wanting: dict[str, int] = {}  # key -> held jobs waiting for its answer
         self._sending: set[str] = set()  # keys with a call in `send`
         self._offered = False  # a call entered `send` since the last `on_idle`
         self._scheduled = False
@@ -38,46 +37,40 @@ class IdleWatch:
         self._held -= 1
         self._check()
 
-    @contextmanager
-    def pulling(self) -> Iterator[None]:
-        """Around a feeder's wait for the next job (not around its wait for a free slot)."""
+    def pull_started(self) -> None:
+        """A feeder waits for the next job (not for a free slot)."""
         self._pulling += 1
-        try:
-            yield
-        finally:
-            self._pulling -= 1
-            self._check()
 
-    @contextmanager
-    def wanting(self, key: str) -> Iterator[None]:
-        """Around a job's wait for the answer of `key`, however it comes."""
-        self._wanting[key] += 1
+    def pull_ended(self) -> None:
+        self._pulling -= 1
+        self._check()
+
+    def want(self, key: str) -> None:
+        """A job waits for the answer of `key`, however it comes; `unwant` when it has it."""
+        self._wanting[key] = self._wanting.get(key, 0) + 1
         if key in self._sending:
             self._parked += 1
             self._check()
-        try:
-            yield
-        finally:
-            left = self._wanting[key] - 1
-            if left:
-                self._wanting[key] = left
-            else:
-                del self._wanting[key]
-            if key in self._sending:
-                self._parked -= 1
 
-    @contextmanager
-    def sending(self, key: str) -> Iterator[None]:
-        """Around the call in `send` that answers `key`."""
+    def unwant(self, key: str) -> None:
+        left = self._wanting[key] - 1
+        if left:
+            self._wanting[key] = left
+        else:
+            del self._wanting[key]
+        if key in self._sending:
+            self._parked -= 1
+
+    def send_started(self, key: str) -> None:
+        """The call that answers `key` is in `send`; `send_ended` when it returns."""
         self._sending.add(key)
-        self._parked += self._wanting[key]
+        self._parked += self._wanting.get(key, 0)
         self._offered = True
         self._check()
-        try:
-            yield
-        finally:
-            self._sending.discard(key)
-            self._parked -= self._wanting.get(key, 0)
+
+    def send_ended(self, key: str) -> None:
+        self._sending.discard(key)
+        self._parked -= self._wanting.get(key, 0)
 
     def _quiet(self) -> bool:
         return self._offered and self._pulling == 0 and 0 < self._held == self._parked
