@@ -1,5 +1,16 @@
 """Async Critic & Judge orchestration: providers, rate limits, retries, validation, cost.
 
+- `types`: requests, responses, jobs, results, `Tally` (calls, reused answers, tokens, cost).
+- `requests`: the request of each step (Critic, Judge, fused, re-ask), pure functions.
+- `keys`: the cache key of a request (`request_key`, `ProviderIdentity`), a pure function.
+- `answers`: answers from the cache or an identical request in flight; cache entries.
+- `dispatch`: the `Dispatcher` seam (its contract) and `OnlineDispatcher` (rate limits,
+  timeout, retries, budget, cost); `idle`: when the engine has nothing more to offer.
+- `engine`: `EngineConfig`, `Engine` (scheduling and the per-job state machine).
+- `stats`: `EngineStats`, `Ledger`; `progress`: the critique bar.
+- leaves: `validation` (schema, `parse_verdicts`), `cost`, `ratelimit`, `retry`, `errors`,
+  `providers/` (OpenAI-compatible on aiohttp, litellm; `wire` their shared wire format).
+
 The names below are imported lazily, so `import lvlmva.engine.types` stays light."""
 
 from __future__ import annotations
