@@ -29,6 +29,7 @@ from lvlmva.engine.types import (
 from lvlmva.errors import ConfigError
 
 COLORS = ("red", "blue", "green")
+PRICES = PriceTable({"fake-model": ModelPrice(1.0, 2.0)})
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,27 @@ async def test_a_warm_rerun_sends_nothing_and_changed_settings_miss(tmp_path):
     await engine.aclose()
 
 
+async def test_cached_entries_that_do_not_decode_or_validate_are_misses(tmp_path):
+    jobs = [make_job(i) for i in range(6)]
+    engine = Engine(FakeProvider(), None, config(fused=True), cache=VerdictCache(tmp_path))
+    cold = {r.job_id: r.verdicts for r in await collect(engine, jobs)}
+    await engine.aclose()
+    invalid = {"text": "sure!", "usage": [1, 2], "model": "m"}  # decodes, does not validate
+    with VerdictCache(tmp_path) as cache:
+        for k, key in enumerate(sorted(cache._cache.iterkeys())):
+            cache._cache.set(key, ["not", "an", "entry"] if k % 2 else invalid)
+    provider = FakeProvider()
+    engine = Engine(provider, None, config(fused=True), cache=VerdictCache(tmp_path))
+    warm = await collect(engine, jobs)
+    assert {r.job_id: r.verdicts for r in warm} == cold and all(r.ok for r in warm)
+    assert len(provider.calls) == 6 and engine.stats.cache_hits == 0
+    await engine.aclose()
+    engine = Engine(FakeProvider(), None, config(fused=True), cache=VerdictCache(tmp_path))
+    await collect(engine, jobs)
+    assert engine.stats.cache_hits == 6 and engine.stats.provider_calls == 0  # stored again
+    await engine.aclose()
+
+
 async def test_an_interrupted_run_resumes_paying_only_for_uncached_answers(tmp_path):
     n, k = 40, 12
     first = FakeProvider(latency=0.01, latency_of={str(i): 0.002 * (i % 7) for i in range(n)})
@@ -406,6 +428,15 @@ async def test_aclose_cancels_a_run_in_progress():
     with pytest.raises(RuntimeError, match="closed"):
         await asyncio.wait_for(consumer, 2.0)
     assert provider.closed
+
+
+async def test_the_progress_bar_shows_cost_throughput_failures_and_cache_hits(capsys):
+    engine = Engine(FakeProvider(), None, config(progress=True, budget_usd=5.0, prices=PRICES))
+    await collect(engine, [make_job(i) for i in range(3)])
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: plain lines
+    assert lines[-1].startswith("critique: 100%") and "3/3" in lines[-1]
+    assert re.search(r"\$0\.\d{4}/\$5 \d+ req/min fail 0 cached 0", lines[-1]), lines[-1]
+    await engine.aclose()
 
 
 def test_bad_config_is_refused():
@@ -549,7 +580,10 @@ async def test_the_http_path_with_retries_and_no_double_billing(tmp_path):
     )
     server = await start_sim_server(sim, host="127.0.0.1", port=0)
     provider = OpenAICompatibleProvider(base_url=server.base_url, api_key="sim")
-    engine = Engine(provider, None, sim_config(), cache=VerdictCache(tmp_path))
+    # 30 % of answers fail, in an order that depends on arrival: with 4 attempts some request
+    # failed for good in about 1 run of 15; with 8 the chance is 0.3**8 per request.
+    retry = RetryPolicy(max_attempts=8, initial_backoff=0.001, max_backoff=0.005)
+    engine = Engine(provider, None, sim_config(retry=retry), cache=VerdictCache(tmp_path))
     try:
         results = await collect(engine, jobs)
         assert all(r.ok for r in results), [r.error for r in results if not r.ok]

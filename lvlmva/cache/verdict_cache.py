@@ -1,8 +1,10 @@
-"""A content-addressed, on-disk cache of LVLM answers (diskcache), with single-flight.
+"""A content-addressed, on-disk store of LVLM answers (diskcache), with single-flight.
 
-The key is a SHA-256 over everything that determines an answer (provider, model, template hash,
-rendered text, image hashes, sampling parameters, schema hash), so a changed prompt, image or
-setting is a miss, and a rerun after a crash or Ctrl-C pays only for what was not answered yet.
+Keys are opaque strings chosen by the caller (the engine derives them from everything that
+determines an answer: `lvlmva.engine.keys`); entries are plain JSON-able values, so this
+module knows nothing of the engine's types. A caller that reads typed values passes a
+`decode` that raises `ValueError` (or `TypeError`, `KeyError`, `IndexError`) on an entry it
+cannot use: such an entry counts as a miss and is computed and stored again, never an error.
 Disk I/O runs in one worker thread, never on the event loop, in batches: the reads and writes
 queued during one event-loop iteration cross to the thread together, the writes of a batch
 share one SQLite transaction, and a batch's results come back with one loop callback.
@@ -12,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
+import logging
 import os
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -25,25 +27,23 @@ from typing import Any, Generic, TypeVar
 
 import diskcache
 
-from lvlmva.engine.types import Usage
 from lvlmva.errors import ConfigError, DataError
 
 __all__ = [
     "CacheStats",
-    "CachedResponse",
     "Lookup",
     "SingleFlight",
     "Source",
     "VerdictCache",
-    "cache_key",
-    "canonical_sha256",
     "default_cache_dir",
 ]
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
-KEY_VERSION = 2  # bump when the key derivation or the meaning of a cached value changes
 DEFAULT_SIZE_LIMIT = 4 * 2**30  # 4 GiB; diskcache evicts least recently stored beyond it
+UNDECODABLE = (ValueError, TypeError, KeyError, IndexError)  # what a `decode` may raise
 
 
 def default_cache_dir() -> Path:
@@ -52,73 +52,8 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "lvlmva"
 
 
-def canonical_sha256(value: Any) -> str:
-    """SHA-256 of the canonical JSON of `value` (sorted keys, no whitespace)."""
-    return hashlib.sha256(_canonical_json(value).encode("utf-8")).hexdigest()
-
-
-def cache_key(
-    *,
-    provider: str,
-    model: str,
-    template_sha256: str,
-    text: str | Iterable[str],
-    image_sha256s: Iterable[str],
-    params: Mapping[str, Any],
-    schema_sha256: str | None,
-) -> str:
-    """The cache key of one request: SHA-256 over all its parts.
-
-    `text` is the rendered prompt (a string, or the texts of its messages in order);
-    `params` the sampling parameters (temperature, seed, max_tokens, ...). The short parts go
-    into a JSON header (a list in a fixed order, the params sorted by name) that also records
-    the byte length of every text; the texts follow as raw UTF-8, so they are hashed without
-    being JSON-escaped (that escaping was most of the cost)."""
-    texts = [text.encode("utf-8")] if isinstance(text, str) else [t.encode("utf-8") for t in text]
-    header = [
-        KEY_VERSION,
-        provider,
-        model,
-        template_sha256,
-        sorted(params.items()),
-        list(image_sha256s),
-        schema_sha256,
-        isinstance(text, str),
-        [len(t) for t in texts],
-    ]
-    digest = hashlib.sha256(_HEADER.encode(header).encode("utf-8"))
-    for t in texts:
-        digest.update(t)
-    return digest.hexdigest()
-
-
-_HEADER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # a list: fixed order
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _canonical_json(value: Any) -> str:
-    return _CANONICAL.encode(value)
-
-
-@dataclass(frozen=True)
-class CachedResponse:
-    """A cached answer: its text, the usage it cost when it was paid for, and the model."""
-
-    text: str
-    usage: Usage
-    model: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "usage": [self.usage.prompt_tokens, self.usage.completion_tokens],
-            "model": self.model,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CachedResponse:
-        prompt, completion = data["usage"]
-        return cls(str(data["text"]), Usage(int(prompt), int(completion)), str(data["model"]))
+def _same(value: Any) -> Any:
+    return value
 
 
 class Source(StrEnum):
@@ -155,9 +90,10 @@ class SingleFlight(Generic[T]):
             try:
                 return await asyncio.shield(running), True
             except asyncio.CancelledError:
-                if running.cancelled():
-                    continue  # the leader was cancelled: try to lead
-                raise  # we were cancelled ourselves
+                task = asyncio.current_task()
+                if running.cancelled() and not (task is not None and task.cancelling()):
+                    continue  # only the leader was cancelled: try to lead
+                raise  # we were cancelled ourselves (perhaps with the leader)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._running[key] = future
         try:
@@ -285,10 +221,10 @@ class CacheStats:
 class VerdictCache:
     """Content-addressed LVLM answers on disk.
 
-    `await get(key)` / `await set(key, value)` run in the cache's worker thread; values are
-    `CachedResponse`s stored as plain dicts. `get_or_compute(key, factory)` returns the cached
-    value or runs `factory` once for all concurrent callers of the same key and stores its
-    result. Safe to share between processes (diskcache uses SQLite)."""
+    `await get(key)` / `await set(key, entry)` run in the cache's worker thread; entries are
+    JSON-able values. `get_or_compute(key, factory)` returns the cached value or runs
+    `factory` once for all concurrent callers of the same key and stores its result. Safe to
+    share between processes (diskcache uses SQLite)."""
 
     def __init__(self, directory: str | Path, *, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
         self.directory = Path(directory).expanduser()
@@ -301,7 +237,7 @@ class VerdictCache:
                 "pass a writable --cache-dir"
             ) from None
         self._worker = _DiskWorker(lambda: self._cache)
-        self._flight: SingleFlight[CachedResponse] = SingleFlight()
+        self._flight: SingleFlight[Any] = SingleFlight()
         self._pending_writes: set[asyncio.Future[None]] = set()
         self.hits = 0
         self.misses = 0
@@ -312,35 +248,50 @@ class VerdictCache:
 
     # -- async API ----------------------------------------------------------------------------
 
-    async def get(self, key: str) -> CachedResponse | None:
-        data = await self._worker.submit("get", key)
-        if data is None:
+    async def get(self, key: str) -> Any | None:
+        """The entry stored under `key`, or None."""
+        entry = await self._worker.submit("get", key)
+        if entry is None:
             self.misses += 1
             return None
         self.hits += 1
-        return CachedResponse.from_dict(data)
+        return entry
 
-    async def set(self, key: str, value: CachedResponse) -> None:
-        """Store `value`. The write completes even if the caller is cancelled meanwhile;
-        `flush()` waits for such writes."""
-        future = self._worker.submit("set", key, value.to_dict())
+    async def set(self, key: str, entry: Any) -> None:
+        """Store `entry` (JSON-able). The write completes even if the caller is cancelled
+        meanwhile; `flush()` waits for such writes."""
+        future = self._worker.submit("set", key, entry)
         self._pending_writes.add(future)
         future.add_done_callback(self._pending_writes.discard)
         await asyncio.shield(future)
         self.writes += 1
 
     async def get_or_compute(
-        self, key: str, factory: Callable[[], Awaitable[CachedResponse]]
-    ) -> Lookup[CachedResponse]:
-        """The cached value, or `factory()`'s (stored before returning). Identical keys in
-        flight run `factory` once; its exception reaches every waiting caller."""
+        self,
+        key: str,
+        factory: Callable[[], Awaitable[T]],
+        *,
+        encode: Callable[[T], Any] = _same,
+        decode: Callable[[Any], T] = _same,
+    ) -> Lookup[T]:
+        """The cached value (`decode(entry)`), or `factory()`'s, stored as `encode(value)`
+        before returning. An entry that `decode` refuses (see the module doc) is a miss.
+        Identical keys in flight run `factory` once; its exception reaches every waiting
+        caller."""
 
-        async def lookup_or_compute() -> Lookup[CachedResponse]:
-            cached = await self.get(key)
-            if cached is not None:
-                return Lookup(cached, Source.CACHE)
+        async def lookup_or_compute() -> Lookup[T]:
+            entry = await self._worker.submit("get", key)
+            if entry is not None:
+                try:
+                    value = decode(entry)
+                except UNDECODABLE as exc:
+                    log.debug("cache entry %s does not decode (%s): a miss", key[:12], exc)
+                else:
+                    self.hits += 1
+                    return Lookup(value, Source.CACHE)
+            self.misses += 1
             value = await factory()
-            await self.set(key, value)
+            await self.set(key, encode(value))
             return Lookup(value, Source.COMPUTED)
 
         found, shared = await self._flight.run(key, lookup_or_compute)
@@ -375,8 +326,8 @@ class VerdictCache:
         return int(self._cache.clear())
 
     def export(self, path: str | Path) -> int:
-        """Write every entry as one JSON line `{"key", "text", "usage", "model"}`; returns the
-        number of lines."""
+        """Write every entry as one JSON line: `{"key": key, **entry}` for a mapping entry,
+        else `{"key": key, "entry": entry}`; returns the number of lines."""
         path = Path(path)
         try:
             handle = path.open("w", encoding="utf-8")
@@ -385,10 +336,11 @@ class VerdictCache:
         count = 0
         with handle:
             for key in self._cache.iterkeys():
-                data = self._cache.get(key)
-                if data is None:  # evicted meanwhile
+                entry = self._cache.get(key)
+                if entry is None:  # evicted meanwhile
                     continue
-                handle.write(json.dumps({"key": key, **data}, ensure_ascii=False) + "\n")
+                row = {"key": key, **(entry if isinstance(entry, dict) else {"entry": entry})}
+                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
                 count += 1
         return count
 

@@ -66,10 +66,11 @@ def estimate_run(
     critique_tokens: int = 400,
     prices=None,
 ) -> Estimate:
-    """Tokens and USD of `jobs` Critic & Judge jobs (one attempt each, no re-asks)."""
+    """Tokens and USD of `jobs` Critic & Judge jobs (one attempt each, no re-asks), for the
+    requests the engine would build (`lvlmva.engine.requests`)."""
+    from lvlmva.engine import requests
     from lvlmva.engine.cost import PriceTable, estimate_prompt_tokens
-    from lvlmva.engine.types import ChatRequest, ImagePart, Message, TextPart
-    from lvlmva.engine.validation import verdict_schema
+    from lvlmva.engine.types import ChatRequest, CritiqueJob, ImagePart, Usage
     from lvlmva.errors import ConfigError
     from lvlmva.prompts import load_prompt_set, load_spec
     from lvlmva.vision.render import PALETTE
@@ -81,47 +82,41 @@ def estimate_run(
         raise ConfigError(f"--clusters must be at most {len(PALETTE)} (one colour each)")
     prices = prices or PriceTable()
     task = load_spec(spec)
-    templates = load_prompt_set(task.family)
-    colors = tuple(list(PALETTE)[:clusters])
-    variables = {
-        **task.variables(task.class_names[0]),
-        "n_clusters": str(clusters),
-        "colors": ", ".join(colors),
-        "image_names": "original, clusters, overlay",
-        "critique": "x" * (4 * critique_tokens),
-    }
-    images = tuple(
-        ImagePart(name, b"", width=image_size, height=image_size)
-        for name in ("original", "clusters", "overlay")
+    prompts = load_prompt_set(task.family)
+    job = CritiqueJob(  # a typical job: images of the given size (their bytes do not count)
+        job_id="estimate",
+        images=tuple(
+            ImagePart(name, b"", width=image_size, height=image_size)
+            for name in ("original", "clusters", "overlay")
+        ),
+        colors=tuple(list(PALETTE)[:clusters]),
+        variables=task.variables(task.class_names[0]),
     )
-    schema = verdict_schema(colors)
+    sampling = requests.Sampling()
     verdict_tokens = 8 + VERDICT_TOKENS_PER_COLOR * clusters
 
-    def call(model: str, system, user, with_images: bool, structured: bool, out: int):
-        request = ChatRequest(
-            model=model,
-            messages=(
-                Message.text("system", system.render(variables)),
-                Message(
-                    "user", (TextPart(user.render(variables)), *(images if with_images else ()))
-                ),
-            ),
-            response_schema=schema if structured else None,
-        )
+    def call(request: ChatRequest, completion_tokens: int) -> CallEstimate:
         prompt = estimate_prompt_tokens(request)
-        price = prices.lookup(model)
-        usd = None if price is None else (prompt * price.input + out * price.output) / 1e6
-        return CallEstimate(model, prompt, out, usd)
+        price = prices.lookup(request.model)
+        usd = None if price is None else price.cost(Usage(prompt, completion_tokens))
+        return CallEstimate(request.model, prompt, completion_tokens, usd)
 
-    t = templates
     if fused:
-        per_job = (call(critic_model, t.fused_system, t.fused_user, True, True, verdict_tokens),)
+        fused_request = requests.fused_request(
+            prompts, job, model=critic_model, sampling=sampling, structured=True
+        )
+        per_job = (call(fused_request, verdict_tokens),)
     else:
-        per_job = (
-            call(critic_model, t.critic_system, t.critic_user, True, False, critique_tokens),
-            call(judge_model or critic_model, t.judge_system, t.judge_user, False, True,
-                 verdict_tokens),
-        )  # fmt: skip
+        critic = requests.critic_request(prompts, job, model=critic_model, sampling=sampling)
+        judge = requests.judge_request(
+            prompts,
+            job,
+            "x" * (4 * critique_tokens),  # a critique of the assumed length
+            model=judge_model or critic_model,
+            sampling=sampling,
+            structured=True,
+        )
+        per_job = (call(critic, critique_tokens), call(judge, verdict_tokens))
     unpriced = tuple(sorted({c.model for c in per_job if c.usd is None}))
     usd = None if unpriced else jobs * sum(c.usd or 0.0 for c in per_job)
     return Estimate(

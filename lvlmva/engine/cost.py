@@ -245,20 +245,12 @@ class CostMeter:
     budget_usd: float | None = None
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
-    usage_by_model: dict[str, Usage] = field(default_factory=dict)
     _stopped: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if self.budget_usd is not None and not self.budget_usd > 0:
             raise ConfigError(f"budget must be a positive number of USD (got {self.budget_usd})")
-
-    @property
-    def usage(self) -> Usage:
-        total = Usage()
-        for usage in self.usage_by_model.values():
-            total = total + usage
-        return total
 
     @property
     def budget_reached(self) -> bool:
@@ -278,11 +270,11 @@ class CostMeter:
         return self.prices.cost(model, usage)
 
     def add(self, model: str, usage: Usage) -> float:
-        """Record a response's usage; returns its cost in USD."""
+        """Record a response's usage; returns its cost in USD (the tokens themselves are
+        counted in the engine's `Tally`)."""
         cost = self._price_of(model, usage)
         with self._lock:
             self.spent_usd += cost
-            self.usage_by_model[model] = self.usage_by_model.get(model, Usage()) + usage
         return cost
 
     def reserve(self, model: str, estimated_tokens: int) -> Reservation | None:

@@ -1,4 +1,5 @@
-"""Provider failures, classified so that one retry loop can decide what to do."""
+"""Provider failures, classified so that one retry loop can decide what to do, and the
+refusal to send a call once the budget is reached."""
 
 from __future__ import annotations
 
@@ -42,3 +43,8 @@ class BadRequest(ProviderError):
 
 class AuthenticationFailed(BadRequest):
     """HTTP 401/403: the key or endpoint is wrong."""
+
+
+class BudgetReached(Exception):
+    """A call was not sent: the budget is spent or held by calls in flight. Not a provider
+    failure: the job ends NOT_RUN."""

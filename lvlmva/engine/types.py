@@ -94,6 +94,66 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What calls cost and saved: one type for a job's counts (`JobResult.tally`) and a run's
+    (`EngineStats.tally`); tallies add up with `+`."""
+
+    provider_calls: int = 0  # requests that reached a provider, retries and re-asks included
+    retries: int = 0
+    reasks: int = 0  # Judge answers that did not validate and were asked again
+    cache_hits: int = 0  # answers read from the cache
+    deduplicated: int = 0  # answers shared with an identical request in flight
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(
+            self.provider_calls + other.provider_calls,
+            self.retries + other.retries,
+            self.reasks + other.reasks,
+            self.cache_hits + other.cache_hits,
+            self.deduplicated + other.deduplicated,
+            self.usage + other.usage,
+            self.cost_usd + other.cost_usd,
+        )
+
+    @property
+    def reused(self) -> int:
+        """Answers not paid for: read from the cache or shared with an identical request."""
+        return self.cache_hits + self.deduplicated
+
+
+class TallyView:
+    """The counts of `self.tally` as attributes of a result or of an engine's stats."""
+
+    tally: Tally
+
+    @property
+    def provider_calls(self) -> int:
+        return self.tally.provider_calls
+
+    @property
+    def retries(self) -> int:
+        return self.tally.retries
+
+    @property
+    def reasks(self) -> int:
+        return self.tally.reasks
+
+    @property
+    def deduplicated(self) -> int:
+        return self.tally.deduplicated
+
+    @property
+    def usage(self) -> Usage:
+        return self.tally.usage
+
+    @property
+    def cost_usd(self) -> float:
+        return self.tally.cost_usd
+
+
 @dataclass(frozen=True)
 class ChatResponse:
     text: str
@@ -132,17 +192,19 @@ class JobStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class JobResult:
+class JobResult(TallyView):
     job_id: str
     status: JobStatus
     verdicts: Mapping[str, bool] | None = None  # colour -> True for "yes" (relevant)
     critique: str | None = None
     error: str | None = None
-    provider_calls: int = 0  # requests that reached the provider (retries included)
-    cache_hits: int = 0
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float = 0.0
+    tally: Tally = field(default_factory=Tally)  # this job's calls, reused answers, tokens and cost
 
     @property
     def ok(self) -> bool:
         return self.status is JobStatus.OK
+
+    @property
+    def cache_hits(self) -> int:
+        """Answers this job did not pay for (from the cache or an identical job in flight)."""
+        return self.tally.reused

@@ -59,9 +59,7 @@ def record_for(
         critique=result.critique,
         error=result.error,
         images=sample.pngs(),
-        provider_calls=result.provider_calls,
-        cache_hits=result.cache_hits,
-        cost_usd=result.cost_usd,
+        tally=result.tally,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from lvlmva.critics.settings import CriticSettings
-from lvlmva.engine.types import Usage
+from lvlmva.engine.types import Tally, Usage
 from lvlmva.vision.metrics import Metrics, VerdictAccuracy
 from lvlmva.vision.render import CriticImages
 from lvlmva.vision.rrr import RRRHistory
@@ -68,35 +68,22 @@ class SampleRecord:
     error: str | None = None
     # original / clusters / overlay PNGs
     images: dict[str, bytes] = field(default_factory=dict, repr=False)
-    provider_calls: int = 0
-    cache_hits: int = 0
-    cost_usd: float = 0.0
+    tally: Tally = field(default_factory=Tally)  # what its critique cost (calls, reuse, USD)
 
 
 @dataclass(frozen=True)
 class CritiqueCounts:
-    """The engine's totals for a run: calls that reached a provider, answers from the cache
-    (or shared with an identical request in flight), tokens, cost, and jobs that failed or
-    were not run."""
+    """A run's critique totals: the engine's `Tally` (calls, answers reused, tokens, cost) and
+    the jobs that failed or were not run."""
 
-    provider_calls: int = 0
-    cache_hits: int = 0
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float = 0.0
+    tally: Tally = field(default_factory=Tally)
     failed: int = 0
     not_run: int = 0
 
     @classmethod
     def from_engine(cls, stats: Any) -> CritiqueCounts:
-        """From `Engine.stats` (the one place the counters are summed)."""
-        return cls(
-            provider_calls=stats.provider_calls,
-            cache_hits=stats.cache_hits + stats.deduplicated,
-            usage=stats.usage,
-            cost_usd=stats.cost_usd,
-            failed=stats.failed,
-            not_run=stats.not_run,
-        )
+        """From `Engine.stats`, the one place the counters are summed."""
+        return cls(stats.tally, stats.failed, stats.not_run)
 
 
 @dataclass
@@ -120,19 +107,20 @@ class AlignResult:
 
     @property
     def provider_calls(self) -> int:
-        return self.counts.provider_calls
+        return self.counts.tally.provider_calls
 
     @property
     def cache_hits(self) -> int:
-        return self.counts.cache_hits
+        """Answers not paid for: from the cache or shared with an identical request."""
+        return self.counts.tally.reused
 
     @property
     def usage(self) -> Usage:
-        return self.counts.usage
+        return self.counts.tally.usage
 
     @property
     def cost_usd(self) -> float:
-        return self.counts.cost_usd
+        return self.counts.tally.cost_usd
 
     @property
     def failed_jobs(self) -> int:

@@ -8,15 +8,18 @@ import os
 from typing import Any
 
 from lvlmva.engine.errors import (
-    AuthenticationFailed,
     BadRequest,
     ConnectionFailed,
     ProviderError,
     ProviderTimeout,
-    RateLimited,
     ServerError,
 )
-from lvlmva.engine.providers.wire import build_chat_kwargs, parse_retry_after, scrub
+from lvlmva.engine.providers.wire import (
+    build_chat_kwargs,
+    error_for_status,
+    parse_retry_after,
+    scrub,
+)
 from lvlmva.engine.types import ChatRequest, ChatResponse, Usage
 from lvlmva.errors import ConfigError
 
@@ -57,15 +60,9 @@ def _status_error(exc: Exception, status: int | None, where: str, secret: str | 
     if retry_after is None and extra is not None:
         retry_after = parse_retry_after(extra)
     message = f"{where}: HTTP {status}: {scrub(getattr(exc, 'message', str(exc)), secret)}"
-    if status == 429:
-        return RateLimited(message, status=status, retry_after=retry_after)
-    if status in (401, 403):
-        return AuthenticationFailed(message + " (check the API key and base URL)", status=status)
-    if status == 408:
-        return ProviderTimeout(message, status=status)
-    if isinstance(status, int) and status >= 500:
-        return ServerError(message, status=status, retry_after=retry_after)
-    return BadRequest(message, status=status)
+    return error_for_status(
+        status if isinstance(status, int) else None, message, retry_after=retry_after
+    )
 
 
 def map_openai_error(

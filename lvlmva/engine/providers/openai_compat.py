@@ -16,17 +16,16 @@ from typing import Literal
 import aiohttp
 
 from lvlmva.engine.errors import (
-    AuthenticationFailed,
     BadRequest,
     ConnectionFailed,
     ProviderError,
     ProviderTimeout,
-    RateLimited,
     ServerError,
 )
 from lvlmva.engine.providers.wire import (
     PLACEHOLDER_KEY,
     build_chat_kwargs,
+    error_for_status,
     parse_retry_after,
     scrub,
     to_openai_messages,
@@ -67,15 +66,7 @@ def status_error(
 ) -> ProviderError:
     """The error for a non-2xx answer (scrubbed of `secret`, message truncated)."""
     message = f"{where}: HTTP {status}: {scrub(_error_message(body), secret)}"
-    if status == 429:
-        return RateLimited(message, status=status, retry_after=parse_retry_after(headers))
-    if status in (401, 403):
-        return AuthenticationFailed(message + " (check the API key and base URL)", status=status)
-    if status == 408:
-        return ProviderTimeout(message, status=status)
-    if status >= 500:
-        return ServerError(message, status=status, retry_after=parse_retry_after(headers))
-    return BadRequest(message, status=status)
+    return error_for_status(status, message, retry_after=parse_retry_after(headers))
 
 
 def parse_chat_completion(body: bytes, *, where: str) -> tuple[str, Usage, str | None]:

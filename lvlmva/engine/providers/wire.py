@@ -1,5 +1,6 @@
 """The OpenAI chat-completions wire format, shared by the providers: request bodies built from
-our `ChatRequest`, `Retry-After` parsing and secret scrubbing. No SDK is imported here."""
+our `ChatRequest`, HTTP statuses mapped to our errors, `Retry-After` parsing and secret
+scrubbing. No SDK is imported here."""
 
 from __future__ import annotations
 
@@ -9,11 +10,20 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from lvlmva.engine.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+)
 from lvlmva.engine.types import ChatRequest, Message, TextPart
 
 __all__ = [
     "PLACEHOLDER_KEY",
     "build_chat_kwargs",
+    "error_for_status",
     "parse_retry_after",
     "scrub",
     "to_openai_messages",
@@ -52,6 +62,23 @@ def parse_retry_after(
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_for_status(
+    status: int | None, message: str, *, retry_after: float | None = None
+) -> ProviderError:
+    """The error for a non-2xx answer: 429 `RateLimited`, 401/403 `AuthenticationFailed`,
+    408 `ProviderTimeout`, 5xx `ServerError` (429 and 5xx keep `retry_after`), any other
+    (or no) status `BadRequest`. `message` is already scrubbed."""
+    if status == 429:
+        return RateLimited(message, status=status, retry_after=retry_after)
+    if status in (401, 403):
+        return AuthenticationFailed(message + " (check the API key and base URL)", status=status)
+    if status == 408:
+        return ProviderTimeout(message, status=status)
+    if status is not None and status >= 500:
+        return ServerError(message, status=status, retry_after=retry_after)
+    return BadRequest(message, status=status)
 
 
 def scrub(text: str, secret: str | None, limit: int = 300) -> str:
