@@ -48,7 +48,7 @@ async def test_a_run_stores_every_sample_and_a_larger_n_appends(digits, model, t
     again = await critique_run(copy.deepcopy(model), digits, out, critic=_critic(tmp_path),
                                critique=options, n=32, progress=False, checkpoint_sha256="ab" * 32)
     assert (again.skipped, again.stored) == (20, {"ok": 12})
-    assert again.counts.provider_calls == 24  # only the 12 new samples were asked
+    assert again.counts.tally.provider_calls == 24  # only the 12 new samples were asked
     with CritiqueRun.open(out) as run:
         assert sorted(run.done_indices()) == sorted(sample_order(len(digits.train), 32, 0).tolist())
         m = run.manifest

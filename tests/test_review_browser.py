@@ -290,10 +290,11 @@ def test_twenty_overrides_then_realign_from_the_app_changes_the_masks_exactly_th
     assert page.locator(".chip[data-overridden=true]").count() == 4
     page.click("#realign")
     page.click("#dialog-run")
-    page.wait_for_function("() => document.getElementById('message').textContent.includes('aligned')")
+    page.wait_for_function(
+        "() => document.getElementById('message').textContent.includes('aligned')")
     assert "0 LVLM calls" in page.inner_text("#message")
     (result,) = results
-    assert result.provider_calls == 0 and result.counts.cache_hits == 0
+    assert result.provider_calls == 0 and result.cache_hits == 0
     used = {r.index: r.mask.numpy() for r in result.samples}
     assert set(used) == set(before)
     for index, mask in used.items():

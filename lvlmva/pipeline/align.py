@@ -93,37 +93,25 @@ async def align(
         if critic_provider is None:
             await backend.preflight(critic)
     before = await asyncio.to_thread(_evaluate, model, dataset)
-    indices = (
-        choose_alignment_indices(len(dataset.train), what.n_align, seed)
-        if records is None
-        else torch.tensor([r.index for r in records], dtype=torch.long)
-    )
+    indices = _alignment_indices(dataset, what.n_align, seed, records)
     lam = how.lam
     if lam is None:
         lam = default_lambda(dataset.info.name, how.start, critic_masks=backend.uses_llm)
     run = AlignmentTraining(
-        _start_model(model, how, seed),
-        dataset.train,
-        how,
-        lam=lam,
-        n_samples=len(indices),
-        seed=seed,
-        device=device,
-        progress=progress,
-    )
+        _start_model(model, how, seed), dataset.train, how, lam=lam, n_samples=len(indices),
+        seed=seed, device=device, progress=progress,
+    )  # fmt: skip
     run.start()
     try:
-        if records is not None:
-            records, counts = list(records), CritiqueCounts()
-            run.add(records)
-        elif backend.uses_llm:
+        if records is None and backend.uses_llm:
             records, counts = await _critique(
                 model, dataset, spec, indices, critic, what, run,
                 providers=(critic_provider, judge_provider), seed=seed, device=device,
                 progress=progress, on_sample=on_sample, timings=timings,
             )  # fmt: skip
-        else:
-            records, counts = ground_truth_records(dataset, indices), CritiqueCounts()
+        else:  # masks made already, or the true ones
+            records = ground_truth_records(dataset, indices) if records is None else list(records)
+            counts = CritiqueCounts()
             run.add(records)
         timings["critique_s"] = time.perf_counter() - started
         history = await run.finish()
@@ -144,6 +132,14 @@ async def align(
         counts=counts,
         timings=timings,
     )
+
+
+def _alignment_indices(
+    dataset: DatasetSplits, n_align: int, seed: int, records: Sequence[SampleRecord] | None
+) -> Tensor:
+    if records is not None:
+        return torch.tensor([r.index for r in records], dtype=torch.long)
+    return choose_alignment_indices(len(dataset.train), n_align, seed)
 
 
 def align_sync(*args: Any, **kwargs: Any) -> AlignResult:

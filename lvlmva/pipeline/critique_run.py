@@ -63,12 +63,12 @@ class CritiqueRunResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        c = self.counts
+        t = self.counts.tally
         done = ", ".join(f"{n} {s}" for s, n in sorted(self.stored.items())) or "nothing new"
         return (
             f"critique run {self.path}: {self.requested} samples asked for, {self.skipped} "
-            f"already stored, now {done}; LVLM calls {c.provider_calls}, cache hits "
-            f"{c.cache_hits}, cost ${c.cost_usd:.4f}"
+            f"already stored, now {done}; LVLM calls {t.provider_calls}, answers reused "
+            f"{t.reused}, cost ${t.cost_usd:.4f}"
         )
 
 
@@ -192,9 +192,9 @@ def stored_sample(
         confidence=sample.confidence,
         critique=record.critique,
         verdicts=record.verdicts if status == "ok" else None,
-        provider_calls=record.provider_calls,
-        cache_hits=record.cache_hits,
-        cost_usd=record.cost_usd,
+        provider_calls=record.tally.provider_calls,
+        cache_hits=record.tally.reused,
+        cost_usd=record.tally.cost_usd,
         error=record.error,
         spurious_colors=_spurious_colors(sample, split),
     )

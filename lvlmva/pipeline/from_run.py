@@ -81,9 +81,6 @@ def reviewed_records(
                 mask=torch.from_numpy(mask),
                 verdicts=dict(sample.effective_verdicts or {}),
                 critique=record.critique,
-                provider_calls=record.provider_calls,
-                cache_hits=record.cache_hits,
-                cost_usd=record.cost_usd,
             )
         )
     records.sort(key=lambda r: int(position[r.index]))
