@@ -53,7 +53,7 @@ def main() -> None:
                         str(model.parent)], check=True)
     run = args.out / "run"
     count = ["--n", str(args.n)] if args.n else ["--all"]
-    argv = [*cli, "critique", "--model", str(model), *count, "--no-fsync", "--quiet",
+    argv = [*cli, "critique", "--model", str(model), *data, *count, "--no-fsync", "--quiet",
             "--cache-dir", str(args.out / "cache"), "--out", str(run)]
     started = time.perf_counter()
     points = []
