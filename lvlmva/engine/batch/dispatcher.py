@@ -349,6 +349,7 @@ class BatchDispatcher:
                 self.reporter.shard(record)
 
     def _detach(self) -> None:
+        """End the run: every waiting call waits for batch files answered elsewhere."""
         waiting = [w for w in self._waiting.values() if not w.future.done()]
         if not waiting:
             return
@@ -359,8 +360,9 @@ class BatchDispatcher:
             f"OUT --served-model-name {' '.join(models)} --model WEIGHTS`, read the answers "
             "with `lvlmva batch ingest OUT`, then run this command again"
         )
-        for waiter in waiting:
-            waiter.future.set_exception(error)
+        # One waiter carries it out of the engine's run, which then cancels the others (an
+        # exception in every job would be logged as never retrieved, once per job).
+        waiting[0].future.set_exception(error)
 
     def _track(self, coroutine: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -84,15 +84,5 @@ class ShardWriter:
         self._open.clear()
         return shards
 
-    def discard(self, custom_id: str) -> bool:
-        """Drop a line not yet written (its call was cancelled); True if it was open."""
-        for shard in self._open.values():
-            if custom_id in shard.custom_ids:
-                k = shard.custom_ids.index(custom_id)
-                shard.size -= len(shard.lines[k])
-                del shard.custom_ids[k], shard.lines[k]
-                return True
-        return False
-
     def __len__(self) -> int:
         return sum(len(s) for s in self._open.values())
