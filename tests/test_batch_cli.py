@@ -46,6 +46,11 @@ class Kill:
     path: str  # a regular expression on the path
     after: bool = False
     when: Callable[[OpenAIStandIn, web.Request], bool] = lambda standin, request: True
+    signal: int = signal.SIGKILL  # SIGINT: Ctrl-C, which detaches
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.signal == signal.SIGINT else -signal.SIGKILL
 
 
 @dataclass
@@ -65,8 +70,8 @@ class Harness:
         )  # fmt: skip
 
     def _kill(self, request: web.Request) -> None:
-        assert self.proc is not None and self.proc.pid is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
+        assert self.proc is not None and self.proc.pid is not None and self.kill is not None
+        os.kill(self.proc.pid, self.kill.signal)
         self.killed.append(f"{request.method} {request.path}")
         self.kill = None
 
@@ -160,18 +165,19 @@ def _judge_batch(standin: OpenAIStandIn, request: web.Request) -> bool:
     return len(standin.batches._batches) == 2 and _status("in_progress")(standin, request)
 
 
-KILLS = (  # one per lifecycle step, in the order a run meets them
+KILLS = (  # one per lifecycle step, in the order a run meets them (the last one is Ctrl-C)
     ("written: killed while uploading", Kill("POST", "/v1/files")),
     ("creating: the batch exists, its id never recorded", Kill("POST", "/v1/batches", True)),
     ("polled: killed while the Critic batch runs",
      Kill("GET", "/v1/batches/[^/]+", True, _status("in_progress"))),
     ("completed: killed while downloading its output",
      Kill("GET", "/v1/files/[^/]+/content")),
-    ("ingested, the Judge batch running", Kill("GET", "/v1/batches/[^/]+", True, _judge_batch)),
+    ("ingested, the Judge batch running: Ctrl-C",
+     Kill("GET", "/v1/batches/[^/]+", True, _judge_batch, signal.SIGINT)),
 )  # fmt: skip
 
 
-async def test_kill_9_at_every_step_then_rerun_submits_no_line_twice(tmp_path, checkpoint):
+async def test_kill_9_at_each_step_and_ctrl_c_then_no_line_goes_out_twice(tmp_path, checkpoint):
     n = 4
     timing = BatchTiming(validation_s=10, lines_per_s=0.5, finalizing_s=10)
     async with served(timing, seconds_per_poll=2.0) as harness:
@@ -179,7 +185,9 @@ async def test_kill_9_at_every_step_then_rerun_submits_no_line_twice(tmp_path, c
         for k, (step, kill) in enumerate(KILLS):
             harness.kill = kill
             rc = await run_cli(harness, command, tmp_path / f"run{k}.log")
-            assert rc == -signal.SIGKILL, (step, (tmp_path / f"run{k}.log").read_text()[-3000:])
+            log = (tmp_path / f"run{k}.log").read_text()
+            assert rc == kill.exit_code, (step, log[-3000:])
+        assert "lvlmva align: detached; submitted batches run on at the API" in log
         rc = await run_cli(harness, command, tmp_path / "final.log")
         log = (tmp_path / "final.log").read_text()
         assert rc == 0, log[-3000:]
