@@ -286,3 +286,77 @@ async def test_a_second_run_on_the_same_manifest_is_refused(tmp_path):
             batch_engine(s, tmp_path)
         await first.aclose()
         await batch_engine(s, tmp_path).aclose()  # free again once the first closed
+
+
+async def test_a_run_that_stopped_after_the_download_ingests_without_downloading_again(
+    tmp_path, monkeypatch
+):
+    from batch_support import answer
+
+    from lvlmva.engine.batch import dispatcher as module
+    from lvlmva.engine.batch.client import BatchClient
+
+    downloads = []
+    download = BatchClient.download
+
+    async def counted(self, file_id):
+        downloads.append(file_id)
+        return await download(self, file_id)
+
+    async def crash(*args):
+        raise asyncio.CancelledError  # the process dies between download and ingest
+
+    monkeypatch.setattr(BatchClient, "download", counted)
+    jobs = [job(i) for i in range(3)]
+    async with serve(FixedAnswerer(answer)) as s:
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "ingest_shard", crash)
+            run = asyncio.ensure_future(run_jobs(batch_engine(s, tmp_path), jobs))
+            while not (made := shards(tmp_path)) or made[0].step is not Step.DOWNLOADED:
+                await asyncio.sleep(0.01)
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+        assert len(downloads) == 1
+        results = await run_jobs(batch_engine(s, tmp_path), jobs)
+    assert all(r.ok for r in results.values())
+    assert len(downloads) == 2  # the Judge's output only: the Critic's was read from disk
+    assert s.standin.ledger.batch_lines_submitted_more_than_once() == {}
+    with BatchStore(tmp_path / "batches") as store:
+        assert not store.path(store.shards()[0].id, "input").exists()  # answered: removed
+
+
+def test_the_batch_api_mode_without_the_sdk_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from lvlmva.engine.batch.client import BatchClient
+    from lvlmva.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "openai", None)
+    with pytest.raises(ConfigError, match=r"pip install 'lvlm-va\[batch\]'"):
+        BatchClient("http://127.0.0.1:1/v1", "sk-x")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch"], "--batch needs --critic openai"),
+        (["--critic", "openai", "--base-url", "http://127.0.0.1:1/v1", "--critic-model",
+          "gpt-4o", "--batch", "--no-cache"], "drop --no-cache"),
+        (["--critic", "openai", "--base-url", "http://127.0.0.1:1/v1", "--critic-model",
+          "gpt-4o", "--batch", "--batch-jobs", "0"], "--batch-jobs must be at least 1"),
+    ],
+)  # fmt: skip
+def test_batch_flags_are_checked_first(tmp_path, capsys, flags, message):
+    from lvlmva.cli import main
+
+    code = main(["align", "--dataset", "decoy-digits", "--out", str(tmp_path), *flags])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+async def test_a_critic_without_request_bodies_cannot_batch(tmp_path):
+    from lvlmva.critics import CriticSettings, get_critic, open_session
+    from lvlmva.errors import ConfigError
+
+    settings = CriticSettings("simulated", batch=True, cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match="batch mode needs an OpenAI-compatible critic"):
+        await open_session(get_critic("simulated"), settings, "decoy-digits")

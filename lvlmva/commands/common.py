@@ -215,6 +215,8 @@ def _batch_options(args: argparse.Namespace, kind: str) -> Any:
 
     if kind != "openai":
         raise ConfigError(f"--batch needs --critic openai (an OpenAI-compatible API), not {kind}")
+    if args.no_cache:
+        raise ConfigError("--batch keeps its manifest and answers in the cache: drop --no-cache")
     return BatchOptions(
         mode=args.batch, max_jobs=args.batch_jobs, reasks=args.batch_reasks,
         poll_s=args.batch_poll_s,

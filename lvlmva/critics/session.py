@@ -88,6 +88,7 @@ async def open_session(
             dispatcher = open_dispatcher(
                 settings.batch, base_url=settings.base_url, api_key=settings.api_key,
                 cache=cache, online=config.online_dispatcher(), progress=progress,
+                providers=(connection.critic, connection.judge),
             )  # fmt: skip
         engine = Engine(
             connection.critic, connection.judge, config, cache=cache, dispatcher=dispatcher

@@ -32,11 +32,20 @@ def open_dispatcher(
     cache: Any,
     online: OnlineDispatcher,
     progress: bool | None = None,
+    providers: tuple[Any, ...] = (),
 ) -> BatchDispatcher:
     """The dispatcher of a batch run against `base_url` (None: `OPENAI_BASE_URL` or OpenAI)
     with the answer `cache` (a `VerdictCache`: it holds the manifest and every answer). Re-asks
-    and the budget go through `online` (its meter is the run's)."""
+    and the budget go through `online` (its meter is the run's). `providers` (the Critic's and
+    the Judge's) must give their request bodies (`body(request)`) for the batch lines."""
     from lvlmva.engine.providers.openai_compat import resolve_endpoint
+
+    for provider in providers:
+        if not callable(getattr(provider, "body", None)):
+            raise ConfigError(
+                f"batch mode needs an OpenAI-compatible critic (kind 'openai'); the provider "
+                f"{getattr(provider, 'name', provider)!r} has no request body for a batch file"
+            )
 
     if cache is None:
         raise ConfigError(

@@ -221,6 +221,7 @@ async def ingest_shard(
         step=Step.INGESTED,
         error="; ".join(notes) or None,
     )
+    store.path(record.id, "input").unlink(missing_ok=True)  # sent and answered: not needed
     return record, list(outcomes.values())
 
 
