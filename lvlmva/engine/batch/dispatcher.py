@@ -103,7 +103,8 @@ class BatchDispatcher:
     async def send(self, call: Call) -> ChatResponse:
         if self._closed:
             raise RuntimeError("this BatchDispatcher is closed")
-        if call.attempt > 0 and self.options.reasks == "sync" and self._online is not None:
+        sync_reask = self.options.reasks == "sync" and self.options.mode == "api"
+        if call.attempt > 0 and sync_reask and self._online is not None:
             self.sync_reasks += 1
             return await self._online.send(call)
         line = self.store.line(self.endpoint, call.custom_id) if self._known else None
@@ -191,14 +192,17 @@ class BatchDispatcher:
         return shard
 
     def _follow(self, shard: ShardRecord) -> None:
-        """Resume `shard` in this process unless it already runs here."""
+        """Resume `shard` in this process unless it already runs here. In files mode nothing
+        is polled: its calls wait for `lvlmva batch ingest` (or a Batch API run), and
+        `on_idle` detaches."""
         if shard.id in self._shard_tasks:
             return
-        if shard.mode == "files" or shard.step in (Step.WRITTEN, Step.EXPORTED):
-            if self.options.mode == "files":
-                return  # waits for `lvlmva batch ingest`; on_idle detaches
-            if shard.mode == "files":
-                shard = self.store.advance(shard, mode="api")
+        if self.options.mode == "files":
+            if shard.mode == "api" and shard.step is Step.WRITTEN:  # never sent: export it
+                self.store.advance(shard, mode="files")
+            return
+        if shard.mode == "files":  # written for an offline runner: this API run sends it
+            shard = self.store.advance(shard, mode="api")
         self._track(self._run(shard), shard.id)
 
     def _stored_answer(self, line: LineRecord, call: Call) -> ChatResponse | None:

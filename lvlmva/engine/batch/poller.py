@@ -34,7 +34,7 @@ __all__ = ["MAX_TRANSIENT", "ShardPoller", "ingest_shard"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_TRANSIENT = 12  # transient errors in a row before a step gives up (about 10 min of waits)
+MAX_TRANSIENT = 12  # transient errors in a row before a step gives up (~7 min of waits)
 QUEUE_FULL = "token_limit_exceeded"
 
 
@@ -202,8 +202,10 @@ async def ingest_shard(
     unreadable = 0
     for kind in ("output", "errors"):
         content = store.read_file(record.id, kind)
-        if content:
-            found, bad = read_outcomes(content, model=record.model, where=where)
+        if content:  # parsed off the event loop: a full shard is 50,000 lines
+            found, bad = await asyncio.to_thread(
+                read_outcomes, content, model=record.model, where=where
+            )
             unreadable += bad
             outcomes.update((o.custom_id, o) for o in found)
     mine = {line.custom_id for line in store.lines_of(record.id) if line.pending}
@@ -215,9 +217,10 @@ async def ingest_shard(
     notes = [record.error] if record.error else []
     if unreadable:
         notes.append(f"{unreadable} output lines could not be read")
-    record = store.resolve(
+    record = await asyncio.to_thread(
+        store.resolve,
         record,
-        ((o.custom_id, o.outcome, o.detail) for o in outcomes.values()),
+        [(o.custom_id, o.outcome, o.detail) for o in outcomes.values()],
         step=Step.INGESTED,
         error="; ".join(notes) or None,
     )
