@@ -66,7 +66,7 @@ async def view_shards(shards: list[ShardRecord], client_for: ClientFor | None) -
         try:
             live = await client_for(shard.endpoint).retrieve(shard.batch_id)
             views.append(ShardView(shard, live))
-        except ProviderError as exc:
+        except (ProviderError, ConfigError) as exc:  # unreachable, or no key for it here
             views.append(ShardView(shard, error=str(exc)))
     return views
 
