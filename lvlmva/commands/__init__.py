@@ -2,5 +2,5 @@
 parser and sets `handler=run` (imports of heavy libraries happen inside `run`)."""
 
 COMMANDS = (
-    "train", "explain", "align", "baseline", "estimate", "cache", "serve_sim", "review"
+    "train", "explain", "align", "baseline", "estimate", "cache", "serve_sim", "review", "batch"
 )
