@@ -42,15 +42,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except LvlmvaError as exc:
-        print(f"lvlmva {args.command}: error: {exc}", file=sys.stderr)
+        label = getattr(exc, "label", "error")  # "detached": work goes on elsewhere
+        print(f"lvlmva {args.command}: {label}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(
-            f"lvlmva {args.command}: interrupted; finished LVLM answers are cached, "
-            "rerun the same command to resume",
-            file=sys.stderr,
-        )
+        print(f"lvlmva {args.command}: {_interrupted(args)}", file=sys.stderr)
         return 130
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    if getattr(args, "batch", None) == "api":
+        return (
+            "detached; submitted batches run on at the API (lvlmva batch status); rerun the "
+            "same command to collect them without sending their requests again"
+        )
+    return "interrupted; finished LVLM answers are cached, rerun the same command to resume"
 
 
 if __name__ == "__main__":

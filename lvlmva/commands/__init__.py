@@ -3,5 +3,5 @@ parser and sets `handler=run` (imports of heavy libraries happen inside `run`)."
 
 COMMANDS = (
     "train", "explain", "critique", "align", "baseline", "estimate", "cache", "serve_sim",
-    "review",
+    "review", "batch",
 )

@@ -173,12 +173,54 @@ def add_critic_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-dir", help="answer cache (default: ~/.cache/lvlmva or LVLMVA_CACHE_DIR)"
     )
     group.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    _add_batch_arguments(group)
     added: set[str] = set()
     for backend in CRITICS.values():
         for option in backend.cli_options:
             if option.flags[0] not in added:
                 added.add(option.flags[0])
                 option.add_to(group)
+
+
+def _add_batch_arguments(group: argparse._ArgumentGroup) -> None:
+    """--batch and its settings (docs/batch.md)."""
+    group.add_argument(
+        "--batch",
+        nargs="?",
+        const="api",
+        choices=("api", "files"),
+        help="send the Critic & Judge requests in batches at half price: through the OpenAI "
+        "Batch API (--batch, resumable: rerun the same command), or into batch files for "
+        "vllm run-batch (--batch files; see lvlmva batch export)",
+    )
+    group.add_argument(
+        "--batch-jobs", type=int, default=10_000, help="batch: jobs held at once (default 10000)"
+    )
+    group.add_argument(
+        "--batch-reasks",
+        choices=("sync", "batch"),
+        default="sync",
+        help="batch: ask again for invalid Judge answers synchronously (default) or in the "
+        "next batch",
+    )
+    group.add_argument(
+        "--batch-poll-s", type=float, default=5.0, help="batch: first wait between polls"
+    )
+
+
+def _batch_options(args: argparse.Namespace, kind: str) -> Any:
+    if not getattr(args, "batch", None):
+        return None
+    from lvlmva.engine.batch.options import BatchOptions
+
+    if kind != "openai":
+        raise ConfigError(f"--batch needs --critic openai (an OpenAI-compatible API), not {kind}")
+    if args.no_cache:
+        raise ConfigError("--batch keeps its manifest and answers in the cache: drop --no-cache")
+    return BatchOptions(
+        mode=args.batch, max_jobs=args.batch_jobs, reasks=args.batch_reasks,
+        poll_s=args.batch_poll_s,
+    )  # fmt: skip
 
 
 def critic_settings(args: argparse.Namespace) -> Any:
@@ -204,5 +246,6 @@ def critic_settings(args: argparse.Namespace) -> Any:
             max_in_flight=args.max_in_flight,
             budget_usd=args.budget_usd,
         ),
+        batch=_batch_options(args, kind),
     )
     return backend.configure(settings, args)

@@ -2,7 +2,8 @@
 
 Nothing is sent. Prompt tokens come from the real templates of the task's prompt family rendered
 for a typical class (text at about 4 characters a token, images by OpenAI's tile rule); answer
-lengths are assumptions you can change (`--critique-tokens`)."""
+lengths are assumptions you can change (`--critique-tokens`). The cost is shown at the
+synchronous list price and through the Batch API (`--batch`: the price table's batch share)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class Estimate:
     completion_tokens: int
     usd: float | None
     unpriced_models: tuple[str, ...]
+    batch_usd: float | None = None  # the same requests through the Batch API
 
 
 def estimate_run(
@@ -127,6 +129,7 @@ def estimate_run(
         completion_tokens=jobs * sum(c.completion_tokens for c in per_job),
         usd=usd,
         unpriced_models=unpriced,
+        batch_usd=None if usd is None else usd * prices.batch_share,
     )
 
 
@@ -163,5 +166,7 @@ def run(args: argparse.Namespace) -> int:
             "give one with --prices FILE"
         )
     else:
-        print(f"  total cost: ${est.usd:.4f} at {'--prices' if args.prices else 'list'} prices")
+        where = "--prices" if args.prices else "list"
+        print(f"  total cost: ${est.usd:.4f} at {where} prices, ${est.batch_usd:.4f} through the "
+              "Batch API (--batch)")  # fmt: skip
     return 0

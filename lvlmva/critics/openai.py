@@ -50,8 +50,12 @@ class OpenAICritic(CriticBackend):
 
     async def preflight(self, settings: CriticSettings) -> None:
         """One free `GET /models` with the key: a wrong URL, a dead server or a rejected key
-        is a ConfigError naming the endpoint, before anything is trained or paid for."""
+        is a ConfigError naming the endpoint, before anything is trained or paid for. Batch
+        files (`--batch files`) reach no endpoint: nothing to check."""
         import aiohttp
+
+        if settings.batch is not None and settings.batch.mode == "files":
+            return
 
         from lvlmva.engine.providers.openai_compat import resolve_endpoint
 

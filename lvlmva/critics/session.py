@@ -81,7 +81,18 @@ async def open_session(
             progress=progress,
         )
         cache = VerdictCache(settings.cache_dir) if settings.cache_dir else None
-        engine = Engine(connection.critic, connection.judge, config, cache=cache)
+        dispatcher = None
+        if settings.batch is not None:  # docs/batch.md
+            from lvlmva.engine.batch import open_dispatcher
+
+            dispatcher = open_dispatcher(
+                settings.batch, base_url=settings.base_url, api_key=settings.api_key,
+                cache=cache, online=config.online_dispatcher(), progress=progress,
+                providers=(connection.critic, connection.judge),
+            )  # fmt: skip
+        engine = Engine(
+            connection.critic, connection.judge, config, cache=cache, dispatcher=dispatcher
+        )
     except BaseException:
         await connection.aclose()
         raise

@@ -3,7 +3,11 @@
 - endpoint and models: `CriticSettings` itself (`kind`, models, `base_url`, `api_key`, `fused`,
   the cache and the price table, provider `options`);
 - `SimulationSettings`: what the offline simulated LVLM does (only the `simulated` kind reads it);
-- `EngineLimits`: rate caps, concurrency, budget and timeout of the engine.
+- `EngineLimits`: rate caps, concurrency, budget and timeout of the engine;
+- `batch`: `lvlmva.engine.batch.BatchOptions` to send the requests through the OpenAI Batch
+  API (or into batch files), or None for synchronous calls; `batch=True` means the defaults.
+  Its manifest lives in the cache, so with `batch` set `cache_dir` defaults to the default
+  cache directory (`lvlmva.cache.default_cache_dir()`).
 
 Each consumer receives only its group. The flat names of earlier releases
 (`CriticSettings(verdict_accuracy=0.9, budget_usd=5.0, ...)`) still work: they are routed into
@@ -19,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from lvlmva.engine.batch.options import BatchOptions
 from lvlmva.errors import ConfigError
 
 __all__ = [
@@ -105,6 +110,7 @@ class CriticSettings:
     options: Mapping[str, Any]
     simulation: SimulationSettings
     limits: EngineLimits
+    batch: BatchOptions | None
 
     def __init__(
         self,
@@ -121,6 +127,7 @@ class CriticSettings:
         options: Mapping[str, Any] | None = None,
         simulation: SimulationSettings | None = None,
         limits: EngineLimits | None = None,
+        batch: BatchOptions | bool | None = None,
         **shorthand: Any,
     ) -> None:
         groups: dict[str, Any] = {
@@ -140,6 +147,12 @@ class CriticSettings:
         for group, values in routed.items():
             if values:
                 groups[group] = dataclasses.replace(groups[group], **values)
+        if batch is True:
+            batch = BatchOptions()
+        if batch and cache_dir is None:
+            from lvlmva.cache import default_cache_dir
+
+            cache_dir = default_cache_dir()
         if judge_model is None:
             simulated = critic_model == SIMULATED_CRITIC_MODEL
             judge_model = SIMULATED_JUDGE_MODEL if simulated else critic_model
@@ -155,6 +168,7 @@ class CriticSettings:
             "seed": seed,
             "options": MappingProxyType(dict(options or {})),
             **groups,
+            "batch": batch or None,
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)

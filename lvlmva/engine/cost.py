@@ -5,7 +5,12 @@ change them, so override them with `PriceTable.from_file` (JSON, YAML or TOML):
 
     {"gpt-4o": {"input": 2.5, "output": 10.0}, "my-vllm-model": {"input": 0, "output": 0}}
 
-(optionally nested under a top-level "models" key).
+(optionally nested under a top-level "models" key, beside which `"batch_share": 0.5` sets the
+share of these prices a Batch API request pays).
+
+Batch prices: OpenAI bills Batch API requests at 50% of the synchronous price, input and
+output tokens alike (its pricing page; restated in community.openai.com thread 1357069); the
+cost calls take `batch=True` for them (`BATCH_SHARE`, per table `PriceTable.batch_share`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from lvlmva.engine.types import ChatRequest, ImagePart, TextPart, Usage
 from lvlmva.errors import ConfigError
 
 __all__ = [
+    "BATCH_SHARE",
     "DEFAULT_PRICES",
     "CostMeter",
     "ModelPrice",
@@ -35,6 +41,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+BATCH_SHARE = 0.5  # the share of the synchronous price a Batch API request pays
 
 
 @dataclass(frozen=True)
@@ -65,22 +73,33 @@ class PriceTable:
     """Prices per model. Lookup: exact name, then without a "provider/" prefix, then the
     longest known name the model starts with (dated snapshots such as gpt-4o-2024-08-06)."""
 
-    def __init__(self, prices: Mapping[str, ModelPrice] | None = None) -> None:
+    def __init__(
+        self, prices: Mapping[str, ModelPrice] | None = None, *, batch_share: float = BATCH_SHARE
+    ) -> None:
         self.prices: dict[str, ModelPrice] = dict(DEFAULT_PRICES if prices is None else prices)
+        if not 0.0 <= batch_share <= 1.0:
+            raise ConfigError(f"batch_share must be in [0, 1], got {batch_share}")
+        self.batch_share = batch_share
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:
         return f"PriceTable({len(self.prices)} models)"
 
     def with_overrides(self, prices: Mapping[str, ModelPrice]) -> PriceTable:
-        return PriceTable({**self.prices, **prices})
+        return PriceTable({**self.prices, **prices}, batch_share=self.batch_share)
+
+    def share(self, batch: bool) -> float:
+        """The share of the list price a request pays: `batch_share` for a batch line."""
+        return self.batch_share if batch else 1.0
 
     @classmethod
     def from_file(cls, path: str | Path, *, include_defaults: bool = True) -> PriceTable:
         """Read a JSON/YAML/TOML price file; its entries override (or replace) the defaults."""
         path = Path(path)
         data = _read_structured(path)
+        share = BATCH_SHARE
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
+            share = _batch_share(path, data.get("batch_share", BATCH_SHARE))
             data = data["models"]
         if not isinstance(data, dict):
             raise ConfigError(
@@ -89,7 +108,7 @@ class PriceTable:
         prices = {
             str(model): _parse_price(path, str(model), entry) for model, entry in data.items()
         }
-        return cls({**DEFAULT_PRICES, **prices} if include_defaults else prices)
+        return cls({**DEFAULT_PRICES, **prices} if include_defaults else prices, batch_share=share)
 
     def lookup(self, model: str) -> ModelPrice | None:
         if model in self.prices:
@@ -109,15 +128,16 @@ class PriceTable:
             )
         return price
 
-    def cost(self, model: str, usage: Usage) -> float:
-        """USD for `usage`; an unknown model costs 0 (with one warning per model)."""
+    def cost(self, model: str, usage: Usage, *, batch: bool = False) -> float:
+        """USD for `usage` (`batch`: at the batch price); an unknown model costs 0 (with one
+        warning per model)."""
         price = self.lookup(model)
         if price is None:
             if model not in self._warned:
                 self._warned.add(model)
                 log.warning("no price for model %r: counting its cost as 0 (see --prices)", model)
             return 0.0
-        return price.cost(usage)
+        return price.cost(usage) * self.share(batch)
 
 
 def _read_structured(path: Path) -> Any:
@@ -140,6 +160,12 @@ def _read_structured(path: Path) -> Any:
     except Exception as exc:
         raise ConfigError(f"price file {path} is not valid {suffix[1:].upper()}: {exc}") from None
     raise ConfigError(f"price file {path}: use a .json, .yaml/.yml or .toml file")
+
+
+def _batch_share(path: Path, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"price file {path}: batch_share must be a number in [0, 1]")
+    return float(value)
 
 
 def _parse_price(path: Path, model: str, entry: Any) -> ModelPrice:
@@ -264,25 +290,28 @@ class CostMeter:
             return None
         return max(0.0, self.budget_usd - self.spent_usd - self.reserved_usd)
 
-    def _price_of(self, model: str, usage: Usage) -> float:
+    def _price_of(self, model: str, usage: Usage, batch: bool) -> float:
         if self.budget_usd is not None:
-            return self.prices.require(model).cost(usage)
-        return self.prices.cost(model, usage)
+            return self.prices.require(model).cost(usage) * self.prices.share(batch)
+        return self.prices.cost(model, usage, batch=batch)
 
-    def add(self, model: str, usage: Usage) -> float:
-        """Record a response's usage; returns its cost in USD (the tokens themselves are
-        counted in the engine's `Tally`)."""
-        cost = self._price_of(model, usage)
+    def add(self, model: str, usage: Usage, *, batch: bool = False) -> float:
+        """Record a response's usage (`batch`: a batch line's, at the batch price); returns
+        its cost in USD (the tokens themselves are counted in the engine's `Tally`)."""
+        cost = self._price_of(model, usage, batch)
         with self._lock:
             self.spent_usd += cost
         return cost
 
-    def reserve(self, model: str, estimated_tokens: int) -> Reservation | None:
-        """Hold budget for a request; None means do not send it (the budget is reached)."""
+    def reserve(
+        self, model: str, estimated_tokens: int, *, batch: bool = False
+    ) -> Reservation | None:
+        """Hold budget for a request (`batch`: a batch line, at the batch price); None means
+        do not send it (the budget is reached)."""
         if self.budget_usd is None:
             return Reservation(model, estimated_tokens, 0.0)
         price = self.prices.require(model)
-        usd = estimated_tokens * max(price.input, price.output) / 1e6
+        usd = estimated_tokens * max(price.input, price.output) / 1e6 * self.prices.share(batch)
         with self._lock:
             if self._stopped or self.spent_usd + self.reserved_usd + usd > self.budget_usd:
                 self._stopped = True
