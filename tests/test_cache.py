@@ -255,7 +255,7 @@ def test_cache_command(tmp_path, capsys):
     out = tmp_path / "all.jsonl"
     assert main(["cache", "export", str(out), "--cache-dir", str(directory)]) == 0
     assert len(out.read_text().splitlines()) == 2
-    assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
+    assert main(["cache", "clear", "--cache-dir", str(directory), "--yes"]) == 0
     assert "2 entries" in capsys.readouterr().out
     assert main(["cache", "stats", "--cache-dir", str(directory), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["entries"] == 0

@@ -20,6 +20,7 @@ from lvlmva.engine.errors import (
     AuthenticationFailed,
     BadRequest,
     ConnectionFailed,
+    NotFound,
     ProviderTimeout,
     RateLimited,
     ServerError,
@@ -209,7 +210,7 @@ async def test_429_with_http_date(server, provider):
         (Reply(503, api_error("busy"), {"Retry-After": "2"}), ServerError, 2.0),
         (Reply(502, "<html>bad gateway</html>"), ServerError, None),
         (Reply(400, api_error("bad schema")), BadRequest, None),
-        (Reply(404, api_error("no such model")), BadRequest, None),
+        (Reply(404, api_error("no such model")), NotFound, None),
         (Reply(403, api_error("forbidden")), AuthenticationFailed, None),
     ],
 )

@@ -18,12 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from lvlmva.critics import CriticSettings, get_critic, open_session
+from lvlmva.engine.errors import RunStopped
 from lvlmva.engine.types import Provider
-from lvlmva.errors import ConfigError
+from lvlmva.errors import ConfigError, DataError
 from lvlmva.pipeline.critique import critique_samples, ground_truth_records
 from lvlmva.pipeline.explain import rendered_samples
 from lvlmva.pipeline.options import CritiqueOptions, TrainOptions, split_options
-from lvlmva.pipeline.records import AlignResult, CritiqueCounts, SampleRecord
+from lvlmva.pipeline.records import AlignResult, CritiqueCounts, SampleRecord, critique_metrics
 from lvlmva.pipeline.training import AlignmentTraining, default_lambda
 from lvlmva.prompts import TaskSpec
 from lvlmva.vision.datasets.base import DatasetSplits
@@ -75,6 +76,12 @@ async def align(
     also be given as keywords, e.g. `n_align=200, epochs=2`). `critic_provider` /
     `judge_provider` are ready `Provider` objects to use instead of the critic's own.
     Explanations always come from the original `model`, which is left unchanged.
+
+    An endpoint that refuses the run (a rejected key, an unknown model, no quota) stops it:
+    `RunStopped` (exit 1 on the command line) names the status and the server's message, and
+    holds the result trained on the masks received until then (`.result`, None when there
+    were none) and its metrics. When every critique failed, the `DataError` carries the first
+    distinct reasons.
     """
     critic = critic or CriticSettings()
     what, how = split_options(critique, training, options)
@@ -109,6 +116,7 @@ async def align(
                 providers=(critic_provider, judge_provider), seed=seed, device=device,
                 progress=progress, on_sample=on_sample, timings=timings,
             )  # fmt: skip
+            _check_some_masks(records, counts, len(indices), critic)
         else:
             records, counts = ground_truth_records(dataset, indices), CritiqueCounts()
             run.add(records)
@@ -119,7 +127,7 @@ async def align(
         raise
     timings["total_s"] = time.perf_counter() - started
     after = await asyncio.to_thread(_evaluate, run.trainer.model_, dataset)
-    return AlignResult(
+    result = AlignResult(
         model=run.trainer.model_,
         before=before,
         after=after,
@@ -130,6 +138,44 @@ async def align(
         verdict_accuracy=_score_verdicts(records, dataset) if backend.uses_llm else None,
         counts=counts,
         timings=timings,
+    )
+    if counts.stopped is not None:  # trained on the masks received before the stop
+        raise RunStopped(
+            _stop_line(counts, len(records), len(indices)), result=result,
+            metrics=result.metrics_dict(),
+        )  # fmt: skip
+    return result
+
+
+def _check_some_masks(
+    records: list[SampleRecord], counts: CritiqueCounts, n: int, critic: CriticSettings
+) -> None:
+    """Without a single mask there is nothing to train: a stopped run is `RunStopped` (with
+    the critique's figures), any other a `DataError` carrying the first distinct reasons."""
+    if any(r.mask is not None for r in records):
+        return
+    if counts.stopped is not None:
+        tally = counts.tally
+        metrics = {
+            "critic": critic.kind, "critic_model": critic.critic_model,
+            "judge_model": critic.judge_model, "n_align": len(records), "n_masks": 0,
+            "provider_calls": tally.provider_calls, "cost_usd": round(tally.cost_usd, 6),
+            "failed_jobs": counts.failed, "not_run_jobs": counts.not_run,
+            **critique_metrics(records, counts),
+        }  # fmt: skip
+        raise RunStopped(_stop_line(counts, len(records), n), metrics=metrics)
+    reasons = list(dict.fromkeys(r.error or r.status for r in records))[:3]
+    listed = "; ".join(f"({k + 1}) {reason}" for k, reason in enumerate(reasons))
+    raise DataError(
+        f"no correction masks: all {len(records)} critiques failed or were not run; the first "
+        f"distinct reasons: {listed or 'none given'}"
+    )
+
+
+def _stop_line(counts: CritiqueCounts, critiqued: int, n: int) -> str:
+    return (
+        f"the LVLM endpoint stopped the run: {counts.stopped}; {critiqued} of {n} samples were "
+        "sent, and the answers received are cached: fix the cause and rerun the same command"
     )
 
 
@@ -185,7 +231,10 @@ async def _critique(
                 run.add([record])
             if on_sample is not None:
                 on_sample(record)
-        counts = CritiqueCounts.from_engine(session.engine.stats)
+        engine = session.engine
+        stopped = engine.stopped.line() if engine.stopped is not None else None
+        not_pulled = len(indices) - len(records)
+        counts = CritiqueCounts.from_engine(engine.stats, not_pulled=not_pulled, stopped=stopped)
     # Answers arrive in completion order; records (and, when not streaming, the pool the
     # trainer draws from) follow the alignment order, so a sequential run is reproducible.
     position = {int(i): k for k, i in enumerate(indices)}
