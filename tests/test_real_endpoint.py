@@ -207,3 +207,31 @@ async def test_rate_limit_headers_slow_the_client_before_the_endpoint_says_429()
         statuses = [c.status for c in endpoint.ledger.calls]
     assert masks(results) == 12
     assert statuses == [200] * 24  # paced by the headers: no 429, no retry
+
+
+@pytest.mark.parametrize(
+    ("faults", "error", "needle"),
+    [
+        (Faults(missing_models=frozenset({"gpt-5-nano"})), "RunStopped", "HTTP 404"),
+        (Faults(content_filter_share=1.0), "DataError", "(1) critic: the provider's content"),
+    ],
+)
+async def test_python_align_says_why_when_no_job_gave_a_mask(faults, error, needle):
+    from lvlmva.critics import CriticSettings
+    from lvlmva.pipeline import align
+    from lvlmva.vision.datasets import load_dataset
+    from lvlmva.vision.models import build_model
+
+    splits = load_dataset("decoy-digits", seed=0)
+    _, oracle = decoy_jobs(0)
+    async with serve_endpoint(oracle, faults) as endpoint:
+        critic = CriticSettings("openai", "gpt-5-mini", "gpt-5-nano", api_key=KEY,
+                                base_url=endpoint.server.base_url, cache_dir=None)  # fmt: skip
+        with pytest.raises(Exception) as info:
+            await align(build_model("mlp", splits.info), splits, critic=critic, n_align=6,
+                        epochs=1, progress=False)  # fmt: skip
+    assert type(info.value).__name__ == error and needle in str(info.value)
+    assert "\n" not in str(info.value)
+    if error == "RunStopped":
+        assert info.value.result is None
+        assert info.value.metrics["failure_reasons"] and info.value.metrics["n_masks"] == 0

@@ -176,6 +176,14 @@ def run(args: argparse.Namespace) -> int:
             f"per job -> {cost}"
         )
     print(f"  total: {est.prompt_tokens} prompt + {est.completion_tokens} completion tokens")
+    from lvlmva.engine.model_params import rules_for
+
+    reasoners = sorted({c.model for c in est.per_job if rules_for(c.model).reasoning})
+    if reasoners and not args.reasoning_tokens:
+        print(
+            f"  note: {', '.join(reasoners)} reason before answering; those hidden tokens are "
+            "billed as output and not counted here (give --reasoning-tokens N per call)"
+        )
     if est.usd is None:
         print(
             f"  total cost unknown: no price for {', '.join(est.unpriced_models)}; "

@@ -220,6 +220,13 @@ class OpenAICompatibleProvider:
             self._session_loop = loop
         return self._session
 
+    @property
+    def max_tokens_param(self) -> str | None:
+        """The name the output budget is sent under (None: the model family's); a batch file
+        built with `build_chat_kwargs(request, structured_output=..., max_tokens_param=...)`
+        and these two settings carries the same body as this provider's requests."""
+        return self._max_tokens_param
+
     def body(self, request: ChatRequest) -> bytes:
         """The JSON request body sent for `request`."""
         kwargs = build_chat_kwargs(
