@@ -14,13 +14,17 @@ decoy-digits --critic openai --base-url URL --critic-model gpt-5-mini --judge-mo
   the same command reruns: its masks and the requests it needed.
 - `budget`: a full 100-sample run's cost C, then the same run on a fresh cache with
   `--budget-usd C/2`: masks and cost over the cap.
+- `oversize`: every answer padded to 50 MiB, 16 jobs at once through our engine in this
+  process: the error, and this process's peak RSS before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -93,6 +97,47 @@ def cut_entries(cache: Path) -> tuple[int, int]:
     return len(entries), bad
 
 
+async def oversize(base_url: str) -> dict:
+    """16 concurrent answers of 50 MiB against the 4 MiB cap: refused, never held."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from lvlmva.engine.engine import Engine, EngineConfig
+    from lvlmva.engine.providers.openai_compat import OpenAICompatibleProvider
+    from lvlmva.engine.types import CritiqueJob, ImagePart
+    from lvlmva.prompts import load_prompt_set, load_spec
+
+    def png(seed: int) -> bytes:
+        out = io.BytesIO()
+        pixels = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(out, format="PNG")
+        return out.getvalue()
+
+    spec = load_spec("decoy-digits")
+    names = ("original", "clusters", "overlay")
+    jobs = [
+        CritiqueJob(f"j{i}", tuple(ImagePart(n, png(3 * i + k)) for k, n in enumerate(names)),
+                    ("red",), spec.variables(spec.class_names[0]))
+        for i in range(16)
+    ]  # fmt: skip
+    config = EngineConfig(critic_model="gpt-4o-mini", prompts=load_prompt_set("decoy-digits"),
+                          max_in_flight=16, progress=False)  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    engine = Engine(OpenAICompatibleProvider(base_url=base_url), None, config)
+    try:
+        results = [r async for r in engine.run(jobs)]
+    finally:
+        await engine.aclose()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "jobs": len(results), "failed": sum(not r.ok for r in results),
+        "error": results[0].error, "peak_rss_mb_before": round(before, 1),
+        "peak_rss_mb_after": round(after, 1),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -127,6 +172,9 @@ def main() -> None:
                 "full": full, "cap_usd": cap, "half": half,
                 "cost_over_cap": round(half["cost_usd"] / cap, 4) if half["cost_usd"] else None,
             }  # fmt: skip
+            standin.post("/stand-in/reset", {})
+            standin.post("/stand-in/faults", {"oversize_share": 1.0, "oversize_bytes": 50 << 20})
+            rows["oversize"] = asyncio.run(oversize(standin.base_url))
     finally:
         standin.close()
     if args.json:
