@@ -199,8 +199,6 @@ def add_critic_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_request_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The flags of what each request asks for (`lvlmva.critics.RequestSettings`)."""
-    from lvlmva.engine.model_params import DETAILS
-
     parser.add_argument(
         "--max-completion-tokens", type=int,
         help="output budget of each call, reasoning included (default: 1024 for chat models, "
@@ -214,6 +212,13 @@ def add_request_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
     parser.add_argument(
         "--judge-reasoning-effort", help="reasoning models: the Judge's reasoning_effort"
     )
+    add_detail_argument(parser)
+
+
+def add_detail_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--detail`, the image detail policy (`lvlmva.engine.model_params.DETAILS`)."""
+    from lvlmva.engine.model_params import DETAILS
+
     parser.add_argument(
         "--detail", choices=DETAILS, default="fit",
         help="image detail: fit (default: low for images of at most 512 px, which then lose "

@@ -12,6 +12,8 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 
+from lvlmva.commands.common import add_detail_argument
+
 VERDICT_TOKENS_PER_COLOR = 12  # {"color": "green", "verdict": "yes"}, roughly
 
 
@@ -36,10 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--reasoning-tokens", type=int, default=0,
         help="assumed hidden reasoning tokens per call of a reasoning model (default 0)",
     )  # fmt: skip
-    p.add_argument(
-        "--detail", choices=("fit", "auto", "low", "high"), default="fit",
-        help="image detail, as lvlmva align --detail (default fit: low up to 512 px)",
-    )  # fmt: skip
+    add_detail_argument(p)
     p.add_argument("--prices", help="price table file (JSON/YAML/TOML)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
@@ -88,11 +87,7 @@ def estimate_run(
     from lvlmva.prompts import load_prompt_set, load_spec
     from lvlmva.vision.render import PALETTE
 
-    for name, value in (("--jobs", jobs), ("--image-size", image_size), ("--clusters", clusters)):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1 (got {value})")
-    if reasoning_tokens < 0:
-        raise ConfigError(f"--reasoning-tokens must not be negative (got {reasoning_tokens})")
+    _check_inputs(jobs, image_size, clusters, reasoning_tokens)
     if clusters > len(PALETTE):
         raise ConfigError(f"--clusters must be at most {len(PALETTE)} (one colour each)")
     prices = prices or PriceTable()
@@ -145,6 +140,16 @@ def estimate_run(
         usd=usd,
         unpriced_models=unpriced,
     )
+
+
+def _check_inputs(jobs: int, image_size: int, clusters: int, reasoning_tokens: int) -> None:
+    from lvlmva.errors import ConfigError
+
+    for name, value in (("--jobs", jobs), ("--image-size", image_size), ("--clusters", clusters)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1 (got {value})")
+    if reasoning_tokens < 0:
+        raise ConfigError(f"--reasoning-tokens must not be negative (got {reasoning_tokens})")
 
 
 def run(args: argparse.Namespace) -> int:

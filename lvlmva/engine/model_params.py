@@ -61,45 +61,57 @@ LOW_DETAIL_SIDE = 512  # the low-detail version is 512 x 512: a smaller image lo
 Sampling = Literal["free", "default_only", "only_without_reasoning"]
 
 
+PATCH, TILE = 32, 512  # px: a patch model's patch, a tile model's tile
+FIT_BOX, SHORT_SIDE = 2048, 768  # a tile model first fits the image in 2048 x 2048, then 768
+
+
+def _cells(length: float, cell: int) -> int:
+    """Cells of `cell` px covering `length` px (float noise such as 1408.0000000002 / 32
+    counts as 44, not 45)."""
+    return max(1, math.ceil(length / cell - 1e-9))
+
+
+def tile_count(width: int, height: int) -> int:
+    """512-px tiles of an image once fitted in 2048 x 2048 and its short side brought down
+    to 768 (neither step enlarges it)."""
+    fit = min(1.0, FIT_BOX / max(width, height))
+    fit *= min(1.0, SHORT_SIDE / (min(width, height) * fit))
+    return _cells(width * fit, TILE) * _cells(height * fit, TILE)
+
+
+def patch_count(width: int, height: int, budget: int) -> int:
+    """32-px patches of an image; past `budget` the image is shrunk, aspect kept, by the
+    factor that brings its area to `budget` patches, then to whole patches on its tighter
+    side (the guide's examples: 1024 x 1024 -> 1024; 1800 x 2400 -> 1452)."""
+    if _cells(width, PATCH) * _cells(height, PATCH) <= budget:
+        return _cells(width, PATCH) * _cells(height, PATCH)
+    factor = math.sqrt(budget * PATCH * PATCH / (width * height))
+    tighter = min(
+        math.floor(side * factor / PATCH) / (side * factor / PATCH) for side in (width, height)
+    )
+    factor *= tighter
+    return min(budget, _cells(width * factor, PATCH) * _cells(height * factor, PATCH))
+
+
 @dataclass(frozen=True)
 class ImageRule:
-    """How a family counts an image's input tokens (see [vision])."""
+    """How a family counts an image's input tokens (see [vision]): a tile model pays `base`
+    plus `tile` per 512-px tile (low detail: `base` alone); a patch model (`per_patch` set)
+    pays `per_patch` tokens per 32-px patch, at most `patch_budget` patches, whatever the
+    detail."""
 
-    kind: Literal["tiles", "patches"]
     base: int = 0
     tile: int = 0
-    multiplier: float = 1.0
-    max_patches: int = 1536
+    per_patch: float | None = None
+    patch_budget: int = 1536
 
     def tokens(self, width: int, height: int, detail: Detail) -> int:
         """Input tokens of one `width` x `height` image; `auto` is counted as `high` (the API
         chooses; the dearer reading bounds the cost)."""
         width, height = max(int(width), 1), max(int(height), 1)
-        if self.kind == "patches":
-            return int(_patches(width, height, self.max_patches) * self.multiplier + 0.5)
-        if detail == "low":
-            return self.base
-        scale = min(1.0, 2048 / max(width, height))
-        w, h = width * scale, height * scale
-        scale = min(1.0, 768 / min(w, h))
-        w, h = w * scale, h * scale
-        return self.base + self.tile * _ceil(w / 512) * _ceil(h / 512)
-
-
-def _ceil(x: float) -> int:
-    return math.ceil(x - 1e-9)  # 1408.0000000002 / 32 is 44 patches, not 45
-
-
-def _patches(width: int, height: int, cap: int) -> int:
-    """32-px patches covering the image, shrunk (aspect kept) until at most `cap` fit; the
-    guide's examples: 1024 x 1024 -> 1024, 1800 x 2400 -> 1452."""
-    raw = _ceil(width / 32) * _ceil(height / 32)
-    if raw <= cap:
-        return raw
-    shrink = math.sqrt(32 * 32 * cap / (width * height))
-    across, down = width * shrink / 32, height * shrink / 32
-    shrink *= min(math.floor(across) / across, math.floor(down) / down)
-    return min(cap, _ceil(width * shrink / 32) * _ceil(height * shrink / 32))
+        if self.per_patch is not None:
+            return math.floor(patch_count(width, height, self.patch_budget) * self.per_patch + 0.5)
+        return self.base if detail == "low" else self.base + self.tile * tile_count(width, height)
 
 
 @dataclass(frozen=True)
@@ -137,10 +149,10 @@ class ModelRules:
         return min(budget, self.max_output_tokens) if self.max_output_tokens else budget
 
 
-_TILES_4O = ImageRule("tiles", 85, 170)
-_TILES_O = ImageRule("tiles", 75, 150)
-_TILES_5 = ImageRule("tiles", 70, 140)
-_MINI, _NANO = ImageRule("patches", multiplier=1.62), ImageRule("patches", multiplier=2.46)
+_TILES_4O = ImageRule(85, 170)
+_TILES_O = ImageRule(75, 150)
+_TILES_5 = ImageRule(70, 140)
+_MINI, _NANO = ImageRule(per_patch=1.62), ImageRule(per_patch=2.46)
 _O_EFFORTS = ("low", "medium", "high")
 _GPT5_EFFORTS = ("minimal", "low", "medium", "high")
 CHAT_BUDGET, REASONING_BUDGET = 1024, 4096
@@ -174,14 +186,14 @@ GENERIC = ModelRules(
 KNOWN: dict[str, ModelRules] = {
     "gpt-4o": _chat("gpt-4o", _TILES_4O, 16_384),
     "chatgpt-4o-latest": _chat("gpt-4o", _TILES_4O, 16_384),
-    "gpt-4o-mini": _chat("gpt-4o-mini", ImageRule("tiles", 2833, 5667), 16_384),
+    "gpt-4o-mini": _chat("gpt-4o-mini", ImageRule(2833, 5667), 16_384),
     "gpt-4.1": _chat("gpt-4.1", _TILES_4O, 32_768),
     "gpt-4.1-mini": _chat("gpt-4.1-mini", _MINI, 32_768),
     "gpt-4.1-nano": _chat("gpt-4.1-nano", _NANO, 32_768),
     "o1": _reasoner("o1", _TILES_O),
     "o3": _reasoner("o3", _TILES_O),
     "o3-mini": _reasoner("o3-mini", None),
-    "o4-mini": _reasoner("o4-mini", ImageRule("patches", multiplier=1.72)),
+    "o4-mini": _reasoner("o4-mini", ImageRule(per_patch=1.72)),
     "gpt-5": _reasoner("gpt-5", _TILES_5, _GPT5_EFFORTS, out=128_000),
     "gpt-5-mini": _reasoner("gpt-5-mini", _MINI, _GPT5_EFFORTS, out=128_000),
     "gpt-5-nano": _reasoner("gpt-5-nano", _NANO, _GPT5_EFFORTS, out=128_000),

@@ -99,15 +99,9 @@ async def align(
     if lam is None:
         lam = default_lambda(dataset.info.name, how.start, critic_masks=backend.uses_llm)
     run = AlignmentTraining(
-        _start_model(model, how, seed),
-        dataset.train,
-        how,
-        lam=lam,
-        n_samples=len(indices),
-        seed=seed,
-        device=device,
-        progress=progress,
-    )
+        _start_model(model, how, seed), dataset.train, how, lam=lam, n_samples=len(indices),
+        seed=seed, device=device, progress=progress,
+    )  # fmt: skip
     run.start()
     try:
         if backend.uses_llm:
@@ -140,10 +134,8 @@ async def align(
         timings=timings,
     )
     if counts.stopped is not None:  # trained on the masks received before the stop
-        raise RunStopped(
-            _stop_line(counts, len(records), len(indices)), result=result,
-            metrics=result.metrics_dict(),
-        )  # fmt: skip
+        stop = _stop_line(counts, len(records), len(indices))
+        raise RunStopped(stop, result=result, metrics=result.metrics_dict())
     return result
 
 
