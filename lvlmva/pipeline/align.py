@@ -77,11 +77,9 @@ async def align(
     `judge_provider` are ready `Provider` objects to use instead of the critic's own.
     Explanations always come from the original `model`, which is left unchanged.
 
-    An endpoint that refuses the run (a rejected key, an unknown model, no quota) stops it:
-    `RunStopped` (exit 1 on the command line) names the status and the server's message, and
-    holds the result trained on the masks received until then (`.result`, None when there
-    were none) and its metrics. When every critique failed, the `DataError` carries the first
-    distinct reasons.
+    An endpoint that refuses the run stops it: `RunStopped` names the status and the server's
+    message, with the result trained on the masks received (`.result`, or None) and `.metrics`;
+    when every critique failed, a `DataError` gives the first distinct reasons.
     """
     critic = critic or CriticSettings()
     what, how = split_options(critique, training, options)
@@ -95,9 +93,8 @@ async def align(
             await backend.preflight(critic)
     before = await asyncio.to_thread(_evaluate, model, dataset)
     indices = choose_alignment_indices(len(dataset.train), what.n_align, seed)
-    lam = how.lam
-    if lam is None:
-        lam = default_lambda(dataset.info.name, how.start, critic_masks=backend.uses_llm)
+    default = default_lambda(dataset.info.name, how.start, critic_masks=backend.uses_llm)
+    lam = how.lam if how.lam is not None else default
     run = AlignmentTraining(
         _start_model(model, how, seed), dataset.train, how, lam=lam, n_samples=len(indices),
         seed=seed, device=device, progress=progress,
@@ -122,17 +119,10 @@ async def align(
     timings["total_s"] = time.perf_counter() - started
     after = await asyncio.to_thread(_evaluate, run.trainer.model_, dataset)
     result = AlignResult(
-        model=run.trainer.model_,
-        before=before,
-        after=after,
-        samples=records,
-        lam=lam,
-        critic=critic,
-        history=history,
+        model=run.trainer.model_, before=before, after=after, samples=records, lam=lam,
+        critic=critic, history=history, counts=counts, timings=timings,
         verdict_accuracy=_score_verdicts(records, dataset) if backend.uses_llm else None,
-        counts=counts,
-        timings=timings,
-    )
+    )  # fmt: skip
     if counts.stopped is not None:  # trained on the masks received before the stop
         stop = _stop_line(counts, len(records), len(indices))
         raise RunStopped(stop, result=result, metrics=result.metrics_dict())
