@@ -1,14 +1,15 @@
 """A budget that bounds a run without trapping it: each job holds what it is expected to cost.
 
-Before a job's first paid call the engine holds, on the dispatcher's `CostMeter`, the expected
-cost of everything the job still has to pay for: its Critic and its Judge together (or its
-fused call), so that a job whose Critic was paid always gets its Judge. Re-asks and retries with
-a larger budget of that job need no further hold. The expectation of a step is the mean cost of
-that step over the jobs that paid for it so far; until one has, a prior from the request itself
-(its estimated prompt tokens and a typical answer length, at the model's price). The hold is
-reconciled with what the job really spends as its answers arrive and released when the job
-ends (`lvlmva.engine.cost.CostMeter` for the admission rule). Answers read from the cache never
-touch the budget.
+Before a job starts, the engine holds on the dispatcher's `CostMeter` the expected cost of the
+whole job: its Critic and its Judge together (or its fused call), so that a job whose Critic was
+paid always gets its Judge. Re-asks and retries with a larger budget need no further hold. The
+expectation of a step is the mean cost of that step over the jobs that paid for it so far;
+until one has, a prior from the request itself (its estimated prompt tokens and a typical
+answer length, at the model's price). The hold is reconciled with what the job really spends
+as its answers arrive and released when the job ends (`lvlmva.engine.cost.CostMeter` for the
+admission rule): a job answered from the cache gives it back unspent. Holding before the
+lookups (not at the first paid call) keeps a job that waits for budget out of the answers other
+jobs share, so no holder can wait on a job that waits for it.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ class JobBudget:
     def active(self) -> bool:
         return self.meter.budget_usd is not None
 
-    async def before_send(self, job: JobHold, step: str, request: ChatRequest) -> None:
-        """Called before each paid call: take the job's hold at its first one (waits, or
-        raises `BudgetReached`)."""
+    async def hold(self, job: JobHold, step: str, request: ChatRequest) -> None:
+        """Hold the expected cost of a job starting with `step` (a Critic: its Judge too;
+        waits, or raises `BudgetReached`)."""
         if not self.active or job.hold is not None:
             return
         expected = self.expected(step, request)

@@ -12,10 +12,10 @@ it validated), and identical requests in flight are sent once. Requests are buil
 `lvlmva.engine.requests`, keyed by `lvlmva.engine.keys` and sent by a `Dispatcher`
 (`lvlmva.engine.dispatch`; by default `OnlineDispatcher`: rate limits, retries, timeout, cost).
 
-With a budget, each job holds its expected cost before its first paid call
-(`lvlmva.engine.budget`). A run the endpoint refuses (a rejected key, an unknown model, no quota,
-a burst of the same client error) trips the `Breaker`: nothing more is sent, no job is pulled,
-and `stopped` says why; the run also stops pulling jobs once the budget is reached.
+With a budget, each job holds its expected cost before it starts (`lvlmva.engine.budget`). A
+run the endpoint refuses (a rejected key, an unknown model, no quota, a burst of the same client
+error) trips the `Breaker`: nothing more is sent, no job is pulled, and `stopped` says why; the
+run also stops pulling jobs once the budget is reached.
 
     engine = Engine(critic, judge, EngineConfig(critic_model="gpt-4o", prompts=prompt_set))
     async for result in engine.run(jobs):
@@ -260,10 +260,19 @@ class Engine:
         try:
             if not job.colors or len(set(job.colors)) != len(job.colors):
                 raise _Failed(f"job has no or repeated colours: {list(job.colors)}")
-            if self.config.fused:
-                verdicts = await self._fused(job, held)
+            c = self.config
+            if c.fused:
+                request = fused_request(
+                    c.prompts, job, model=c.critic_model, sampling=self._sampling,
+                    structured=self.critic.supports_structured_output,
+                )  # fmt: skip
+                await self._hold(job, held, "fused", request)
+                verdicts = await self._validated("fused", self.critic, request, job, held)
             else:
-                critique = await self._critique(job, held)
+                sampling = self._sampling
+                request = critic_request(c.prompts, job, model=c.critic_model, sampling=sampling)
+                await self._hold(job, held, "critic", request)
+                critique = await self._critique(held, request)
                 verdicts = await self._judge(job, critique, held)
         except _Failed as exc:
             status, error = JobStatus.FAILED, str(exc)
@@ -280,9 +289,23 @@ class Engine:
             tally=held.ledger.tally,
         )
 
-    async def _critique(self, job: CritiqueJob, held: JobHold) -> str:
-        c = self.config
-        request = critic_request(c.prompts, job, model=c.critic_model, sampling=self._sampling)
+    async def _hold(self, job: CritiqueJob, held: JobHold, step: str, request: ChatRequest) -> None:
+        """Hold the job's expected cost before anything else (`lvlmva.engine.budget`); the
+        wait counts as waiting to send (a batching dispatcher may hold what would free it)."""
+        if not self._budget.active:
+            return
+        key = f"budget\x00{job.job_id}\x00{id(held)}"
+        self._idle.want(key)
+        self._idle.send_started(key)
+        try:
+            await self._budget.hold(held, step, request)
+        except NotSent as exc:
+            raise _NotRun(f"{step}: {exc}") from None
+        finally:
+            self._idle.send_ended(key)
+            self._idle.unwant(key)
+
+    async def _critique(self, held: JobHold, request: ChatRequest) -> str:
         key = self._key("critic", self.critic, request)
         call = Call("critic", self.critic, request, key, held.ledger)
         self._budget.step_started(held, "critic")
@@ -306,17 +329,6 @@ class Engine:
             structured=provider.supports_structured_output,
         )
         return await self._validated("judge", provider, request, job, held)
-
-    async def _fused(self, job: CritiqueJob, held: JobHold) -> dict[str, bool]:
-        c, provider = self.config, self.critic
-        request = fused_request(
-            c.prompts,
-            job,
-            model=c.critic_model,
-            sampling=self._sampling,
-            structured=provider.supports_structured_output,
-        )
-        return await self._validated("fused", provider, request, job, held)
 
     async def _validated(
         self,
@@ -422,12 +434,11 @@ class Engine:
             self._idle.unwant(key)
 
     async def _send(self, call: Call, held: JobHold) -> ChatResponse:
-        """Send `call` once the job holds its budget; a tripped breaker sends nothing."""
+        """Send `call`; a tripped breaker sends nothing."""
         if self.breaker.tripped is not None:
             raise _NotRun(f"{call.step}: not sent, the run was stopped")
-        self._idle.send_started(call.key)  # waiting for the budget counts as waiting to send
+        self._idle.send_started(call.key)
         try:
-            await self._budget.before_send(held, call.step, call.request)
             response = await self.dispatcher.send(call)
         except ProviderError as exc:
             self._failed(exc)
