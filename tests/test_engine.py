@@ -457,7 +457,8 @@ def test_estimate_is_a_dry_run_that_scales_with_jobs(tmp_path, capsys):
     assert hundred["usd"] == pytest.approx(10 * ten["usd"]) and ten["usd"] > 0
     critic, judge = ten["per_job"]
     assert judge["model"] == "gpt-4o-mini" and judge["prompt_tokens"] < critic["prompt_tokens"]
-    assert critic["prompt_tokens"] > 3 * 255  # three 336 px images at 255 tokens each
+    high = estimate("--jobs", "10", "--detail", "high")["per_job"][0]
+    assert high["prompt_tokens"] - critic["prompt_tokens"] == 3 * (255 - 85)  # fit: low at 336
     assert estimate("--jobs", "10", "--image-size", "1024")["usd"] > ten["usd"]
     fused = estimate("--jobs", "10", "--fused")
     assert len(fused["per_job"]) == 1 and fused["usd"] < ten["usd"]

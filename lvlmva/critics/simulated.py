@@ -87,7 +87,7 @@ class SimulatedCritic(CriticBackend):
             latency_ms=sim_settings.latency_ms,
             seed=settings.seed,
         )
-        identity = simulation_identity(sim)
+        identity = _cache_identity(sim)
         if sim_settings.transport != "http":
             if not hasattr(type(sim), "identity"):
                 sim.identity = identity  # the engine keys the cache by it
@@ -95,7 +95,7 @@ class SimulatedCritic(CriticBackend):
         return await _over_http(sim, oracle, identity)
 
 
-def simulation_identity(sim: Any) -> Any:
+def _cache_identity(sim: Any) -> Any:
     """The cache identity of a `SimulatedLVLM`: every setting that changes its answers, so a
     run at another verdict accuracy (or seed, overlap rule, content faults) never reuses them.
     The simulator's own `identity` when it has one; until then it is built here, and only here,
