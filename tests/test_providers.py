@@ -540,3 +540,12 @@ def test_rate_limit_headers_are_parsed():
     assert [parse_duration(t) for t in ("20ms", "1h2m3.5s", "2.5", "soon", "")] == [
         0.02, 3723.5, 2.5, None, None,
     ]
+
+
+def test_the_tuple_parser_of_earlier_callers_still_reads_a_body():
+    from lvlmva.engine.providers.openai_compat import parse_chat_completion, parse_chat_response
+
+    body = json.dumps(completion("hi", model="m-1")).encode()
+    text, usage, model = parse_chat_completion(body, where="w")
+    assert (text, usage.prompt_tokens, model) == ("hi", 11, "m-1")
+    assert parse_chat_response(body, where="w").finish_reason == "stop"

@@ -46,6 +46,7 @@ __all__ = [
     "build_chat_kwargs",
     "openai_headers",
     "parse_chat_completion",
+    "parse_chat_response",
     "parse_retry_after",
     "resolve_endpoint",
     "to_openai_messages",
@@ -78,7 +79,15 @@ def _usage(raw: Any) -> Usage:
     )
 
 
-def parse_chat_completion(body: bytes, *, where: str) -> ChatResponse:
+def parse_chat_completion(body: bytes, *, where: str) -> tuple[str, Usage, str | None]:
+    """Text, usage and model of a chat-completion JSON body (`parse_chat_response` without
+    the finish reason, for callers written before it: use that one, so that an answer cut at
+    the token limit is never taken for a whole one)."""
+    answer = parse_chat_response(body, where=where)
+    return answer.text, answer.usage, answer.model or None
+
+
+def parse_chat_response(body: bytes, *, where: str) -> ChatResponse:
     """The answer in a chat-completion JSON body: text (`""` for null content, flagged),
     usage with its details, model (`""` when absent) and finish reason. A malformed body or one
     without choices is a `ServerError`, a refusal a `BadRequest`."""
@@ -253,7 +262,7 @@ class OpenAICompatibleProvider:
             raise ConnectionFailed(f"{where}: connection failed: {detail}") from None
         if not 200 <= status < 300:
             raise status_error(status, payload, headers, where=where, secret=self._secret)
-        answer = parse_chat_completion(payload, where=where)
+        answer = parse_chat_response(payload, where=where)
         return ChatResponse(
             answer.text,
             answer.usage,
