@@ -206,10 +206,8 @@ PRICES = {  # USD per 1M tokens, OpenAI's list prices: input, cached input, outp
     "gpt-5-mini": (0.25, 0.025, 2.00),
     "gpt-5-nano": (0.05, 0.005, 0.40),
 }
-# The done-when names gpt-5-mini / gpt-5-nano; they need the per-family request parameters
-# (max_completion_tokens, no temperature) of the synchronous-path work. Until that is merged
-# the run uses gpt-4o-style models, whose requests the stand-in accepts as they are.
-DONE_WHEN_MODELS = {"critic": "gpt-4o", "judge": "gpt-4o-mini"}
+# The done-when's models: reasoning models, sent with max_completion_tokens and no temperature.
+DONE_WHEN_MODELS = {"critic": "gpt-5-mini", "judge": "gpt-5-nano"}
 
 
 async def test_a_100_job_batch_run_meets_the_done_when_figures(tmp_path, checkpoint):

@@ -12,6 +12,7 @@ import pytest
 
 from lvlmva.cache import SingleFlight, Source, VerdictCache, default_cache_dir
 from lvlmva.cli import main
+from lvlmva.errors import DataError
 
 
 def answer(text: str = "hello") -> dict:
@@ -255,7 +256,7 @@ def test_cache_command(tmp_path, capsys):
     out = tmp_path / "all.jsonl"
     assert main(["cache", "export", str(out), "--cache-dir", str(directory)]) == 0
     assert len(out.read_text().splitlines()) == 2
-    assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
+    assert main(["cache", "clear", "--cache-dir", str(directory), "--yes"]) == 0
     assert "2 entries" in capsys.readouterr().out
     assert main(["cache", "stats", "--cache-dir", str(directory), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["entries"] == 0
@@ -271,3 +272,86 @@ def test_cache_command_refuses_an_unwritable_export(tmp_path, capsys):
     target = tmp_path / "missing-folder" / "x.jsonl"
     assert main(["cache", "export", str(target), "--cache-dir", str(tmp_path / "c")]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_a_damaged_database_is_one_line_and_cache_clear_repairs_it(tmp_path, capsys):
+    directory = tmp_path / "c"
+
+    async def fill():
+        cache = VerdictCache(directory)
+        await cache.set("k", answer())
+        await cache.aclose()
+
+    asyncio.run(fill())
+    (directory / "cache.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(DataError, match=r"cache\.db is damaged") as info:
+        VerdictCache(directory)
+    assert "\n" not in str(info.value) and "lvlmva cache clear" in str(info.value)
+    assert main(["cache", "stats", "--cache-dir", str(directory)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damaged" in err[0]
+    assert main(["cache", "clear", "--cache-dir", str(directory), "--yes"]) == 0
+    assert "damaged" in capsys.readouterr().out
+    with VerdictCache(directory) as cache:  # usable again
+        assert len(cache) == 0
+
+
+def test_cache_stats_creates_nothing_and_counts_by_model(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["cache", "stats", "--cache-dir", str(missing), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["exists"] is False
+    assert not missing.exists()
+    directory = tmp_path / "c"
+
+    async def fill():
+        cache = VerdictCache(directory)
+        await cache.set("a", answer(), tag="gpt-4o")
+        await cache.set("b", answer(), tag="gpt-4o")
+        await cache.set("c", answer(), tag="simulated:simulated-critic")
+        await cache.set("d", answer())
+        await cache.aclose()
+
+    asyncio.run(fill())
+    before = sorted(p.name for p in directory.iterdir())
+    assert main(["cache", "stats", "--cache-dir", str(directory), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["entries"] == 4 and stats["by_model"] == {"gpt-4o": 2}
+    assert stats["simulated_by_model"] == {"simulated-critic": 1} and stats["untagged"] == 1
+    assert main(["cache", "stats", "--cache-dir", str(directory)]) == 0
+    assert "SIMULATED" in capsys.readouterr().out
+    assert sorted(p.name for p in directory.iterdir()) == before
+
+
+def test_cache_clear_asks_first_unless_yes(tmp_path, capsys, monkeypatch):
+    directory = tmp_path / "c"
+    with VerdictCache(directory) as cache:
+        cache._cache.set("k", answer())
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    assert main(["cache", "clear", "--cache-dir", str(directory)]) == 2
+    assert "add --yes" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
+    assert "nothing removed" in capsys.readouterr().out
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
+    assert "removed 1 entries" in capsys.readouterr().out
+
+
+async def test_an_unreadable_entry_is_a_miss_and_a_failed_write_keeps_the_answer(tmp_path):
+    cache = VerdictCache(tmp_path)
+
+    def broken_get(*a, **k):
+        raise OSError("value file vanished")
+
+    def broken_set(*a, **k):
+        raise OSError("disk full")
+
+    cache._cache.get, cache._cache.set = broken_get, broken_set
+
+    async def compute():
+        return "fresh"
+
+    found = await cache.get_or_compute("k", compute)
+    assert (found.value, found.source) == ("fresh", Source.COMPUTED)
+    await cache.aclose()

@@ -79,6 +79,7 @@ class DeferredDispatcher:
     def __init__(self, *, max_in_flight: int = 10_000, script=None) -> None:
         self.max_in_flight = max_in_flight
         self.meter = CostMeter(PriceTable({"m": ModelPrice(1.0, 2.0)}))
+        self.batch_priced = True
         self.held: list[tuple[Call, asyncio.Future[ChatResponse]]] = []
         self.batches: list[list[Call]] = []
         self.script = script

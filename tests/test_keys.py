@@ -1,17 +1,20 @@
-"""Cache keys: stable, sensitive to every part, and byte-identical to the keys the engine wrote
-before `lvlmva.engine.keys` existed (so a rerun still hits an existing cache)."""
+"""Cache keys: stable, sensitive to every part (the endpoint identity included), derived as
+specified below, and pinned (a change of derivation must come with a `KEY_VERSION` bump)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
 import pytest
 
 from lvlmva.engine.keys import (
+    KEY_VERSION,
     ProviderIdentity,
     cache_key,
     canonical_sha256,
+    endpoint_identity,
     request_key,
     schema_sha256,
 )
@@ -55,12 +58,13 @@ JUDGE = ChatRequest(
     seed=None,
     response_schema=verdict_schema(COLORS),
 )
+PINNED_CRITIC = "ce6e5d760e1dcff264ddfc84cef294bff06a8203fc8047b28f7ad74bb60c6187"
+PINNED_JUDGE = "4def0dff7a4601282f17048fc639482b959372811cb1b7de33a6a7b3caa962fa"
 
 
-def legacy_key(step, provider_name, request, template_sha, schema_sha=None) -> str:
-    """The key as `Engine._key` and `lvlmva.cache.cache_key` derived it up to commit bbfa78d,
-    copied here verbatim in substance, so that the two derivations are compared, not one with
-    itself."""
+def spec_key(step, provider_name, request, template_sha, schema_sha=None) -> str:
+    """The key derivation of KEY_VERSION 3 written out independently of `lvlmva.engine.keys`,
+    so that the two derivations are compared, not one with itself."""
     texts, images = [], []
     for message in request.messages:
         for part in message.parts:
@@ -74,10 +78,12 @@ def legacy_key(step, provider_name, request, template_sha, schema_sha=None) -> s
         "max_tokens": request.max_tokens,
         "seed": request.seed,
         "structured_output": request.response_schema is not None,
+        "reasoning_effort": request.reasoning_effort,
+        "image_detail": request.image_detail,
     }
     encoded = [t.encode("utf-8") for t in texts]
     header = [
-        2,
+        3,
         provider_name,
         request.model,
         template_sha,
@@ -95,31 +101,30 @@ def legacy_key(step, provider_name, request, template_sha, schema_sha=None) -> s
     return digest.hexdigest()
 
 
-def test_keys_are_those_of_the_previous_derivation():
-    openai, litellm = ProviderIdentity("openai"), ProviderIdentity("litellm")
+def test_keys_follow_the_specified_derivation():
+    openai, litellm = ProviderIdentity("https://api.openai.com/v1"), ProviderIdentity("litellm")
     schema = schema_sha256(COLORS)
+    effort = dataclasses.replace(JUDGE, reasoning_effort="low", temperature=None)
     cases = [
         ("critic", openai, CRITIC, "t" * 64, None),
         ("judge", openai, JUDGE, "u" * 64, schema),
-        ("fused", litellm, CRITIC, "v" * 64, schema),
+        ("judge", openai, effort, "u" * 64, schema),
+        ("fused", litellm, dataclasses.replace(CRITIC, image_detail="fit"), "v" * 64, schema),
     ]
     for step, identity, request, template, schema_sha in cases:
-        assert request_key(step, identity, request, template, schema_sha) == legacy_key(
+        assert request_key(step, identity, request, template, schema_sha) == spec_key(
             step, identity.name, request, template, schema_sha
         )
+    assert KEY_VERSION == 3
 
 
-def test_keys_and_hashes_match_values_written_by_the_previous_engine():
-    # Computed with Engine._key at commit bbfa78d, before the refactor.
+def test_keys_and_hashes_are_pinned():
+    # Computed with KEY_VERSION 3; a changed value means existing caches would miss.
     schema = schema_sha256(COLORS)
     assert schema == "9e3db52992c4dfedf85b453d87100a317481003c84591a2ae71eb434d3c35c69"
-    openai = ProviderIdentity("openai")
-    assert request_key("critic", openai, CRITIC, "t" * 64) == (
-        "99fbd0a7157b02dd83db81fec7c0f4074883855a793acbd27d61c90ecd16d19c"
-    )
-    assert request_key("judge", openai, JUDGE, "u" * 64, schema) == (
-        "649948630801279ab09a8453847c1190e33d80170dc580179a6f2f5d5108a530"
-    )
+    openai = ProviderIdentity("https://api.openai.com/v1")
+    assert request_key("critic", openai, CRITIC, "t" * 64) == PINNED_CRITIC
+    assert request_key("judge", openai, JUDGE, "u" * 64, schema) == PINNED_JUDGE
     prompts = load_prompt_set("decoy-digits")
     assert {step: step_template_sha256(prompts, step) for step in ("critic", "judge")} == {
         "critic": "ad9210e200eeaa0fcc0220a572d36ce0ce3cad0d63b2ec5cb2308631f0f654b9",
@@ -127,14 +132,45 @@ def test_keys_and_hashes_match_values_written_by_the_previous_engine():
     }
 
 
-def test_the_provider_identity_is_its_name_and_is_part_of_the_key():
+def test_the_provider_identity_is_part_of_the_key():
     class Named:
         name = "vllm-local"
 
+    class WithIdentity:
+        name = "openai"
+        identity = "http://gpu-box:8000/v1"
+
     assert ProviderIdentity.of(Named()) == ProviderIdentity("vllm-local")
+    assert ProviderIdentity.of(WithIdentity()) == ProviderIdentity("http://gpu-box:8000/v1")
     a = request_key("critic", ProviderIdentity("a"), CRITIC, "t" * 64)
     assert a != request_key("critic", ProviderIdentity("b"), CRITIC, "t" * 64)
     assert a != request_key("judge", ProviderIdentity("a"), CRITIC, "t" * 64)
+
+
+def test_endpoint_identities_name_the_server_not_its_spelling():
+    same = [
+        "https://api.openai.com/v1",
+        "https://API.OpenAI.com/v1/",
+        "https://api.openai.com:443/v1",
+        "https://user:secret@api.openai.com/v1?x=1",
+    ]
+    assert {endpoint_identity(url) for url in same} == {ProviderIdentity("https://api.openai.com/v1")}
+    assert endpoint_identity("http://127.0.0.1:8000/v1") != endpoint_identity(
+        "http://127.0.0.1:8001/v1"
+    )
+    assert not endpoint_identity("http://localhost:8000/v1").simulated
+    assert ProviderIdentity("simulated:verdict_accuracy=0.87").simulated
+
+
+def test_a_local_server_and_the_real_api_never_share_an_answer():
+    from lvlmva.engine.providers.openai_compat import OpenAICompatibleProvider
+
+    real = OpenAICompatibleProvider(api_key="sk-x")
+    local = OpenAICompatibleProvider(base_url="http://127.0.0.1:8000/v1")
+    keys = {
+        request_key("critic", ProviderIdentity.of(p), CRITIC, "t" * 64) for p in (real, local)
+    }
+    assert len(keys) == 2
 
 
 def test_key_is_stable_and_ignores_param_order():

@@ -5,6 +5,11 @@ determines an answer: `lvlmva.engine.keys`); entries are plain JSON-able values,
 module knows nothing of the engine's types. A caller that reads typed values passes a
 `decode` that raises `ValueError` (or `TypeError`, `KeyError`, `IndexError`) on an entry it
 cannot use: such an entry counts as a miss and is computed and stored again, never an error.
+So is an entry that cannot be read at all (a damaged row or value file): `get_or_compute` logs
+it and computes the answer; a failed write is logged and the answer still returned. A cache
+whose database cannot be opened is one `DataError` naming the file; `clear_directory` removes
+such a database. Entries may carry a `tag` (the engine's: the model, marked for simulated
+answers); `directory_stats` counts entries by tag from a read-only connection, creating nothing.
 Disk I/O runs in one worker thread, never on the event loop, in batches: the reads and writes
 queued during one event-loop iteration cross to the thread together, the writes of a batch
 share one SQLite transaction, and a batch's results come back with one loop callback.
@@ -18,6 +23,9 @@ import json
 import logging
 import os
 import queue
+import re
+import shutil
+import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,11 +39,14 @@ from lvlmva.errors import ConfigError, DataError
 
 __all__ = [
     "CacheStats",
+    "DirectoryStats",
     "Lookup",
     "SingleFlight",
     "Source",
     "VerdictCache",
+    "clear_directory",
     "default_cache_dir",
+    "directory_stats",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,6 +55,8 @@ T = TypeVar("T")
 
 DEFAULT_SIZE_LIMIT = 4 * 2**30  # 4 GiB; diskcache evicts least recently stored beyond it
 UNDECODABLE = (ValueError, TypeError, KeyError, IndexError)  # what a `decode` may raise
+DB_NAME = "cache.db"  # diskcache's database file
+_VALUE_DIR = re.compile(r"\A[0-9a-f]{2}\Z")  # diskcache's folders of large values
 
 
 def default_cache_dir() -> Path:
@@ -113,6 +126,7 @@ class SingleFlight(Generic[T]):
 
 
 _Op = tuple[str, str, Any, "asyncio.Future[Any]"]  # (kind "get" | "set", key, value, future)
+# a "set" value is (entry, tag)
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
@@ -182,7 +196,8 @@ def _run_op(store: diskcache.Cache, op: _Op) -> _Outcome:
     try:
         if kind == "get":
             return future, store.get(key), None
-        store.set(key, value)
+        entry, tag = value
+        store.set(key, entry, tag=tag)
         return future, None, None
     except Exception as exc:
         return future, None, exc
@@ -236,6 +251,9 @@ class VerdictCache:
                 f"cannot open the cache directory {self.directory}: {exc.strerror or exc}; "
                 "pass a writable --cache-dir"
             ) from None
+        except sqlite3.DatabaseError as exc:
+            raise damaged(self.directory, exc) from None
+        self._warned: set[str] = set()
         self._worker = _DiskWorker(lambda: self._cache)
         self._flight: SingleFlight[Any] = SingleFlight()
         self._pending_writes: set[asyncio.Future[None]] = set()
@@ -257,10 +275,10 @@ class VerdictCache:
         self.hits += 1
         return entry
 
-    async def set(self, key: str, entry: Any) -> None:
-        """Store `entry` (JSON-able). The write completes even if the caller is cancelled
-        meanwhile; `flush()` waits for such writes."""
-        future = self._worker.submit("set", key, entry)
+    async def set(self, key: str, entry: Any, *, tag: str | None = None) -> None:
+        """Store `entry` (JSON-able), labelled `tag`. The write completes even if the caller
+        is cancelled meanwhile; `flush()` waits for such writes."""
+        future = self._worker.submit("set", key, (entry, tag))
         self._pending_writes.add(future)
         future.add_done_callback(self._pending_writes.discard)
         await asyncio.shield(future)
@@ -273,14 +291,19 @@ class VerdictCache:
         *,
         encode: Callable[[T], Any] = _same,
         decode: Callable[[Any], T] = _same,
+        tag: str | None = None,
     ) -> Lookup[T]:
         """The cached value (`decode(entry)`), or `factory()`'s, stored as `encode(value)`
-        before returning. An entry that `decode` refuses (see the module doc) is a miss.
-        Identical keys in flight run `factory` once; its exception reaches every waiting
-        caller."""
+        (labelled `tag`) before returning. An entry that `decode` refuses or that cannot be
+        read (see the module doc) is a miss; a failed write is logged. Identical keys in
+        flight run `factory` once; its exception reaches every waiting caller."""
 
         async def lookup_or_compute() -> Lookup[T]:
-            entry = await self._worker.submit("get", key)
+            try:
+                entry = await self._worker.submit("get", key)
+            except Exception as exc:  # a damaged row or value file: a miss, never a crash
+                self._warn("read", exc)
+                entry = None
             if entry is not None:
                 try:
                     value = decode(entry)
@@ -291,11 +314,23 @@ class VerdictCache:
                     return Lookup(value, Source.CACHE)
             self.misses += 1
             value = await factory()
-            await self.set(key, encode(value))
+            try:
+                await self.set(key, encode(value), tag=tag)
+            except Exception as exc:  # the answer stands; only its copy on disk is lost
+                self._warn("write", exc)
             return Lookup(value, Source.COMPUTED)
 
         found, shared = await self._flight.run(key, lookup_or_compute)
         return Lookup(found.value, Source.SHARED) if shared else found
+
+    def _warn(self, what: str, exc: Exception) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning(
+                "the answer cache %s could not %s an entry (%s: %s): treated as a miss; "
+                "`lvlmva cache clear` empties a damaged cache",
+                self.directory, what, type(exc).__name__, exc,
+            )  # fmt: skip
 
     async def flush(self) -> None:
         """Wait for writes started by callers that were cancelled."""
@@ -353,3 +388,69 @@ class VerdictCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- the cache directory, without opening a cache -----------------------------------------------
+
+
+def damaged(directory: Path, exc: BaseException) -> DataError:
+    """The one-line error for a cache database that cannot be read."""
+    return DataError(
+        f"the answer cache {directory / DB_NAME} is damaged ({exc}); empty it with "
+        f"`lvlmva cache clear --cache-dir {directory}` (its answers are lost) or pass another "
+        "--cache-dir"
+    )
+
+
+@dataclass(frozen=True)
+class DirectoryStats:
+    """What a cache directory holds: entries and bytes, and entries per tag (the model of the
+    answer, "simulated:<model>" for a simulation's; None: entries stored without one)."""
+
+    directory: str
+    entries: int
+    size_bytes: int
+    by_tag: dict[str | None, int]
+
+
+def directory_stats(directory: str | Path) -> DirectoryStats | None:
+    """The contents of the cache in `directory`, read without creating or changing anything;
+    None when there is no cache there. A damaged database is a `DataError` naming it."""
+    directory = Path(directory).expanduser()
+    db = directory / DB_NAME
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT tag, COUNT(*), SUM(size) FROM Cache GROUP BY tag").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise damaged(directory, exc) from None
+    by_tag = {_tag_text(tag): int(n) for tag, n, _ in rows}
+    values = sum(int(size or 0) for _, _, size in rows)
+    return DirectoryStats(str(directory), sum(by_tag.values()), db.stat().st_size + values, by_tag)
+
+
+def _tag_text(tag: Any) -> str | None:
+    if isinstance(tag, bytes):
+        return tag.decode("utf-8", "replace")
+    return None if tag is None else str(tag)
+
+
+def clear_directory(directory: str | Path) -> int | None:
+    """Empty the cache in `directory`; the number of entries removed, or None when its
+    database was damaged and was removed with its value files (their number is unknown)."""
+    directory = Path(directory).expanduser()
+    try:
+        with VerdictCache(directory) as cache:
+            return cache.clear()
+    except (DataError, sqlite3.DatabaseError):
+        pass  # a database that cannot be opened or read: remove its files
+    for path in directory.iterdir():
+        if path.name.startswith(DB_NAME) and path.is_file():
+            path.unlink()  # the database and its -wal / -shm files
+        elif _VALUE_DIR.match(path.name) and path.is_dir():
+            shutil.rmtree(path)
+    return None

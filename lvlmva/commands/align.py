@@ -8,6 +8,7 @@ from pathlib import Path
 from lvlmva.commands.common import (
     add_critic_arguments,
     add_dataset_arguments,
+    check_positive_flags,
     check_writable,
     critic_settings,
     load_model_and_data,
@@ -70,10 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    import json
 
     from lvlmva.critics import get_critic
+    from lvlmva.engine.errors import RunStopped
     from lvlmva.pipeline import CritiqueOptions, TrainOptions, align, resolve_spec
 
+    check_positive_flags(args, "n_align", "clusters", "epochs", "train_epochs", "lr")
     if args.critique:
         return _run_from_critique(args)
     critic = critic_settings(args)
@@ -104,12 +108,20 @@ def run(args: argparse.Namespace) -> int:
         _save(out / "original.pt", model, arch, splits.info)
     else:
         model, arch = checkpoint.model, checkpoint.arch
-    result = asyncio.run(
-        align(
-            model, splits, spec, critic=critic, critique=critique, training=training,
-            seed=args.seed, device=device, progress=not args.quiet,
-        )
-    )  # fmt: skip
+    try:
+        result = asyncio.run(
+            align(
+                model, splits, spec, critic=critic, critique=critique, training=training,
+                seed=args.seed, device=device, progress=not args.quiet,
+            )
+        )  # fmt: skip
+    except RunStopped as stop:  # write what was done, then end with the one line
+        if stop.result is not None:
+            _write_outputs(out, stop.result, arch, splits, model, args, device)
+        else:
+            (out / "metrics.json").write_text(json.dumps(stop.metrics, indent=2) + "\n")
+            print(f"Wrote {out / 'metrics.json'}")
+        raise
     _write_outputs(out, result, arch, splits, model, args, device)
     return 0
 

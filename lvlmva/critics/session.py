@@ -65,7 +65,7 @@ async def open_session(
     try:
         listed = PriceTable.from_file(settings.prices_file) if settings.prices_file else None
         prices = (listed or PriceTable()).with_overrides(backend.price_overrides(settings))
-        limits = settings.limits
+        limits, request = settings.limits, settings.request
         config = EngineConfig(
             critic_model=settings.critic_model,
             judge_model=settings.judge_model,
@@ -75,7 +75,12 @@ async def open_session(
             rpm=limits.rpm,
             tpm=limits.tpm,
             request_timeout=limits.request_timeout,
+            temperature=request.temperature,
             seed=settings.seed,
+            max_tokens=request.max_completion_tokens,
+            reasoning_effort=request.reasoning_effort,
+            judge_reasoning_effort=request.judge_reasoning_effort,
+            image_detail=request.image_detail,
             prices=prices,
             budget_usd=limits.budget_usd,
             progress=progress,

@@ -1,12 +1,15 @@
 """Async Critic & Judge orchestration: providers, rate limits, retries, validation, cost.
 
 - `types`: requests, responses, jobs, results, `Tally` (calls, reused answers, tokens, cost).
+- `model_params`: what each model family takes (output budget name, temperature, reasoning
+  effort, image detail) and how it counts image tokens, as data.
 - `requests`: the request of each step (Critic, Judge, fused, re-ask), pure functions.
 - `keys`: the cache key of a request (`request_key`, `ProviderIdentity`), a pure function.
 - `answers`: answers from the cache or an identical request in flight; cache entries.
 - `dispatch`: the `Dispatcher` seam (its contract) and `OnlineDispatcher` (rate limits,
   timeout, retries, budget, cost); `idle`: when the engine has nothing more to offer.
-- `engine`: `EngineConfig`, `Engine` (scheduling and the per-job state machine).
+- `config`: `EngineConfig`; `engine`: `Engine` (scheduling and the per-job state machine);
+  `budget`: each job's expected cost held on the meter; `breaker`: the run-level stop.
 - `stats`: `EngineStats`, `Ledger`; `progress`: the critique bar.
 - leaves: `validation` (schema, `parse_verdicts`), `cost`, `ratelimit`, `retry`, `errors`,
   `providers/` (OpenAI-compatible on aiohttp, litellm; `wire` their shared wire format).
@@ -20,7 +23,12 @@ from typing import Any
 
 _EXPORTS = {
     "Engine": "lvlmva.engine.engine",
-    "EngineConfig": "lvlmva.engine.engine",
+    "EngineConfig": "lvlmva.engine.config",
+    "Breaker": "lvlmva.engine.breaker",
+    "StopReason": "lvlmva.engine.breaker",
+    "ModelRules": "lvlmva.engine.model_params",
+    "rules_for": "lvlmva.engine.model_params",
+    "RunStopped": "lvlmva.engine.errors",
     "EngineStats": "lvlmva.engine.stats",
     "Ledger": "lvlmva.engine.stats",
     "Tally": "lvlmva.engine.types",

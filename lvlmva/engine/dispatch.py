@@ -9,12 +9,16 @@ is left to send goes to its dispatcher as a `Call`. The contract:
   failed for good (retries are the dispatcher's business: the job then FAILs with that
   reason) and `BudgetReached` when it will not send the call (the job ends NOT_RUN). It is
   cancelled when the engine no longer needs the answer.
-- `call.custom_id` is unique among the calls in flight (the cache key, plus the re-ask
-  number): a batch file's `custom_id`.
+- `call.custom_id` is unique among the calls in flight (the cache key, the re-ask number and
+  "L" for a retry with a larger output budget): a batch file's `custom_id`.
 - A dispatcher books what it spends on `call.ledger`: `called()` per request that reached
   the provider, `spent(usage, usd)` per response, `retried(error)` per retry. Its `meter` (a
-  `CostMeter`, the engine's `cost`) holds the price table and the budget: reserve before
-  sending, `add` each response, release after.
+  `CostMeter`, the engine's `cost`) holds the price table and the budget; the engine holds
+  each job's expected cost on it before the job starts (`lvlmva.engine.budget`),
+  so a dispatcher does not reserve: it `add`s each response's cost (and books it on the
+  ledger, which reconciles the job's hold).
+- `halt()` (optional): the run was stopped by the engine's breaker; calls not yet on the wire
+  are not sent (`RunHalted`), and no retry starts.
 - `max_in_flight` is how many calls it wants at once; the engine holds that many jobs.
 - `on_idle()` is called once the engine has nothing more to offer for now: every job it holds
   waits on a call in `send` (its own, or an identical job's) and no job can be pulled. It
@@ -26,8 +30,9 @@ is left to send goes to its dispatcher as a `Call`. The contract:
   only after new calls were offered, and is never awaited: start work, don't do it.
 - `await aclose()` when the engine closes (after cancelling what was in flight).
 
-`OnlineDispatcher` sends each call as it comes: budget reservation, the provider's rate
-limiter, a timeout, retries (`call_with_retries`), the cost meter and the rate-limit signal.
+`OnlineDispatcher` sends each call as it comes: the provider's rate limiter (slowed down by
+the `x-ratelimit-*` headers before the endpoint answers 429), a timeout, retries
+(`call_with_retries`), the cost meter and the rate-limit signal.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from lvlmva.engine.cost import CostMeter, PriceTable, estimate_request_tokens
-from lvlmva.engine.errors import BudgetReached, ProviderError, ProviderTimeout, RateLimited
+from lvlmva.engine.errors import ProviderError, ProviderTimeout, RateLimited, RunHalted
 from lvlmva.engine.ratelimit import RateLimiter, RateLimitSignal
 from lvlmva.engine.retry import RetryPolicy, call_with_retries
 from lvlmva.engine.stats import Ledger
@@ -62,10 +67,11 @@ class Call:
     key: str
     ledger: Ledger
     attempt: int = 0
+    larger_budget: bool = False  # asked again with a larger output budget (cut at the limit)
 
     @property
     def custom_id(self) -> str:
-        return f"{self.key}-{self.attempt}"
+        return f"{self.key}-{self.attempt}" + ("L" if self.larger_budget else "")
 
 
 @runtime_checkable
@@ -74,6 +80,7 @@ class Dispatcher(Protocol):
 
     max_in_flight: int
     meter: CostMeter
+    batch_priced: bool  # its calls pay the batch share of the list price (budget holds use it)
 
     async def send(self, call: Call) -> ChatResponse: ...
 
@@ -100,12 +107,14 @@ class OnlineDispatcher:
     ) -> None:
         self.max_in_flight = max_in_flight
         self.meter = meter if meter is not None else CostMeter(PriceTable())
+        self.batch_priced = False
         self._rpm, self._tpm = rpm, tpm
         self._timeout = request_timeout
         self._retry = retry or RetryPolicy()
         self._pause_on_rate_limit = pause_on_rate_limit
         self._limiters: dict[int, RateLimiter] = {}
         self._rate_signal = RateLimitSignal()
+        self._halted = False
 
     def limiter(self, provider: Provider) -> RateLimiter:
         """The rate limiter of `provider` (one per provider object)."""
@@ -116,12 +125,8 @@ class OnlineDispatcher:
         return limiter
 
     async def send(self, call: Call) -> ChatResponse:
-        """One logical request: budget reservation, then rate-limited attempts with retries."""
-        request = call.request
-        estimated = estimate_request_tokens(request)
-        reservation = self.meter.reserve(request.model, estimated)
-        if reservation is None:
-            raise BudgetReached(f"not sent, the budget of ${self.meter.budget_usd:g} is reached")
+        """One logical request: rate-limited attempts with retries."""
+        estimated = estimate_request_tokens(call.request)
 
         def on_retry(attempt_number: int, error: ProviderError, wait: float) -> None:
             call.ledger.retried(error)
@@ -133,17 +138,22 @@ class OnlineDispatcher:
                 wait,
             )
 
-        try:
-            return await call_with_retries(
-                lambda: self._attempt(call, estimated), self._retry, on_retry=on_retry
-            )
-        finally:
-            self.meter.release(reservation)
+        return await call_with_retries(
+            lambda: self._attempt(call, estimated), self._retry, on_retry=on_retry
+        )
+
+    def halt(self) -> None:
+        """Send nothing more: calls waiting for admission or a retry end with `RunHalted`."""
+        self._halted = True
 
     async def _attempt(self, call: Call, estimated: int) -> ChatResponse:
         provider, request, timeout = call.provider, call.request, self._timeout
         limiter = self.limiter(provider)
+        if self._halted:
+            raise RunHalted("not sent, the run was stopped")
         async with limiter.acquire(estimated) as permit:
+            if self._halted:
+                raise RunHalted("not sent, the run was stopped")
             call.ledger.called()
             try:
                 async with asyncio.timeout(timeout + TIMEOUT_GRACE_S):
@@ -161,6 +171,8 @@ class OnlineDispatcher:
                 raise ProviderError(f"{provider.name}: {type(exc).__name__}: {exc}") from exc
             permit.settle(response.usage.total_tokens)
             self._rate_signal.record(False)
+            if response.rate_limits is not None:
+                limiter.observe(response.rate_limits, estimated)
         call.ledger.spent(response.usage, self.meter.add(request.model, response.usage))
         return response
 

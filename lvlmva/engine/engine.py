@@ -2,13 +2,20 @@
 yields validated results as they complete.
 
 Per job: Critic call (rendered text + the job's images) -> Judge call (text only, structured
-output with the verdict schema when the provider supports it) -> `parse_verdicts`. Invalid Judge
-output is re-asked with the validation error, at most `max_reasks` times, then the job is
-FAILED with the reason; a verdict is never guessed. `fused=True` makes one structured-output call
-with the images instead. Both answers are cached (the Judge's only once it validated), and
-identical requests in flight are sent once. Requests are built by `lvlmva.engine.requests`,
-keyed by `lvlmva.engine.keys` and sent by a `Dispatcher` (`lvlmva.engine.dispatch`; by default
-`OnlineDispatcher`: rate limits, retries, timeout, budget and cost).
+output with the verdict schema when the provider supports it) -> `parse_verdicts`. An answer cut
+at the token limit is asked once more with twice the budget; one withheld by the content filter,
+empty, or cut again fails the job with the reason; such answers are never cached nor judged.
+Invalid Judge output is re-asked with the validation error, at most `max_reasks` times, then the
+job is FAILED with the reason; a verdict is never guessed. `fused=True` makes one
+structured-output call with the images instead. Both answers are cached (the Judge's only once
+it validated), and identical requests in flight are sent once. Requests are built by
+`lvlmva.engine.requests`, keyed by `lvlmva.engine.keys` and sent by a `Dispatcher`
+(`lvlmva.engine.dispatch`; by default `OnlineDispatcher`: rate limits, retries, timeout, cost).
+
+With a budget, each job holds its expected cost before it starts (`lvlmva.engine.budget`). A
+run the endpoint refuses (a rejected key, an unknown model, no quota, a burst of the same client
+error) trips the `Breaker`: nothing more is sent, no job is pulled, and `stopped` says why; the
+run also stops pulling jobs once the budget is reached.
 
     engine = Engine(critic, judge, EngineConfig(critic_model="gpt-4o", prompts=prompt_set))
     async for result in engine.run(jobs):
@@ -19,30 +26,38 @@ keyed by `lvlmva.engine.keys` and sent by a `Dispatcher` (`lvlmva.engine.dispatc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from lvlmva.cache.verdict_cache import VerdictCache
-from lvlmva.engine.answers import AnswerSource, answer_entry, answer_from_entry
-from lvlmva.engine.cost import CostMeter, PriceTable
-from lvlmva.engine.dispatch import Call, Dispatcher, OnlineDispatcher
-from lvlmva.engine.errors import BudgetReached, ProviderError
+from lvlmva.engine.answers import (
+    AnswerSource,
+    answer_entry,
+    answer_from_entry,
+    unusable,
+    unusable_reason,
+)
+from lvlmva.engine.breaker import Breaker, StopReason
+from lvlmva.engine.budget import JobBudget, JobHold
+from lvlmva.engine.config import EngineConfig
+from lvlmva.engine.cost import CostMeter
+from lvlmva.engine.dispatch import Call, Dispatcher
+from lvlmva.engine.errors import NotSent, ProviderError
 from lvlmva.engine.idle import IdleWatch
 from lvlmva.engine.keys import ProviderIdentity, request_key, schema_sha256
+from lvlmva.engine.model_params import rules_for
 from lvlmva.engine.progress import CritiqueProgress
 from lvlmva.engine.requests import (
     STEPS,
-    PromptTemplates,
-    Sampling,
     critic_request,
     fused_request,
     judge_request,
     reask_request,
     step_template_sha256,
+    with_budget,
 )
-from lvlmva.engine.retry import RetryPolicy
 from lvlmva.engine.stats import EngineStats, Ledger
 from lvlmva.engine.types import (
     ChatRequest,
@@ -62,62 +77,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _Verdicts = tuple[ChatResponse, dict[str, bool]]  # a validated answer and its verdicts
-
-
-@dataclass(kw_only=True)
-class EngineConfig:
-    """Models, prompts and limits of a run. `rpm` / `tpm` cap each distinct provider object
-    (critic and judge share one limiter when they are the same provider); `max_in_flight`
-    bounds the jobs held at once (pulled and not yet yielded) and the concurrent requests.
-    The limits, timeout, retries, prices and budget configure the default `OnlineDispatcher`."""
-
-    critic_model: str
-    judge_model: str | None = None  # default: the critic model
-    prompts: PromptTemplates
-    fused: bool = False
-    max_in_flight: int = 64
-    rpm: float | None = None
-    tpm: float | None = None
-    temperature: float = 0.0
-    seed: int | None = 0
-    max_tokens: int = 1024
-    request_timeout: float = 60.0
-    max_reasks: int = 2
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    prices: PriceTable = field(default_factory=PriceTable)
-    budget_usd: float | None = None
-    # When many recent answers are 429s, a Retry-After pauses all new requests; a lone 429
-    # only delays its own retry.
-    pause_on_rate_limit: bool = True
-    progress: bool | None = None  # tqdm bar; None = only when stderr is a terminal
-
-    def __post_init__(self) -> None:
-        if self.judge_model is None:
-            self.judge_model = self.critic_model
-        if self.max_in_flight < 1:
-            raise ConfigError(f"max_in_flight must be at least 1 (got {self.max_in_flight})")
-        if self.max_reasks < 0:
-            raise ConfigError(f"max_reasks must be 0 or more (got {self.max_reasks})")
-        if not self.request_timeout > 0:
-            raise ConfigError(f"request_timeout must be positive (got {self.request_timeout})")
-        if self.max_tokens < 1:
-            raise ConfigError(f"max_tokens must be at least 1 (got {self.max_tokens})")
-
-    @property
-    def sampling(self) -> Sampling:
-        return Sampling(self.temperature, self.max_tokens, self.seed)
-
-    def online_dispatcher(self) -> OnlineDispatcher:
-        """The dispatcher these settings describe."""
-        return OnlineDispatcher(
-            max_in_flight=self.max_in_flight,
-            rpm=self.rpm,
-            tpm=self.tpm,
-            request_timeout=self.request_timeout,
-            retry=self.retry,
-            meter=CostMeter(self.prices, self.budget_usd),
-            pause_on_rate_limit=self.pause_on_rate_limit,
-        )
 
 
 class _Failed(Exception):
@@ -159,10 +118,17 @@ class Engine:
             for model in {config.critic_model, config.judge_model or config.critic_model}:
                 meter.prices.require(model)  # ConfigError now, not mid-run
         self.stats = EngineStats()
+        self.breaker = Breaker(config.breaker_burst)
         self._sampling = config.sampling
+        self._judge_sampling = config.judge_sampling
         self._identity = {id(p): ProviderIdentity.of(p) for p in (self.critic, self.judge)}
         self._template = {step: step_template_sha256(config.prompts, step) for step in STEPS}
         self._answers = AnswerSource(cache)
+        self._budget = JobBudget(
+            meter,
+            judge_model=config.judge_model or config.critic_model,
+            share=meter.prices.share(self.dispatcher.batch_priced),
+        )
         self._idle = IdleWatch(self.dispatcher.on_idle)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._queues: set[asyncio.Queue[Any]] = set()
@@ -172,6 +138,11 @@ class Engine:
     def cost(self) -> CostMeter:
         """The dispatcher's cost meter: spend so far, budget, prices."""
         return self.dispatcher.meter
+
+    @property
+    def stopped(self) -> StopReason | None:
+        """Why the breaker stopped the run (None while it runs)."""
+        return self.breaker.tripped
 
     # -- the run loop ---------------------------------------------------------------------------
 
@@ -263,6 +234,8 @@ class Engine:
         iterator = aiter(jobs) if isinstance(jobs, AsyncIterable) else None
         while True:
             await slots.acquire()
+            if self.breaker.tripped is not None or self.cost.budget_reached:
+                return  # nothing more will be sent: pull no more jobs
             self._idle.pull_started()
             try:
                 job = next(plain) if plain is not None else await anext(iterator)
@@ -285,62 +258,81 @@ class Engine:
 
     async def _process(self, job: CritiqueJob) -> JobResult:
         """critic -> judge -> validate (-> re-ask), or fused -> validate (-> re-ask)."""
-        ledger = Ledger(self.stats.ledger)
+        held = JobHold(Ledger(self.stats.ledger))
         critique: str | None = None
         status, verdicts, error = JobStatus.OK, None, None
         try:
             if not job.colors or len(set(job.colors)) != len(job.colors):
                 raise _Failed(f"job has no or repeated colours: {list(job.colors)}")
-            if self.config.fused:
-                verdicts = await self._fused(job, ledger)
+            c = self.config
+            if c.fused:
+                request = fused_request(
+                    c.prompts, job, model=c.critic_model, sampling=self._sampling,
+                    structured=self.critic.supports_structured_output,
+                )  # fmt: skip
+                await self._hold(job, held, "fused", request)
+                verdicts = await self._validated("fused", self.critic, request, job, held)
             else:
-                critique = await self._critique(job, ledger)
-                verdicts = await self._judge(job, critique, ledger)
+                sampling = self._sampling
+                request = critic_request(c.prompts, job, model=c.critic_model, sampling=sampling)
+                await self._hold(job, held, "critic", request)
+                critique = await self._critique(held, request)
+                verdicts = await self._judge(job, critique, held)
         except _Failed as exc:
             status, error = JobStatus.FAILED, str(exc)
         except _NotRun as exc:
             status, error = JobStatus.NOT_RUN, str(exc)
+        finally:
+            self._budget.finished(held)
         return JobResult(
             job_id=job.job_id,
             status=status,
             verdicts=verdicts,
             critique=critique,
             error=error,
-            tally=ledger.tally,
+            tally=held.ledger.tally,
         )
 
-    async def _critique(self, job: CritiqueJob, ledger: Ledger) -> str:
-        c = self.config
-        request = critic_request(c.prompts, job, model=c.critic_model, sampling=self._sampling)
+    async def _hold(self, job: CritiqueJob, held: JobHold, step: str, request: ChatRequest) -> None:
+        """Hold the job's expected cost before anything else (`lvlmva.engine.budget`); the
+        wait counts as waiting to send (a batching dispatcher may hold what would free it)."""
+        if not self._budget.active:
+            return
+        key = f"budget\x00{job.job_id}\x00{id(held)}"
+        self._idle.want(key)
+        self._idle.send_started(key)
+        try:
+            await self._budget.hold(held, step, request)
+        except NotSent as exc:
+            raise _NotRun(f"{step}: {exc}") from None
+        finally:
+            self._idle.send_ended(key)
+            self._idle.unwant(key)
+
+    async def _critique(self, held: JobHold, request: ChatRequest) -> str:
         key = self._key("critic", self.critic, request)
-        call = Call("critic", self.critic, request, key, ledger)
-        answer = await self._answer(
-            key, lambda: self._send(call), ledger, encode=answer_entry, decode=answer_from_entry
-        )
+        call = Call("critic", self.critic, request, key, held.ledger)
+        self._budget.step_started(held, "critic")
+        try:
+            answer = await self._answer(
+                key, lambda: self._complete(call, held), held.ledger,
+                encode=answer_entry, decode=answer_from_entry, tag=self._tag(self.critic, request),
+            )  # fmt: skip
+        finally:
+            self._budget.step_ended(held, "critic")
         return answer.text
 
-    async def _judge(self, job: CritiqueJob, critique: str, ledger: Ledger) -> dict[str, bool]:
+    async def _judge(self, job: CritiqueJob, critique: str, held: JobHold) -> dict[str, bool]:
         c, provider = self.config, self.judge
         request = judge_request(
             c.prompts,
             job,
             critique,
             model=c.judge_model or c.critic_model,
-            sampling=self._sampling,
+            sampling=self._judge_sampling,
             structured=provider.supports_structured_output,
         )
-        return await self._validated("judge", provider, request, job, ledger)
-
-    async def _fused(self, job: CritiqueJob, ledger: Ledger) -> dict[str, bool]:
-        c, provider = self.config, self.critic
-        request = fused_request(
-            c.prompts,
-            job,
-            model=c.critic_model,
-            sampling=self._sampling,
-            structured=provider.supports_structured_output,
-        )
-        return await self._validated("fused", provider, request, job, ledger)
+        return await self._validated("judge", provider, request, job, held)
 
     async def _validated(
         self,
@@ -348,18 +340,20 @@ class Engine:
         provider: Provider,
         request: ChatRequest,
         job: CritiqueJob,
-        ledger: Ledger,
+        held: JobHold,
     ) -> dict[str, bool]:
         """Ask until the answer validates (re-asking with the error), then cache the valid
         answer under the first request's key; invalid answers are never cached, and a cached
         answer that does not validate is a miss."""
-        colors = job.colors
+        colors, ledger = job.colors, held.ledger
         key = self._key(step, provider, request, schema_sha256(colors))
 
         async def ask() -> _Verdicts:
             current, total = request, Usage()
             for attempt in range(self.config.max_reasks + 1):
-                response = await self._send(Call(step, provider, current, key, ledger, attempt))
+                response = await self._complete(
+                    Call(step, provider, current, key, ledger, attempt), held
+                )
                 total = total + response.usage
                 try:
                     verdicts = parse_verdicts(response.text, colors)
@@ -371,17 +365,42 @@ class Engine:
                     ledger.reasked()
                     current = reask_request(request, response.text, exc, colors)
                     continue
-                return ChatResponse(response.text, total, response.model), verdicts
+                return dataclasses.replace(response, usage=total), verdicts
             raise AssertionError("unreachable")
 
         def decode(entry: Any) -> _Verdicts:
             answer = answer_from_entry(entry)
             return answer, parse_verdicts(answer.text, colors)
 
-        _, verdicts = await self._answer(
-            key, ask, ledger, encode=lambda found: answer_entry(found[0]), decode=decode
-        )
+        self._budget.step_started(held, step)
+        try:
+            _, verdicts = await self._answer(
+                key, ask, ledger, encode=lambda found: answer_entry(found[0]), decode=decode,
+                tag=self._tag(provider, request),
+            )  # fmt: skip
+        finally:
+            self._budget.step_ended(held, step)
         return dict(verdicts)  # a copy: identical jobs in flight share the parsed answer
+
+    async def _complete(self, call: Call, held: JobHold) -> ChatResponse:
+        """The usable answer to `call`: one cut at the token limit is asked once more with a
+        larger budget; a cut, filtered or empty answer fails the job (and is never cached)."""
+        response = await self._send(call, held)
+        problem = unusable(response)
+        if problem is None:
+            return response
+        larger = _larger_budget(call.request) if problem == "length" else None
+        if larger is None:
+            raise _Failed(f"{call.step}: {unusable_reason(problem, response, call.request)}")
+        held.ledger.budget_retried()
+        retry = dataclasses.replace(
+            call, request=with_budget(call.request, larger), larger_budget=True
+        )
+        second = await self._send(retry, held)
+        problem = unusable(second)
+        if problem is not None:
+            raise _Failed(f"{call.step}: {unusable_reason(problem, second, retry.request)}")
+        return dataclasses.replace(second, usage=response.usage + second.usage)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -395,6 +414,11 @@ class Engine:
         identity = self._identity[id(provider)]
         return request_key(step, identity, request, self._template[step], schema_sha)
 
+    def _tag(self, provider: Provider, request: ChatRequest) -> str:
+        """The label of a cached answer: the model, marked when a simulation gave it."""
+        simulated = self._identity[id(provider)].simulated
+        return f"simulated:{request.model}" if simulated else request.model
+
     async def _answer(
         self,
         key: str,
@@ -403,25 +427,41 @@ class Engine:
         *,
         encode: Callable[[T], Any],
         decode: Callable[[Any], T],
+        tag: str | None = None,
     ) -> T:
         self._idle.want(key)
         try:
             return await self._answers.get(
-                key, compute, encode=encode, decode=decode, ledger=ledger
+                key, compute, encode=encode, decode=decode, ledger=ledger, tag=tag
             )
         finally:
             self._idle.unwant(key)
 
-    async def _send(self, call: Call) -> ChatResponse:
+    async def _send(self, call: Call, held: JobHold) -> ChatResponse:
+        """Send `call`; a tripped breaker sends nothing."""
+        if self.breaker.tripped is not None:
+            raise _NotRun(f"{call.step}: not sent, the run was stopped")
         self._idle.send_started(call.key)
         try:
-            return await self.dispatcher.send(call)
+            response = await self.dispatcher.send(call)
         except ProviderError as exc:
+            self._failed(exc)
             raise _Failed(f"{call.step}: {exc}") from None
-        except BudgetReached as exc:
+        except NotSent as exc:
             raise _NotRun(f"{call.step}: {exc}") from None
         finally:
             self._idle.send_ended(call.key)
+        self.breaker.success()
+        return response
+
+    def _failed(self, error: ProviderError) -> None:
+        reason = self.breaker.failure(error)
+        if reason is None:
+            return
+        log.info("stopping the run: %s", reason.line())
+        halt = getattr(self.dispatcher, "halt", None)
+        if halt is not None:
+            halt()  # calls waiting in the dispatcher are not sent either
 
     async def aclose(self) -> None:
         """Cancel what is still running, then close the dispatcher, providers and cache."""
@@ -447,6 +487,13 @@ class Engine:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _larger_budget(request: ChatRequest) -> int | None:
+    """Twice the request's output budget within the model's limit (None: no larger one)."""
+    limit = rules_for(request.model).max_output_tokens
+    larger = request.max_tokens * 2 if limit is None else min(request.max_tokens * 2, limit)
+    return larger if larger > request.max_tokens else None
 
 
 def _length(jobs: object) -> int | None:

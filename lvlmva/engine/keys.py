@@ -2,13 +2,16 @@
 answer.
 
 `request_key(step, provider, request, template_sha256, schema_sha256)` is a SHA-256 over the
-step, the provider's identity, the model, the prompt templates' hash, the rendered text of every
-message (with its role), the image hashes, the sampling parameters and the verdict schema's
-hash, so a changed prompt, image or setting is a miss and a rerun after a crash pays only for
-what was not answered yet. The same key names a request wherever it is sent (online or in a
-batch file, where it is the natural `custom_id`).
+step, the provider's identity (who answers: an endpoint URL, or the settings of a simulation),
+the model, the prompt templates' hash, the rendered text of every message (with its role), the
+image hashes, the request parameters (temperature, output budget, seed, reasoning effort, image
+detail, structured output) and the verdict schema's hash, so a changed prompt, image, setting
+or endpoint is a miss and a rerun after a crash pays only for what was not answered yet. The
+same key names a request wherever it is sent (online or in a batch file, where it is the
+natural `custom_id`).
 
-Bump `KEY_VERSION` when the derivation or the meaning of a cached entry changes.
+Bump `KEY_VERSION` when the derivation or the meaning of a cached entry changes (3: the
+endpoint identity and the reasoning and image-detail parameters joined the key).
 """
 
 from __future__ import annotations
@@ -19,21 +22,25 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from lvlmva.engine.types import ChatRequest, Provider, TextPart
 from lvlmva.engine.validation import verdict_schema
 
 __all__ = [
     "KEY_VERSION",
+    "SIMULATED_PREFIX",
     "ProviderIdentity",
     "cache_key",
     "canonical_sha256",
+    "endpoint_identity",
     "request_key",
     "schema_sha256",
     "template_sha256",
 ]
 
-KEY_VERSION = 2
+KEY_VERSION = 3
+SIMULATED_PREFIX = "simulated"  # identities of simulations start with it
 
 _HEADER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # a list: fixed order
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -42,13 +49,39 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 @dataclass(frozen=True)
 class ProviderIdentity:
     """Who answers a request, as far as the cache is concerned: two providers with the same
-    identity give interchangeable answers. Today that is the provider's `name`."""
+    identity give interchangeable answers. An HTTP provider's identity is its endpoint
+    (`endpoint_identity`), a simulation's a string of every setting that changes its answers,
+    starting with "simulated" (`simulated` is then True: `lvlmva cache stats` counts those
+    answers apart)."""
 
     name: str
 
+    @property
+    def simulated(self) -> bool:
+        return self.name.startswith(SIMULATED_PREFIX)
+
     @classmethod
     def of(cls, provider: Provider) -> ProviderIdentity:
+        """The provider's `identity` (a `ProviderIdentity` or a string) when it has one, else
+        its `name`."""
+        identity = getattr(provider, "identity", None)
+        if isinstance(identity, ProviderIdentity):
+            return identity
+        if isinstance(identity, str) and identity:
+            return cls(identity)
         return cls(provider.name)
+
+
+def endpoint_identity(base_url: str) -> ProviderIdentity:
+    """The identity of an HTTP endpoint: its base URL with the scheme and host lower-cased,
+    default ports, trailing slashes, credentials, queries and fragments dropped."""
+    parts = urlsplit(base_url.strip())
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    path = parts.path.rstrip("/")
+    return ProviderIdentity(urlunsplit((parts.scheme.lower(), netloc, path, "", "")))
 
 
 def canonical_sha256(value: Any) -> str:
@@ -121,6 +154,8 @@ def request_key(
             "max_tokens": request.max_tokens,
             "seed": request.seed,
             "structured_output": request.response_schema is not None,
+            "reasoning_effort": request.reasoning_effort,
+            "image_detail": request.image_detail,
         },
         schema_sha256=schema_sha256,
     )

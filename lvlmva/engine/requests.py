@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from lvlmva.engine.keys import template_sha256
+from lvlmva.engine.model_params import rules_for
 from lvlmva.engine.types import ChatRequest, CritiqueJob, ImagePart, Message, TextPart
 from lvlmva.engine.validation import verdict_schema
 
@@ -33,6 +34,7 @@ __all__ = [
     "reask_request",
     "shared_verdict_schema",
     "step_template_sha256",
+    "with_budget",
 ]
 
 STEPS = ("critic", "judge", "fused")
@@ -63,11 +65,18 @@ class PromptTemplates(Protocol):
 
 @dataclass(frozen=True)
 class Sampling:
-    """The sampling settings every request of a run carries."""
+    """The settings the requests of a run carry, as asked for; each model family's rules
+    (`lvlmva.engine.model_params`) decide what is sent: `temperature` is left out for models
+    that allow only their default, `max_tokens` (the output budget, reasoning included; None:
+    the family's default) is capped at the model's limit, `reasoning_effort` is sent when set
+    to models that take one, and `image_detail` (a `DETAILS` policy, "fit" by default) rides
+    on requests with images."""
 
     temperature: float = 0.0
-    max_tokens: int = 1024
+    max_tokens: int | None = None
     seed: int | None = 0
+    reasoning_effort: str | None = None
+    image_detail: str | None = "fit"
 
 
 def prompt_variables(job: CritiqueJob) -> dict[str, str]:
@@ -181,14 +190,23 @@ def _request(
     schema: Mapping[str, Any] | None,
 ) -> ChatRequest:
     system, user = _templates(prompts, step)
+    rules = rules_for(model)
+    effort = sampling.reasoning_effort if rules.efforts != () else None  # chat models take none
     return ChatRequest(
         model=model,
         messages=(
             Message.text("system", render(system, variables)),
             Message("user", (TextPart(render(user, variables)), *images)),
         ),
-        temperature=sampling.temperature,
-        max_tokens=sampling.max_tokens,
+        temperature=rules.temperature(sampling.temperature, effort),
+        max_tokens=rules.max_tokens(sampling.max_tokens),
         seed=sampling.seed,
         response_schema=schema,
+        reasoning_effort=effort,
+        image_detail=sampling.image_detail if images else None,
     )
+
+
+def with_budget(request: ChatRequest, max_tokens: int) -> ChatRequest:
+    """`request` with a larger output budget (an answer cut at the limit is asked again so)."""
+    return replace(request, max_tokens=max_tokens)

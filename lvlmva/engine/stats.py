@@ -22,22 +22,26 @@ class Ledger:
 
     __slots__ = (
         "_chain",
+        "budget_retries",
         "cache_hits",
+        "cached_tokens",
         "completion_tokens",
         "cost_usd",
         "deduplicated",
         "prompt_tokens",
         "provider_calls",
         "reasks",
+        "reasoning_tokens",
         "retries",
         "retries_by_error",
     )
 
     def __init__(self, parent: Ledger | None = None) -> None:
         self._chain: tuple[Ledger, ...] = (self,) if parent is None else (self, *parent._chain)
-        self.provider_calls = self.retries = self.reasks = 0
+        self.provider_calls = self.retries = self.reasks = self.budget_retries = 0
         self.cache_hits = self.deduplicated = 0
         self.prompt_tokens = self.completion_tokens = 0
+        self.cached_tokens = self.reasoning_tokens = 0
         self.cost_usd = 0.0
         self.retries_by_error: Counter[str] = Counter()
 
@@ -49,8 +53,14 @@ class Ledger:
             self.reasks,
             self.cache_hits,
             self.deduplicated,
-            Usage(self.prompt_tokens, self.completion_tokens),
+            Usage(
+                self.prompt_tokens,
+                self.completion_tokens,
+                self.cached_tokens,
+                self.reasoning_tokens,
+            ),
             self.cost_usd,
+            self.budget_retries,
         )
 
     def called(self) -> None:
@@ -63,6 +73,8 @@ class Ledger:
         for ledger in self._chain:
             ledger.prompt_tokens += usage.prompt_tokens
             ledger.completion_tokens += usage.completion_tokens
+            ledger.cached_tokens += usage.cached_tokens
+            ledger.reasoning_tokens += usage.reasoning_tokens
             ledger.cost_usd += cost_usd
 
     def retried(self, error: Exception) -> None:
@@ -71,6 +83,11 @@ class Ledger:
         for ledger in self._chain:
             ledger.retries += 1
             ledger.retries_by_error[name] += 1
+
+    def budget_retried(self) -> None:
+        """An answer cut at the token limit is asked again with a larger budget."""
+        for ledger in self._chain:
+            ledger.budget_retries += 1
 
     def reasked(self) -> None:
         """A Judge answer did not validate and is asked again."""

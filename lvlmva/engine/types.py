@@ -67,26 +67,39 @@ class Message:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """A provider-neutral chat completion request."""
+    """A provider-neutral chat completion request. `temperature=None` leaves it out (models
+    that allow only their default); `max_tokens` is the output budget, reasoning included,
+    whatever the wire calls it; `reasoning_effort` is sent when set; `image_detail` is the
+    detail policy of the images (`lvlmva.engine.model_params.DETAILS`; None: none sent)."""
 
     model: str
     messages: tuple[Message, ...]
-    temperature: float = 0.0
+    temperature: float | None = 0.0
     max_tokens: int = 1024
     seed: int | None = None
     response_schema: Mapping[str, Any] | None = None  # JSON schema for structured output
     schema_name: str = "verdicts"
+    reasoning_effort: str | None = None
+    image_detail: str | None = None
 
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens of a response. `cached_tokens` (prompt tokens served from the provider's prompt
+    cache, billed at the cached rate) are part of `prompt_tokens`; `reasoning_tokens` (hidden
+    reasoning, billed as output) are part of `completion_tokens`."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
     @property
@@ -106,6 +119,7 @@ class Tally:
     deduplicated: int = 0  # answers shared with an identical request in flight
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
+    budget_retries: int = 0  # answers cut at the token limit, asked again with a larger budget
 
     def __add__(self, other: Tally) -> Tally:
         return Tally(
@@ -116,6 +130,7 @@ class Tally:
             self.deduplicated + other.deduplicated,
             self.usage + other.usage,
             self.cost_usd + other.cost_usd,
+            self.budget_retries + other.budget_retries,
         )
 
     @property
@@ -155,10 +170,29 @@ class TallyView:
 
 
 @dataclass(frozen=True)
+class RateLimitInfo:
+    """A response's `x-ratelimit-*` headers: per dimension (requests, tokens) the limit, what
+    remains and the seconds until the window is full again (None: not sent)."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+
+@dataclass(frozen=True)
 class ChatResponse:
+    """An answer: its text (`""` for null content), usage, the answering model, and
+    `finish_reason` ("stop", "length", "content_filter" ...; None when the server sent none)."""
+
     text: str
     usage: Usage
     model: str
+    finish_reason: str | None = "stop"
+    rate_limits: RateLimitInfo | None = field(default=None, compare=False)
+    content_null: bool = False  # the server sent `content: null`
 
 
 @runtime_checkable

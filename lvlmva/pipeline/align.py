@@ -19,12 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from lvlmva.critics import CriticSettings, get_critic, open_session
+from lvlmva.engine.errors import RunStopped
 from lvlmva.engine.types import Provider
-from lvlmva.errors import ConfigError
+from lvlmva.errors import ConfigError, DataError
 from lvlmva.pipeline.critique import critique_samples, ground_truth_records
 from lvlmva.pipeline.explain import rendered_samples
 from lvlmva.pipeline.options import CritiqueOptions, TrainOptions, split_options
-from lvlmva.pipeline.records import AlignResult, CritiqueCounts, SampleRecord
+from lvlmva.pipeline.records import AlignResult, CritiqueCounts, SampleRecord, critique_metrics
 from lvlmva.pipeline.training import AlignmentTraining, default_lambda
 from lvlmva.prompts import TaskSpec
 from lvlmva.vision.datasets.base import DatasetSplits
@@ -79,6 +80,10 @@ async def align(
     Explanations always come from the original `model`, which is left unchanged.
     `records`: masks made already (a reviewed critique run, `pipeline.from_run`): no explanation
     and no LVLM call; they enter the pool at once, in the given order.
+
+    An endpoint that refuses the run stops it: `RunStopped` names the status and the server's
+    message, with the result trained on the masks received (`.result`, or None) and `.metrics`;
+    when every critique failed, a `DataError` gives the first distinct reasons.
     """
     critic = critic or CriticSettings()
     what, how = split_options(critique, training, options)
@@ -94,9 +99,8 @@ async def align(
             await backend.preflight(critic)
     before = await asyncio.to_thread(_evaluate, model, dataset)
     indices = _alignment_indices(dataset, what.n_align, seed, records)
-    lam = how.lam
-    if lam is None:
-        lam = default_lambda(dataset.info.name, how.start, critic_masks=backend.uses_llm)
+    default = default_lambda(dataset.info.name, how.start, critic_masks=backend.uses_llm)
+    lam = how.lam if how.lam is not None else default
     run = AlignmentTraining(
         _start_model(model, how, seed), dataset.train, how, lam=lam, n_samples=len(indices),
         seed=seed, device=device, progress=progress,
@@ -109,6 +113,7 @@ async def align(
                 providers=(critic_provider, judge_provider), seed=seed, device=device,
                 progress=progress, on_sample=on_sample, timings=timings,
             )  # fmt: skip
+            _check_some_masks(records, counts, len(indices), critic)
         else:  # masks made already, or the true ones
             records = ground_truth_records(dataset, indices) if records is None else list(records)
             counts = CritiqueCounts()
@@ -120,17 +125,46 @@ async def align(
         raise
     timings["total_s"] = time.perf_counter() - started
     after = await asyncio.to_thread(_evaluate, run.trainer.model_, dataset)
-    return AlignResult(
-        model=run.trainer.model_,
-        before=before,
-        after=after,
-        samples=records,
-        lam=lam,
-        critic=critic,
-        history=history,
+    result = AlignResult(
+        model=run.trainer.model_, before=before, after=after, samples=records, lam=lam,
+        critic=critic, history=history, counts=counts, timings=timings,
         verdict_accuracy=_score_verdicts(records, dataset) if backend.uses_llm else None,
-        counts=counts,
-        timings=timings,
+    )  # fmt: skip
+    if counts.stopped is not None:  # trained on the masks received before the stop
+        stop = _stop_line(counts, len(records), len(indices))
+        raise RunStopped(stop, result=result, metrics=result.metrics_dict())
+    return result
+
+
+def _check_some_masks(
+    records: list[SampleRecord], counts: CritiqueCounts, n: int, critic: CriticSettings
+) -> None:
+    """Without a single mask there is nothing to train: a stopped run is `RunStopped` (with
+    the critique's figures), any other a `DataError` carrying the first distinct reasons."""
+    if any(r.mask is not None for r in records):
+        return
+    if counts.stopped is not None:
+        tally = counts.tally
+        metrics = {
+            "critic": critic.kind, "critic_model": critic.critic_model,
+            "judge_model": critic.judge_model, "n_align": len(records), "n_masks": 0,
+            "provider_calls": tally.provider_calls, "cost_usd": round(tally.cost_usd, 6),
+            "failed_jobs": counts.failed, "not_run_jobs": counts.not_run,
+            **critique_metrics(records, counts),
+        }  # fmt: skip
+        raise RunStopped(_stop_line(counts, len(records), n), metrics=metrics)
+    reasons = list(dict.fromkeys(r.error or r.status for r in records))[:3]
+    listed = "; ".join(f"({k + 1}) {reason}" for k, reason in enumerate(reasons))
+    raise DataError(
+        f"no correction masks: all {len(records)} critiques failed or were not run; the first "
+        f"distinct reasons: {listed or 'none given'}"
+    )
+
+
+def _stop_line(counts: CritiqueCounts, critiqued: int, n: int) -> str:
+    return (
+        f"the LVLM endpoint stopped the run: {counts.stopped}; {critiqued} of {n} samples were "
+        "sent, and the answers received are cached: fix the cause and rerun the same command"
     )
 
 
@@ -202,7 +236,10 @@ async def _critique(
                 run.add([record])
             if on_sample is not None:
                 on_sample(record)
-        counts = CritiqueCounts.from_engine(session.engine.stats)
+        engine = session.engine
+        stopped = engine.stopped.line() if engine.stopped is not None else None
+        not_pulled = len(indices) - len(records)
+        counts = CritiqueCounts.from_engine(engine.stats, not_pulled=not_pulled, stopped=stopped)
     # Answers arrive in completion order; records (and, when not streaming, the pool the
     # trainer draws from) follow the alignment order, so a sequential run is reproducible.
     position = {int(i): k for k, i in enumerate(indices)}

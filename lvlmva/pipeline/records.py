@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from lvlmva.vision.metrics import Metrics, VerdictAccuracy
 from lvlmva.vision.render import CriticImages
 from lvlmva.vision.rrr import RRRHistory
 
-__all__ = ["AlignResult", "CritiqueCounts", "RenderedSample", "SampleRecord"]
+__all__ = ["AlignResult", "CritiqueCounts", "RenderedSample", "SampleRecord", "critique_metrics"]
 
 
 @dataclass(frozen=True)
@@ -73,17 +74,43 @@ class SampleRecord:
 
 @dataclass(frozen=True)
 class CritiqueCounts:
-    """A run's critique totals: the engine's `Tally` (calls, answers reused, tokens, cost) and
-    the jobs that failed or were not run."""
+    """A run's critique totals: the engine's `Tally` (calls, answers reused, tokens, cost),
+    the jobs that failed or were not run, the samples never critiqued because the run stopped
+    (`not_pulled`), and why it stopped early (`stopped`: the breaker's one line, or None)."""
 
     tally: Tally = field(default_factory=Tally)
     failed: int = 0
     not_run: int = 0
+    not_pulled: int = 0
+    stopped: str | None = None
 
     @classmethod
-    def from_engine(cls, stats: Any) -> CritiqueCounts:
+    def from_engine(cls, stats: Any, **more: Any) -> CritiqueCounts:
         """From `Engine.stats`, the one place the counters are summed."""
-        return cls(stats.tally, stats.failed, stats.not_run)
+        return cls(stats.tally, stats.failed, stats.not_run, **more)
+
+
+def critique_metrics(samples: list[SampleRecord], counts: CritiqueCounts) -> dict[str, Any]:
+    """What the critique did, for metrics.json: failures by reason and per sample, the jobs
+    whose answers were paid for but gave no verdict (and what they cost), samples never
+    critiqued, and why the run stopped."""
+    failed = [s for s in samples if s.status in ("failed", "not_run")]
+    reasons = Counter(s.error or s.status for s in failed)
+    abandoned = [s for s in failed if s.tally.cost_usd > 0]
+    return {
+        "failure_reasons": dict(reasons.most_common()),
+        "failed_samples": [
+            {"index": s.index, "status": s.status, "error": s.error} for s in failed
+        ],
+        "paid_without_verdict": {
+            "jobs": len(abandoned),
+            "cost_usd": round(sum(s.tally.cost_usd for s in abandoned), 6),
+        },
+        "not_critiqued": counts.not_pulled,
+        "stopped": counts.stopped,
+        "cached_prompt_tokens": counts.tally.usage.cached_tokens,
+        "reasoning_tokens": counts.tally.usage.reasoning_tokens,
+    }
 
 
 @dataclass
@@ -161,6 +188,8 @@ class AlignResult:
             "not_run_jobs": self.not_run_jobs,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
+        if llm:
+            out.update(critique_metrics(self.samples, self.counts))
         if self.critic.kind == "simulated":
             out["configured_verdict_accuracy"] = self.critic.simulation.verdict_accuracy
         if self.verdict_accuracy is not None:

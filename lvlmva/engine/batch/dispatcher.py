@@ -31,9 +31,9 @@ from lvlmva.engine.batch.poller import ShardPoller, ingest_shard
 from lvlmva.engine.batch.progress import BatchReporter
 from lvlmva.engine.batch.shards import OpenShard, ShardWriter, batch_line
 from lvlmva.engine.batch.store import BatchStore, LineRecord, ShardRecord, Step, new_shard_id
-from lvlmva.engine.cost import CostMeter, Reservation, estimate_request_tokens
+from lvlmva.engine.cost import CostMeter
 from lvlmva.engine.dispatch import Call, OnlineDispatcher
-from lvlmva.engine.errors import BudgetReached, ProviderError
+from lvlmva.engine.errors import ProviderError
 from lvlmva.engine.types import ChatResponse
 from lvlmva.errors import ConfigError, LvlmvaError
 
@@ -56,7 +56,6 @@ class BatchDetached(LvlmvaError):
 class _Waiter:
     call: Call
     future: asyncio.Future[ChatResponse]
-    reservation: Reservation | None
     shard: str | None = None
 
 
@@ -82,6 +81,7 @@ class BatchDispatcher:
             raise ConfigError("the Batch API mode needs a Files/Batches client")
         self.options = options
         self.max_in_flight = options.max_jobs
+        self.batch_priced = True  # what its calls cost: the batch share of the list price
         self.meter = meter
         self.store = store
         self.endpoint = endpoint
@@ -114,15 +114,8 @@ class BatchDispatcher:
                 return stored
         future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
         shard = self._shard_to_wait_on(line)
-        reservation = None
-        if shard is None:
-            reservation = self.meter.reserve(
-                call.request.model, estimate_request_tokens(call.request), batch=True
-            )
-            if reservation is None:
-                budget = self.meter.budget_usd
-                raise BudgetReached(f"not sent, the budget of ${budget:g} is reached")
-        waiter = _Waiter(call, future, reservation, shard.id if shard else None)
+        # The budget is held per job by the engine (at the batch price: `batch_priced`).
+        waiter = _Waiter(call, future, shard.id if shard else None)
         self._waiting[call.custom_id] = waiter
         try:
             if shard is not None:
@@ -133,7 +126,6 @@ class BatchDispatcher:
         finally:
             if self._waiting.get(call.custom_id) is waiter:
                 del self._waiting[call.custom_id]
-            self.meter.release(reservation)
 
     def on_idle(self) -> None:
         """Close the open shards and start them; in files mode, detach once they are written."""

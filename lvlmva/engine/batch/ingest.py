@@ -22,14 +22,15 @@ request, which is the `custom_id` without its `-<attempt>` suffix.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lvlmva.engine.answers import answer_entry
+from lvlmva.engine.answers import answer_entry, unusable
 from lvlmva.engine.errors import ProviderError, ServerError
-from lvlmva.engine.providers.openai_compat import parse_chat_completion
+from lvlmva.engine.providers.openai_compat import parse_chat_response
 from lvlmva.engine.providers.wire import error_for_status, scrub
 from lvlmva.engine.types import ChatResponse
 
@@ -106,10 +107,12 @@ def outcome_of(obj: Any, *, model: str, where: str) -> LineOutcome | None:
 def _answer(custom_id: str, body: Mapping[str, Any], *, model: str, where: str) -> LineOutcome:
     payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
     try:
-        text, usage, answered_by = parse_chat_completion(payload, where=where)
+        response = parse_chat_response(payload, where=where)
     except ProviderError as exc:
         return LineOutcome(custom_id, "retry" if exc.retryable else "answered", error=exc)
-    return LineOutcome(custom_id, "answered", ChatResponse(text, usage, answered_by or model))
+    if not response.model:
+        response = dataclasses.replace(response, model=model)
+    return LineOutcome(custom_id, "answered", response)
 
 
 def _error_text(body: Any, error: Any) -> str:
@@ -137,15 +140,16 @@ def _code_and_message(error: Any) -> tuple[str, str]:
 
 
 async def store_answers(cache: Any, outcomes: Iterable[LineOutcome]) -> int:
-    """Store every readable answer in `cache` (a `VerdictCache`) under its request's key, as
-    the engine stores answers; returns how many. A Judge answer stored here that does not
-    validate is a miss when read (the engine checks every cached verdict)."""
+    """Store every usable answer in `cache` (a `VerdictCache`) under its request's key, as
+    the engine stores answers; returns how many. An answer cut at its limit, filtered or empty
+    is never stored (the engine decides what to do with it); a Judge answer stored here that
+    does not validate is a miss when read (the engine checks every cached verdict)."""
     import asyncio
 
     writes = [
         cache.set(cache_key_of(o.custom_id), answer_entry(o.response))
         for o in outcomes
-        if o.outcome == "answered" and o.response is not None
+        if o.outcome == "answered" and o.response is not None and unusable(o.response) is None
     ]
     await asyncio.gather(*writes)
     await cache.flush()
