@@ -378,10 +378,10 @@ class CostMeter:
         return hold
 
     async def hold(self, expected: float | Callable[[], float], spending: Spending) -> Hold:
-        """Hold `expected` USD (or `expected()`) for a job, waiting (first come, first served) while jobs in
-        flight hold budget that may come back; `BudgetReached` once nothing is held and it
-        cannot fit. The expectation is asked again after each wait: jobs that finished
-        meanwhile tell what a job really costs."""
+        """Hold `expected` USD (or `expected()`) for a job, waiting (first come, first
+        served) while jobs in flight hold budget that may come back; `BudgetReached` once
+        nothing is held and it cannot fit. The expectation is asked again after each wait:
+        jobs that finished meanwhile tell what a job really costs."""
         if self.budget_usd is None:
             return Hold(0.0, spending, spending.cost_usd)
         queued = bool(self._waiters)  # a newcomer waits behind those already waiting
