@@ -59,9 +59,7 @@ def record_for(
         critique=result.critique,
         error=result.error,
         images=sample.pngs(),
-        provider_calls=result.provider_calls,
-        cache_hits=result.cache_hits,
-        cost_usd=result.cost_usd,
+        tally=result.tally,
     )
 
 
@@ -73,11 +71,12 @@ async def critique_samples(
     *,
     soft_masks: bool,
     total: int | None = None,
+    split_name: str = "train",
 ) -> AsyncIterator[SampleRecord]:
-    """Critique `samples` (training samples of `dataset`) through the session's engine and
-    yield their records in completion order. A simulated critic is told each sample's
+    """Critique `samples` (of the split `split_name` of `dataset`) through the session's engine
+    and yield their records in completion order. A simulated critic is told each sample's
     ground-truth mask before its job is sent."""
-    info, split = dataset.info, dataset.train
+    info, split = dataset.info, getattr(dataset, split_name)
     if session.needs_truth and split.spurious_masks is None:
         raise DataError(
             f"the simulated critic answers from ground-truth spurious masks, and dataset "
@@ -87,7 +86,7 @@ async def critique_samples(
 
     async def jobs() -> AsyncIterator[CritiqueJob]:
         async for sample in samples:
-            job_id = f"{info.name}/train/{sample.index}"
+            job_id = f"{info.name}/{split_name}/{sample.index}"
             pending[job_id] = sample
             if session.needs_truth:
                 session.register_truth(

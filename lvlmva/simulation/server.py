@@ -34,9 +34,11 @@ from lvlmva.errors import ConfigError
 from lvlmva.simulation.simulator import SimOutcome, SimulatedLVLM
 
 __all__ = [
+    "LoopbackServer",
     "SimServer",
     "build_app",
     "is_loopback",
+    "listen",
     "parse_chat_request",
     "start_sim_server",
 ]
@@ -240,13 +242,12 @@ def build_app(sim: SimulatedLVLM, *, hang_s: float | None = None) -> web.Applica
 
 
 @dataclass
-class SimServer:
-    """A running simulation server; `base_url` is what an OpenAI client takes."""
+class LoopbackServer:
+    """A running aiohttp server; `base_url` is what an OpenAI client takes."""
 
     runner: web.AppRunner
     host: str
     port: int
-    sim: SimulatedLVLM
 
     @property
     def url(self) -> str:
@@ -261,16 +262,18 @@ class SimServer:
         await self.runner.cleanup()
 
 
-async def start_sim_server(
-    sim: SimulatedLVLM,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    allow_remote: bool = False,
-    hang_s: float | None = None,
-) -> SimServer:
-    """Serve `sim` on `host:port` (port 0: a free port) until `close()`. A host that is not a
-    loopback address is refused unless `allow_remote`."""
+@dataclass
+class SimServer(LoopbackServer):
+    """A running simulation server."""
+
+    sim: SimulatedLVLM
+
+
+async def listen(
+    app: web.Application, host: str, port: int, *, allow_remote: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Serve `app` on `host:port` (port 0: a free port); returns the runner and the bound port.
+    A host that is not a loopback address is refused unless `allow_remote`."""
     if not allow_remote and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve the simulation on {host}, which is not a loopback address; "
@@ -290,8 +293,23 @@ async def start_sim_server(
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    runner = web.AppRunner(build_app(sim, hang_s=hang_s), access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.SockSite(runner, sock, backlog=1024)
     await site.start()
-    return SimServer(runner=runner, host=host, port=sock.getsockname()[1], sim=sim)
+    return runner, sock.getsockname()[1]
+
+
+async def start_sim_server(
+    sim: SimulatedLVLM,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    allow_remote: bool = False,
+    hang_s: float | None = None,
+) -> SimServer:
+    """Serve `sim` on `host:port` (port 0: a free port) until `close()`. A host that is not a
+    loopback address is refused unless `allow_remote`."""
+    app = build_app(sim, hang_s=hang_s)
+    runner, bound = await listen(app, host, port, allow_remote=allow_remote)
+    return SimServer(runner=runner, host=host, port=bound, sim=sim)
