@@ -8,10 +8,12 @@ from pathlib import Path
 from lvlmva.commands.common import (
     add_critic_arguments,
     add_dataset_arguments,
+    add_robust_arguments,
     check_writable,
     critic_settings,
     load_model_and_data,
     resolve_device,
+    robust_options,
     train_original,
 )
 
@@ -40,7 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="soft (default): pixels weighted by the posterior responsibility of the rejected "
         "clusters; hard: 0/1, the union of the rejected clusters",
     )
-    p.add_argument("--lambda", dest="lam", type=float, help="RRR weight (default: per task)")
+    p.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        help="RRR weight (default: one model per weight of a grid scaled to the task, the best "
+        "on validation kept, or the original when none beats it)",
+    )
+    add_robust_arguments(p)
     p.add_argument("--epochs", type=int, default=5, help="alignment epochs")
     p.add_argument(
         "--start",
@@ -81,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
         n_clusters=args.clusters,
         attribution=args.method,
         soft_masks=args.masks == "soft",
+        **robust_options(args),
     )
     training = TrainOptions(
         lam=args.lam, start=args.start, epochs=args.epochs, lr=args.lr,
-        streaming=not args.no_streaming,
+        streaming=not args.no_streaming, keep_original=not args.keep_aligned,
     )  # fmt: skip
     spec = resolve_spec(args.spec, splits) if backend.uses_llm else None
     asyncio.run(backend.preflight(critic))

@@ -1,9 +1,12 @@
 """`align()`: explain, critique, mask, retrain and evaluate, as the pipeline's stages.
 
 Streaming (the default): attributions and PPEPS-WGM run in batches in a worker thread,
-rendered jobs go to the engine as they are ready, verdicts become masks in the trainer's pool,
-and the RRR trainer (another thread) starts once a first share of masks exists and takes in
-the rest as they arrive.
+rendered jobs go to the engine as they are ready, verdicts become robust masks
+(`pipeline.masking`), and the RRR trainer (another thread, one model per lambda of the grid)
+starts once the first quarter of the alignment order is in and takes in the rest on a fixed
+schedule (the result does not depend on the order answers arrive in). Validation images are
+critiqued after the alignment samples when the model check needs them (`pipeline.check`),
+and the check picks the lambda, or keeps the original.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import torch
@@ -20,11 +23,19 @@ from torch import Tensor, nn
 from lvlmva.critics import CriticSettings, get_critic, open_session
 from lvlmva.engine.types import Provider
 from lvlmva.errors import ConfigError
-from lvlmva.pipeline.critique import critique_samples, ground_truth_records
+from lvlmva.pipeline.critique import critique_stream, ground_truth_records
 from lvlmva.pipeline.explain import rendered_samples
+from lvlmva.pipeline.masking import (
+    CritiquedSample,
+    RobustMasks,
+    critiqued,
+    fixed_mask,
+    robust_summary,
+)
 from lvlmva.pipeline.options import CritiqueOptions, TrainOptions, split_options
-from lvlmva.pipeline.records import AlignResult, CritiqueCounts, SampleRecord
-from lvlmva.pipeline.training import AlignmentTraining, default_lambda
+from lvlmva.pipeline.records import AlignResult, CritiqueCounts, RenderedSample, SampleRecord
+from lvlmva.pipeline.selection import plan_check
+from lvlmva.pipeline.training import AlignmentTraining
 from lvlmva.prompts import TaskSpec
 from lvlmva.vision.datasets.base import DatasetSplits
 
@@ -74,7 +85,9 @@ async def align(
     critique and `training` how to train (`CritiqueOptions`, `TrainOptions`; their fields may
     also be given as keywords, e.g. `n_align=200, epochs=2`). `critic_provider` /
     `judge_provider` are ready `Provider` objects to use instead of the critic's own.
-    Explanations always come from the original `model`, which is left unchanged.
+    Explanations always come from the original `model`, which is left unchanged. Unless
+    `lam` is given, one model per lambda of the grid is trained and the one that does best on
+    validation is returned, or the original when none beats it (`AlignResult.selection`).
     """
     critic = critic or CriticSettings()
     what, how = split_options(critique, training, options)
@@ -88,48 +101,51 @@ async def align(
             await backend.preflight(critic)
     before = await asyncio.to_thread(_evaluate, model, dataset)
     indices = choose_alignment_indices(len(dataset.train), what.n_align, seed)
-    lam = how.lam
-    if lam is None:
-        lam = default_lambda(dataset.info.name, how.start, critic_masks=backend.uses_llm)
+    check = plan_check(dataset, what, backend, seed)
+    masks = RobustMasks(dataset.train, what, len(indices))
     run = AlignmentTraining(
-        _start_model(model, how, seed),
-        dataset.train,
-        how,
-        lam=lam,
-        n_samples=len(indices),
-        seed=seed,
-        device=device,
-        progress=progress,
-    )
+        _start_model(model, how, seed), dataset.train, how, masks,
+        n_samples=len(indices), seed=seed, device=device, progress=progress,
+    )  # fmt: skip
     run.start()
     try:
         if backend.uses_llm:
-            records, counts = await _critique(
-                model, dataset, spec, indices, critic, what, run,
+            records, val_entries, counts = await _critique(
+                model, dataset, spec, indices, check.indices, critic, what, run,
                 providers=(critic_provider, judge_provider), seed=seed, device=device,
                 progress=progress, on_sample=on_sample, timings=timings,
             )  # fmt: skip
         else:
             records, counts = ground_truth_records(dataset, indices), CritiqueCounts()
-            run.add(records)
+            val_truth = ground_truth_records(dataset, check.indices, "val")
+            val_entries = [fixed_mask(r) for r in val_truth]
+            for position, record in enumerate(records):
+                run.add(position, fixed_mask(record))
         timings["critique_s"] = time.perf_counter() - started
-        history = await run.finish()
+        members = await run.finish()
     except BaseException:
         await run.abort()
         raise
+    chosen, selection = await asyncio.to_thread(
+        check.select, model, members, masks, val_entries,
+        keep_original=how.keep_original, lambda0=run.trainer.lambda0_, device=device,
+    )  # fmt: skip
     timings["total_s"] = time.perf_counter() - started
-    after = await asyncio.to_thread(_evaluate, run.trainer.model_, dataset)
+    after = await asyncio.to_thread(_evaluate, chosen, dataset)
+    member = next((m for m in members if m.model is chosen), None)
     return AlignResult(
-        model=run.trainer.model_,
+        model=chosen if member is not None else copy.deepcopy(chosen),
         before=before,
         after=after,
         samples=records,
-        lam=lam,
+        lam=selection.lam,
         critic=critic,
-        history=history,
+        history=None if member is None else member.history,
         verdict_accuracy=_score_verdicts(records, dataset) if backend.uses_llm else None,
         counts=counts,
         timings=timings,
+        selection=selection,
+        robust=robust_summary(what, records),
     )
 
 
@@ -154,6 +170,7 @@ async def _critique(
     dataset: DatasetSplits,
     spec: TaskSpec,
     indices: Tensor,
+    val_indices: Tensor,
     critic: CriticSettings,
     options: CritiqueOptions,
     run: AlignmentTraining,
@@ -164,35 +181,62 @@ async def _critique(
     progress: bool,
     on_sample: Callable[[SampleRecord], None] | None,
     timings: dict[str, float],
-) -> tuple[list[SampleRecord], CritiqueCounts]:
-    """Stages 1-6 over `indices`: records in alignment order, masks fed to `run` (as they
-    arrive when streaming, in alignment order otherwise), and the engine's totals."""
+) -> tuple[list[SampleRecord], list[CritiquedSample], CritiqueCounts]:
+    """Stages 1-6 over `indices` (training) and `val_indices` (validation, for the model
+    check): alignment records in alignment order, each fed to `run` as it arrives, the
+    validation samples in the order of `val_indices`, and the engine's totals."""
     explained = copy.deepcopy(model).eval()  # explanations always come from the original
     ready = None if providers[0] is None else (providers[0], providers[1])
     session = await open_session(
         get_critic(critic.kind), critic, spec.family, providers=ready, progress=progress
     )
+    position = {int(i): k for k, i in enumerate(indices)}
     records: list[SampleRecord] = []
+    val_entries: list[CritiquedSample] = []
     async with session:
-        samples = rendered_samples(
-            explained, dataset.train, indices, options, seed=seed, device=device, timings=timings
+        samples = _splits_to_critique(
+            explained, dataset, (indices, val_indices), options, seed, device, timings
         )
-        async for record in critique_samples(
-            samples, session, spec, dataset, soft_masks=options.soft_masks, total=len(indices)
-        ):
+        async for split_name, sample, record in critique_stream(
+            samples, session, spec, dataset, soft_masks=options.soft_masks, votes=options.votes,
+            seed=seed, total=len(indices) + len(val_indices),
+        ):  # fmt: skip
+            split = getattr(dataset, split_name)
+            entry = critiqued(sample, record, split.images[sample.index], options.n_clusters,
+                              record.votes)  # fmt: skip
+            if split_name == "val":
+                val_entries.append(entry)
+                continue
             records.append(record)
-            if run.options.streaming:
-                run.add([record])
+            run.add(position[record.index], entry)
             if on_sample is not None:
                 on_sample(record)
         counts = CritiqueCounts.from_engine(session.engine.stats)
-    # Answers arrive in completion order; records (and, when not streaming, the pool the
-    # trainer draws from) follow the alignment order, so a sequential run is reproducible.
-    position = {int(i): k for k, i in enumerate(indices)}
+    # Answers arrive in completion order; records follow the alignment order.
     records.sort(key=lambda r: position[r.index])
-    if not run.options.streaming:
-        run.add(records)
-    return records, counts
+    val_order = {int(i): k for k, i in enumerate(val_indices)}
+    val_entries.sort(key=lambda e: val_order[e.record.index])
+    return records, val_entries, counts
+
+
+async def _splits_to_critique(
+    model: nn.Module,
+    dataset: DatasetSplits,
+    indices: tuple[Tensor, Tensor],
+    options: CritiqueOptions,
+    seed: int,
+    device: torch.device,
+    timings: dict[str, float],
+) -> AsyncIterator[tuple[str, RenderedSample]]:
+    """The rendered training samples, then the rendered validation samples."""
+    for split_name, chosen in zip(("train", "val"), indices, strict=True):
+        if len(chosen) == 0:
+            continue
+        split = getattr(dataset, split_name)
+        async for sample in rendered_samples(
+            model, split, chosen, options, seed=seed, device=device, timings=timings
+        ):
+            yield split_name, sample
 
 
 def _evaluate(model: nn.Module, dataset: DatasetSplits) -> Any:
