@@ -65,6 +65,7 @@ def write_align_report(
         f"<h1>lvlm-va alignment report: {html.escape(splits.info.name)}</h1>",
         _critic_banner(result),
         _metrics_table(result),
+        _selection_html(result),
         "<h2>Accuracy before and after alignment</h2>",
         _img(_accuracy_plot(result.before, result.after), "accuracy before and after", width=520),
     ]
@@ -116,7 +117,7 @@ def _metrics_table(result: AlignResult) -> str:
         if getattr(before, name) is not None
     )
     facts = [
-        f"lambda {result.lam:g}",
+        "original model kept" if result.lam is None else f"lambda {result.lam:g}",
         f"{result.n_masks} masks from {len(result.samples)} alignment samples",
         f"LVLM calls {result.provider_calls}",
         f"cache hits {result.cache_hits}",
@@ -129,6 +130,25 @@ def _metrics_table(result: AlignResult) -> str:
         "<table><tr><th>metric</th><th>before</th><th>after</th></tr>"
         f"{body}</table><p>{html.escape('; '.join(facts))}</p>"
     )
+
+
+def _selection_html(result: AlignResult) -> str:
+    """Which model was returned and why; a warning banner when the original was kept."""
+    selection = result.selection
+    if selection is None:
+        return ""
+    robust = result.robust
+    overturned = ""
+    if robust.get("clusters"):
+        overturned = (
+            f" Robust verdicts: {robust['votes']} Critic sample(s) per image, "
+            f"{robust['neighbours']} neighbours; the neighbours overturned "
+            f"{robust['overturned_no_to_yes']} 'no' and {robust['overturned_yes_to_no']} 'yes' "
+            f"of {robust['clusters']} verdicts (marked below)."
+        )
+    text = html.escape(selection.describe() + overturned)
+    style = " class='banner'" if selection.warning else ""
+    return f"<h2>Model choice</h2><p{style}>{text}</p>"
 
 
 def _accuracy_plot(before: Metrics, after: Metrics) -> bytes:
@@ -183,7 +203,11 @@ def _sample_html(sample: SampleRecord, image: Tensor, before: Tensor, after: Ten
     figures.append(_figure(_heatmap(image, after), "attribution after"))
     if sample.mask is not None:
         figures.append(_figure(_heatmap(image, sample.mask.unsqueeze(0), cmap="Reds"), "mask"))
-    verdicts = "".join(_verdict_chip(c, ok) for c, ok in (sample.verdicts or {}).items())
+    consensus = sample.consensus or {}
+    verdicts = "".join(
+        _verdict_chip(c, ok, overturned=c in consensus and (consensus[c] > 0.5) == ok)
+        for c, ok in (sample.verdicts or {}).items()
+    )
     text = sample.critique or sample.error or sample.status
     return (
         f"<div class='sample'>{''.join(figures)}<div class='notes'><b>#{sample.index}, class "
@@ -193,14 +217,17 @@ def _sample_html(sample: SampleRecord, image: Tensor, before: Tensor, after: Ten
     )
 
 
-def _verdict_chip(color: str, relevant: bool) -> str:
-    """`colour: yes|no` with a swatch of the cluster's colour as drawn in the cluster map."""
+def _verdict_chip(color: str, relevant: bool, *, overturned: bool = False) -> str:
+    """`colour: yes|no` with a swatch of the cluster's colour as drawn in the cluster map;
+    `overturned`: similar clusters of other images disagreed, and their verdict was used."""
     from lvlmva.vision.render import PALETTE
 
     rgb = PALETTE.get(color)
     swatch = f"<span class='swatch' style='background:rgb{rgb}'></span>" if rgb else ""
     word = "yes" if relevant else "no"
     label = f"{swatch}{html.escape(color)}: <span class='{word}'>{word}</span>"
+    if overturned:
+        label += " (overturned by similar clusters)"
     return f"<span class='chip'>{label}</span>"
 
 

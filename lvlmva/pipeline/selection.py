@@ -46,6 +46,7 @@ __all__ = [
     "counterfactual_split",
     "plan_check",
     "select_model",
+    "validation_count",
     "validation_indices",
 ]
 
@@ -87,10 +88,16 @@ def choose_criterion(val: ShortcutDataset, *, can_critique: bool) -> tuple[Crite
     )
 
 
+def validation_count(n_align: int, wanted: int | None) -> int:
+    """How many validation images the counterfactual check critiques: `wanted`, or
+    max(MIN_VAL_SAMPLES, n_align // 4) (before the split's size caps it)."""
+    return max(MIN_VAL_SAMPLES, n_align // 4) if wanted is None else wanted
+
+
 def validation_indices(n_val: int, n_align: int, wanted: int | None, seed: int) -> Tensor:
-    """The validation images to critique: `wanted`, or max(MIN_VAL_SAMPLES, n_align // 4), at
-    most the split, chosen with the seed."""
-    count = max(MIN_VAL_SAMPLES, n_align // 4) if wanted is None else wanted
+    """The validation images to critique (`validation_count`, at most the split), chosen with
+    the seed."""
+    count = validation_count(n_align, wanted)
     generator = torch.Generator().manual_seed(seed + 104729)
     return torch.randperm(n_val, generator=generator)[: min(count, n_val)]
 
