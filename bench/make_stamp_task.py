@@ -111,13 +111,14 @@ def draw(label: str, ink: str, rng: np.random.Generator) -> tuple[np.ndarray, np
     return image, stamp
 
 
-def write_task(out: Path, seed: int = 0) -> Path:
-    """Write images/, masks/, images.csv and spec.yaml under `out`; returns the CSV path."""
+def write_task(out: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
+    """Write images/, masks/, images.csv and spec.yaml under `out` (`sizes`: images per split,
+    default `SPLITS`); returns the CSV path."""
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows = []
-    for split, count in SPLITS.items():
+    for split, count in (sizes or SPLITS).items():
         for i in range(count):
             label = CLASSES[i % 2]
             follows = rng.random() < SHORTCUT if split != "test" else rng.random() < 0.5
