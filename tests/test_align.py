@@ -40,7 +40,7 @@ async def test_ground_truth_alignment_beats_the_shortcut(digits, shortcut_model)
     selection = result.selection
     assert selection.criterion == "counterfactual" and selection.n_val == 100
     assert not selection.kept_original and result.lam == selection.lam
-    assert len(selection.candidates) == 5  # the original and four lambdas
+    assert len(selection.candidates) == 6  # the original and five lambdas
     assert result.metrics_dict()["selection"]["chosen"] == selection.chosen
 
 

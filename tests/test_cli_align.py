@@ -37,7 +37,7 @@ def test_align_main_job_writes_metrics_and_report(aligned_run):
     assert metrics["simulated_error_model"] == "independent"
     selection = metrics["selection"]
     assert selection["criterion"] == "counterfactual" and selection["validation_samples"] == 40
-    assert "original" in selection["scores"] and len(selection["scores"]) == 5
+    assert "original" in selection["scores"] and len(selection["scores"]) == 6
     assert metrics["provider_calls"] == 2 * (200 + 40)  # alignment and validation critiques
     assert "Model choice by validation accuracy with the critic-flagged regions" in proc.stdout
     assert metrics["robust_verdicts"]["neighbours"] == 10

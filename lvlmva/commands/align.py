@@ -129,7 +129,8 @@ def _write_outputs(out: Path, result, arch: str, splits, original, args, device)
 
     from lvlmva.report import write_align_report
 
-    extra = {"aligned": True, "lambda": result.lam, "critic": result.critic.kind}
+    kept = result.selection is not None and result.selection.kept_original
+    extra = {"aligned": not kept, "lambda": result.lam, "critic": result.critic.kind}
     _save(out / "model.pt", result.model, arch, splits.info, extra)
     (out / "metrics.json").write_text(json.dumps(result.metrics_dict(), indent=2) + "\n")
     report = write_align_report(
@@ -137,4 +138,6 @@ def _write_outputs(out: Path, result, arch: str, splits, original, args, device)
         n_samples=args.report_samples, device=device,
     )  # fmt: skip
     print(result.summary())
+    if kept:
+        print("No aligned model beat the original on validation: model.pt is the ORIGINAL model.")
     print(f"Wrote {out / 'model.pt'}, {out / 'metrics.json'} and {report}")

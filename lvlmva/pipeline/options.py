@@ -73,7 +73,7 @@ class TrainOptions:
     lr: float = 1e-3
     min_pool_fraction: float = 0.25
     streaming: bool = True
-    lam_scales: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
+    lam_scales: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     keep_original: bool = True
 
     def __post_init__(self) -> None:

@@ -7,9 +7,9 @@ the input normalisation or the mask area (both change the penalty's size):
 
     lambda0 = cross-entropy / (align_batch * penalty per sample)
 
-on the first (up to 64) alignment samples of the first stage, at the start model: the weight at
-which the penalty of a batch starts as large as its cross-entropy. Each member trains with
-``lambda = scale * lambda0`` (or with the lambdas given outright).
+on the first (up to 64) alignment samples of the first stage, at the start model in evaluation
+mode: the weight at which the penalty of a batch starts as large as its cross-entropy. Each
+member trains with ``lambda = scale * lambda0`` (or with the lambdas given outright).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.progress import progress_bar
 from lvlmva.vision.datasets.base import ShortcutDataset
-from lvlmva.vision.rrr import RRRHistory, RRRTrainer, rrr_penalty
+from lvlmva.vision.rrr import RRRHistory, RRRTrainer, _cuda_devices, rrr_penalty
 from lvlmva.vision.schedule import ScheduledPool
 
 __all__ = ["GridMember", "LambdaGridTrainer", "penalty_scale"]
@@ -50,10 +50,11 @@ class GridMember:
 def penalty_scale(
     model: nn.Module, images: Tensor, masks: Tensor, labels: Tensor, batch: int
 ) -> float:
-    """lambda0 of the module docstring for `model` on these alignment samples (a copy of the
-    model is used in training mode, so batch-norm statistics of `model` stay as they are).
-    1.0 when the masks give no penalty at all."""
-    probe = copy.deepcopy(model).train()
+    """lambda0 of the module docstring for `model` on these alignment samples, in evaluation
+    mode (a freshly initialised batch norm is then the identity: in training mode its batch
+    statistics inflate the input gradients of a ResNet-18 at initialisation 2,000-fold, see
+    docs/robust.md). 1.0 when the masks give no penalty at all."""
+    probe = copy.deepcopy(model).eval()
     device = next(probe.parameters()).device
     ce = penalty = 0.0
     for start in range(0, len(images), 8):
@@ -129,7 +130,7 @@ class LambdaGridTrainer:
             else:
                 grid = [(lam, None) for lam in self.lams]
             self.members_ = [GridMember(lam, s, copy.deepcopy(start)) for lam, s in grid]
-            with torch.random.fork_rng(devices=_cuda(self.device)):
+            with torch.random.fork_rng(devices=_cuda_devices(self.device)):
                 torch.manual_seed(self.seed)
                 self._train(train, pool)
         finally:
@@ -189,9 +190,3 @@ class LambdaGridTrainer:
                 break
         for m in self.members_:
             m.model.eval()
-
-
-def _cuda(device: torch.device) -> list[int]:
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
