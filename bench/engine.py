@@ -263,10 +263,10 @@ async def run_litellm(args: argparse.Namespace, base_url: str, jobs: CountingJob
         raise SystemExit(
             "litellm is not installed: pip install 'lvlm-va[litellm]' to compare with its Router"
         ) from None
-    from lvlmva.engine.engine import REASK
+    from lvlmva.engine import requests
     from lvlmva.engine.providers.wire import build_chat_kwargs
-    from lvlmva.engine.types import ChatRequest, Message, TextPart
-    from lvlmva.engine.validation import VerdictValidationError, parse_verdicts, verdict_schema
+    from lvlmva.engine.types import ChatRequest
+    from lvlmva.engine.validation import VerdictValidationError, parse_verdicts
 
     litellm.suppress_debug_info = True
     litellm.telemetry = False
@@ -280,6 +280,7 @@ async def run_litellm(args: argparse.Namespace, base_url: str, jobs: CountingJob
         num_retries=args.max_attempts - 1,
     )
     prompts = _prompts()
+    sampling = requests.Sampling(max_tokens=1024, seed=0)
     out = Outcome(errors=Counter())
     calls = 0
 
@@ -291,38 +292,19 @@ async def run_litellm(args: argparse.Namespace, base_url: str, jobs: CountingJob
         response = await router.acompletion(**kwargs)
         return response.choices[0].message.content or ""
 
-    def request(system: str, user: str, images, schema) -> ChatRequest:
-        return ChatRequest(
-            model="sim-critic",
-            messages=(Message.text("system", system), Message("user", (TextPart(user), *images))),
-            max_tokens=1024,
-            seed=0,
-            response_schema=schema,
-        )
-
     async def one(job: CritiqueJob) -> None:
-        v = {
-            **job.variables,
-            "n_clusters": str(len(job.colors)),
-            "colors": ", ".join(job.colors),
-            "image_names": ", ".join(i.name for i in job.images),
-        }
-        schema = verdict_schema(job.colors)
+        # The same request bodies as the engine's (lvlmva.engine.requests), sent by the Router.
+        model = "sim-critic"
         try:
             if args.fused:
-                first = request(
-                    prompts.fused_system.render(v), prompts.fused_user.render(v), job.images, schema
+                first = requests.fused_request(
+                    prompts, job, model=model, sampling=sampling, structured=True
                 )
             else:
-                critique = await ask(
-                    request(
-                        prompts.critic_system.render(v), prompts.critic_user.render(v),
-                        job.images, None,
-                    )
-                )  # fmt: skip
-                v["critique"] = critique
-                first = request(
-                    prompts.judge_system.render(v), prompts.judge_user.render(v), (), schema
+                critic = requests.critic_request(prompts, job, model=model, sampling=sampling)
+                critique = await ask(critic)
+                first = requests.judge_request(
+                    prompts, job, critique, model=model, sampling=sampling, structured=True
                 )
             current = first
             for attempt in range(3):
@@ -335,18 +317,7 @@ async def run_litellm(args: argparse.Namespace, base_url: str, jobs: CountingJob
                     if attempt == 2:
                         raise
                     out.reasks += 1
-                    reask = REASK.format(error=exc, colors=", ".join(job.colors))
-                    current = ChatRequest(
-                        model=first.model,
-                        messages=(
-                            *first.messages,
-                            Message.text("assistant", text),
-                            Message.text("user", reask),
-                        ),
-                        max_tokens=first.max_tokens,
-                        seed=first.seed,
-                        response_schema=first.response_schema,
-                    )
+                    current = requests.reask_request(first, text, exc, job.colors)
         except Exception as exc:
             out.failed += 1
             out.errors[f"{type(exc).__name__}: {str(exc)[:60]}"] += 1

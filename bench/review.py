@@ -168,10 +168,7 @@ def bench(args: argparse.Namespace) -> dict:
     }
 
 
-def screenshots(args: argparse.Namespace) -> None:
-    """The grid and one sample view of a run on decoy-digits images (synthetic verdicts)."""
-    from playwright.sync_api import sync_playwright
-
+def _synthetic_digits_run(args: argparse.Namespace) -> Path:
     from lvlmva.vision.datasets import load_dataset
 
     train = load_dataset("decoy-digits").train
@@ -181,6 +178,15 @@ def screenshots(args: argparse.Namespace) -> None:
         path, 240, images=train.images[:240].numpy(), labels=train.labels[:240].numpy(),
         spurious_masks=train.spurious_masks[:240].numpy(), seed=4,
     ).close()
+    return path
+
+
+def screenshots(args: argparse.Namespace) -> None:
+    """The grid and one sample view of `--screenshot-run` (a run `lvlmva critique` wrote), or
+    of a run on decoy-digits images with synthetic verdicts."""
+    from playwright.sync_api import sync_playwright
+
+    path = args.screenshot_run or _synthetic_digits_run(args)
     out = Path(args.screenshots)
     out.mkdir(parents=True, exist_ok=True)
     proc, url = start_server(path)
@@ -217,6 +223,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="fresh-browser first-page loads")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--screenshots", help="write the README screenshots into this folder")
+    parser.add_argument("--screenshot-run", type=Path,
+                        help="with --screenshots: photograph this run (default: synthetic)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.screenshots:

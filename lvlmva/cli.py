@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from lvlmva import __version__
 from lvlmva.commands import COMMANDS
 from lvlmva.errors import LvlmvaError
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Align small vision models with domain knowledge, using an LVLM as critic.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    parser.add_argument("--version", action="version", version=f"lvlmva {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -40,15 +42,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except LvlmvaError as exc:
-        print(f"lvlmva {args.command}: error: {exc}", file=sys.stderr)
+        label = getattr(exc, "label", "error")  # "detached": work goes on elsewhere
+        print(f"lvlmva {args.command}: {label}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(
-            f"lvlmva {args.command}: interrupted; finished LVLM answers are cached, "
-            "rerun the same command to resume",
-            file=sys.stderr,
-        )
+        print(f"lvlmva {args.command}: {_interrupted(args)}", file=sys.stderr)
         return 130
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    if getattr(args, "batch", None) == "api":
+        return (
+            "detached; submitted batches run on at the API (lvlmva batch status); rerun the "
+            "same command to collect them without sending their requests again"
+        )
+    return "interrupted; finished LVLM answers are cached, rerun the same command to resume"
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lvlmva.api import AlignResult, CriticSettings, CritiqueCounts, SampleRecord
+from lvlmva.engine.types import Tally
 from lvlmva.vision.metrics import Metrics
 
 
@@ -38,7 +39,7 @@ def _result(n: int) -> AlignResult:
         samples=[_record(i) for i in range(n)],
         lam=0.003,
         critic=CriticSettings(),
-        counts=CritiqueCounts(provider_calls=2 * n),
+        counts=CritiqueCounts(Tally(provider_calls=2 * n)),
     )
 
 

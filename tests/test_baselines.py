@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -202,6 +203,26 @@ def test_cli_dfr_on_a_given_model_with_corruptions(tmp_path):
     assert metrics["params"]["C"] in (1.0, 0.1)
     assert set(metrics["corruptions"]["before"]["drop"]) == {"gamma", "defocus", "contrast"}
     assert not (out / "original.pt").exists()  # the given model was used, not retrained
+    fits = metrics["convergence"]
+    assert fits["fits"] == 4 and 0 <= fits["not_converged"] <= 4 and fits["max_iter"] > 0
+    report = (out / "report.html").read_text()
+    assert "DFR" in report and "worst-group accuracy" in report and "group:" in report
+
+
+def test_dfr_counts_convergence_instead_of_warning(capsys):
+    import warnings
+
+    from lvlmva.vision.baselines import _fit_counting, _l1_logistic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 40)) * 100
+    y = (x[:, 0] + rng.normal(size=60) > 0).astype(int)
+    clf = _l1_logistic(100.0, 3, 0)
+    clf.max_iter = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning that escaped would raise here
+        _, converged = _fit_counting(clf, x, np.where(y > 0, 2, y))
+    assert converged is False
 
 
 @pytest.mark.parametrize(

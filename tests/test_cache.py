@@ -4,71 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from lvlmva.cache import (
-    CachedResponse,
-    SingleFlight,
-    Source,
-    VerdictCache,
-    cache_key,
-    default_cache_dir,
-)
+from lvlmva.cache import SingleFlight, Source, VerdictCache, default_cache_dir
 from lvlmva.cli import main
-from lvlmva.engine.types import Usage
-
-BASE = dict(
-    provider="openai",
-    model="gpt-4o",
-    template_sha256="t" * 64,
-    text=["system:be precise", "user:what is red?"],
-    image_sha256s=["a" * 64, "b" * 64, "c" * 64],
-    params={"temperature": 0.0, "seed": 0, "max_tokens": 512},
-    schema_sha256="s" * 64,
-)
+from lvlmva.errors import DataError
 
 
-def answer(text: str = "hello") -> CachedResponse:
-    return CachedResponse(text, Usage(10, 2), "gpt-4o")
+def answer(text: str = "hello") -> dict:
+    return {"text": text, "usage": [10, 2], "model": "gpt-4o"}
 
 
-def test_key_is_stable_and_ignores_param_order():
-    again = dict(BASE, params={"max_tokens": 512, "seed": 0, "temperature": 0.0})
-    assert cache_key(**BASE) == cache_key(**again)
-    assert len(cache_key(**BASE)) == 64
-
-
-@pytest.mark.parametrize(
-    "field, value",
-    [
-        ("provider", "litellm"),
-        ("model", "gpt-4o-mini"),
-        ("template_sha256", "u" * 64),
-        ("text", ["system:be precise", "user:what is blue?"]),
-        ("text", ["user:be precise", "user:what is red?"]),
-        ("image_sha256s", ["a" * 64, "c" * 64, "b" * 64]),
-        ("image_sha256s", ["a" * 64, "b" * 64]),
-        ("params", {"temperature": 0.7, "seed": 0, "max_tokens": 512}),
-        ("params", {"temperature": 0.0, "seed": 1, "max_tokens": 512}),
-        ("params", {"temperature": 0.0, "seed": 0, "max_tokens": 513}),
-        ("schema_sha256", None),
-        ("schema_sha256", "x" * 64),
-    ],
-)
-def test_key_changes_when_any_part_changes(field, value):
-    assert cache_key(**{**BASE, field: value}) != cache_key(**BASE)
-
-
-def test_text_boundaries_and_kinds_change_the_key():
-    def key(text):
-        return cache_key(**{**BASE, "text": text})
-
-    assert key(["ab", "c"]) != key(["a", "bc"])
-    assert key("abc") != key(["abc"])
-    assert key(["abc"]) != key(["abc", ""])
-    assert key(["é"]) != key(["e"])
+def test_the_cache_imports_nothing_from_the_engine():
+    code = (
+        "import sys, lvlmva.cache, lvlmva.commands.cache; "
+        "print(sorted(m for m in sys.modules if m.startswith('lvlmva.engine')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_default_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -120,9 +77,44 @@ async def test_get_or_compute_runs_the_factory_once_for_concurrent_callers(tmp_p
     found = await asyncio.gather(*(cache.get_or_compute("k", factory) for _ in range(5)))
     assert calls == 1
     assert sorted(f.source for f in found) == sorted([Source.COMPUTED] + [Source.SHARED] * 4)
-    assert {f.value.text for f in found} == {"computed"}
+    assert {f.value["text"] for f in found} == {"computed"}
     again = await cache.get_or_compute("k", factory)
     assert again.source is Source.CACHE and calls == 1
+    await cache.aclose()
+
+
+async def test_an_entry_that_does_not_decode_is_a_miss_and_is_replaced(tmp_path):
+    cache = VerdictCache(tmp_path)
+    await cache.set("k", ["an", "old", "format"])
+    calls = 0
+
+    def decode(entry):
+        return str(entry["text"])  # a list: TypeError
+
+    async def factory():
+        nonlocal calls
+        calls += 1
+        return "fresh"
+
+    found = await cache.get_or_compute(
+        "k", factory, encode=lambda text: {"text": text}, decode=decode
+    )
+    assert (found.value, found.source, calls) == ("fresh", Source.COMPUTED, 1)
+    assert await cache.get("k") == {"text": "fresh"}
+    again = await cache.get_or_compute("k", factory, encode=dict, decode=decode)
+    assert (again.value, again.source, calls) == ("fresh", Source.CACHE, 1)
+    await cache.aclose()
+
+
+async def test_a_decode_bug_is_not_hidden(tmp_path):
+    cache = VerdictCache(tmp_path)
+    await cache.set("k", answer())
+
+    def broken(entry):
+        raise RuntimeError("a bug in decode")
+
+    with pytest.raises(RuntimeError, match="a bug in decode"):
+        await cache.get_or_compute("k", lambda: None, decode=broken)
     await cache.aclose()
 
 
@@ -161,6 +153,27 @@ async def test_a_waiter_takes_over_when_the_leader_is_cancelled():
     assert calls == ["leader", "follower"] and len(flight) == 0
 
 
+async def test_waiters_cancelled_with_their_leader_do_not_take_over():
+    flight: SingleFlight[str] = SingleFlight()
+    started = asyncio.Event()
+    calls = []
+
+    async def never(tag):
+        calls.append(tag)
+        started.set()
+        await asyncio.Event().wait()
+
+    tasks = [asyncio.create_task(flight.run("k", lambda t=t: never(t))) for t in "abc"]
+    await started.wait()
+    for task in tasks:  # as when a run stops: everyone is cancelled at once
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=2.0)
+    for task in pending:  # a waiter that took over would wait forever
+        task.cancel()
+    assert not pending and calls == ["a"] and len(flight) == 0
+    assert all(task.cancelled() for task in tasks)
+
+
 async def test_export_and_clear(tmp_path):
     cache = VerdictCache(tmp_path / "c")
     for i in range(3):
@@ -170,7 +183,7 @@ async def test_export_and_clear(tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(line["key"] for line in lines) == ["k0", "k1", "k2"]
     assert {line["text"] for line in lines} == {"text 0", "text 1", "text 2"}
-    assert CachedResponse.from_dict(lines[0]).usage == Usage(10, 2)
+    assert all(line["usage"] == [10, 2] and line["model"] == "gpt-4o" for line in lines)
     assert cache.clear() == 3 and len(cache) == 0
     await cache.aclose()
 
@@ -193,9 +206,10 @@ async def test_reads_and_writes_are_batched_in_order(tmp_path):
     write = asyncio.ensure_future(cache.set("k0", answer("new")))
     read = asyncio.ensure_future(cache.get("k0"))
     await write
-    assert (await read).text == "new"
+    assert (await read)["text"] == "new"
     found = await asyncio.gather(*(cache.get(f"k{i}") for i in range(1, 40)), cache.get("nope"))
-    assert [f.text for f in found[:-1]] == [f"v{i}" for i in range(1, 40)] and found[-1] is None
+    assert [f["text"] for f in found[:-1]] == [f"v{i}" for i in range(1, 40)]
+    assert found[-1] is None
     await cache.aclose()
 
 
@@ -242,7 +256,7 @@ def test_cache_command(tmp_path, capsys):
     out = tmp_path / "all.jsonl"
     assert main(["cache", "export", str(out), "--cache-dir", str(directory)]) == 0
     assert len(out.read_text().splitlines()) == 2
-    assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
+    assert main(["cache", "clear", "--cache-dir", str(directory), "--yes"]) == 0
     assert "2 entries" in capsys.readouterr().out
     assert main(["cache", "stats", "--cache-dir", str(directory), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["entries"] == 0
@@ -258,3 +272,86 @@ def test_cache_command_refuses_an_unwritable_export(tmp_path, capsys):
     target = tmp_path / "missing-folder" / "x.jsonl"
     assert main(["cache", "export", str(target), "--cache-dir", str(tmp_path / "c")]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_a_damaged_database_is_one_line_and_cache_clear_repairs_it(tmp_path, capsys):
+    directory = tmp_path / "c"
+
+    async def fill():
+        cache = VerdictCache(directory)
+        await cache.set("k", answer())
+        await cache.aclose()
+
+    asyncio.run(fill())
+    (directory / "cache.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(DataError, match=r"cache\.db is damaged") as info:
+        VerdictCache(directory)
+    assert "\n" not in str(info.value) and "lvlmva cache clear" in str(info.value)
+    assert main(["cache", "stats", "--cache-dir", str(directory)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damaged" in err[0]
+    assert main(["cache", "clear", "--cache-dir", str(directory), "--yes"]) == 0
+    assert "damaged" in capsys.readouterr().out
+    with VerdictCache(directory) as cache:  # usable again
+        assert len(cache) == 0
+
+
+def test_cache_stats_creates_nothing_and_counts_by_model(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["cache", "stats", "--cache-dir", str(missing), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["exists"] is False
+    assert not missing.exists()
+    directory = tmp_path / "c"
+
+    async def fill():
+        cache = VerdictCache(directory)
+        await cache.set("a", answer(), tag="gpt-4o")
+        await cache.set("b", answer(), tag="gpt-4o")
+        await cache.set("c", answer(), tag="simulated:simulated-critic")
+        await cache.set("d", answer())
+        await cache.aclose()
+
+    asyncio.run(fill())
+    before = sorted(p.name for p in directory.iterdir())
+    assert main(["cache", "stats", "--cache-dir", str(directory), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["entries"] == 4 and stats["by_model"] == {"gpt-4o": 2}
+    assert stats["simulated_by_model"] == {"simulated-critic": 1} and stats["untagged"] == 1
+    assert main(["cache", "stats", "--cache-dir", str(directory)]) == 0
+    assert "SIMULATED" in capsys.readouterr().out
+    assert sorted(p.name for p in directory.iterdir()) == before
+
+
+def test_cache_clear_asks_first_unless_yes(tmp_path, capsys, monkeypatch):
+    directory = tmp_path / "c"
+    with VerdictCache(directory) as cache:
+        cache._cache.set("k", answer())
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    assert main(["cache", "clear", "--cache-dir", str(directory)]) == 2
+    assert "add --yes" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
+    assert "nothing removed" in capsys.readouterr().out
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
+    assert "removed 1 entries" in capsys.readouterr().out
+
+
+async def test_an_unreadable_entry_is_a_miss_and_a_failed_write_keeps_the_answer(tmp_path):
+    cache = VerdictCache(tmp_path)
+
+    def broken_get(*a, **k):
+        raise OSError("value file vanished")
+
+    def broken_set(*a, **k):
+        raise OSError("disk full")
+
+    cache._cache.get, cache._cache.set = broken_get, broken_set
+
+    async def compute():
+        return "fresh"
+
+    found = await cache.get_or_compute("k", compute)
+    assert (found.value, found.source) == ("fresh", Source.COMPUTED)
+    await cache.aclose()

@@ -94,6 +94,26 @@ def test_bad_input_gives_one_line_error(args, needle, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--rpm", "0"], "--rpm must be positive"),
+        (["--tpm", "-1"], "--tpm must be positive"),
+        (["--clusters", "0"], "--clusters must be positive"),
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--n-align", "0"], "--n-align must be positive"),
+    ],
+)
+def test_bad_numbers_are_refused_before_any_training(args, needle, tmp_path, capsys):
+    from lvlmva.cli import main
+
+    assert main(["align", *args, "--quiet", "--out", str(tmp_path / "o")]) == 2
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"lvlmva align: error: {needle}")
+    assert "Training" not in out
+
+
 def test_the_original_model_is_the_same_for_the_same_seed(tmp_path):
     befores = []
     for run in ("a", "b"):

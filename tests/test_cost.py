@@ -73,7 +73,38 @@ def test_price_lookup_and_cost():
     usage = Usage(prompt_tokens=1_000_000, completion_tokens=100_000)
     assert table.cost("gpt-4o-mini", usage) == pytest.approx(0.15 + 0.06)
     assert table.lookup("openai/gpt-4o-2024-08-06") == table.lookup("gpt-4o")
-    assert table.lookup("gpt-4o-mini-2024-07-18") == ModelPrice(0.15, 0.60)
+    assert table.lookup("gpt-4o-mini-2024-07-18") == ModelPrice(0.15, 0.60, 0.075)
+
+
+def test_exact_names_before_snapshots_and_no_loose_prefixes():
+    table = PriceTable()
+    assert table.lookup("gpt-5-pro") == ModelPrice(15.00, 120.00)  # not gpt-5's 1.25 / 10
+    assert table.lookup("gpt-5-pro-2025-10-06") == table.lookup("gpt-5-pro")
+    assert table.lookup("gpt-4o-2024-05-13") == ModelPrice(5.00, 15.00)  # its own price
+    assert table.lookup("gpt-4o-2024-11-20") == table.lookup("gpt-4o")
+    assert table.lookup("gpt-5-codex-mystery") is None  # a variant is never priced as gpt-5
+    assert table.lookup("gpt-4o-mini-tts") is None
+
+
+def test_cached_input_tokens_are_billed_at_the_cached_rate():
+    price = PriceTable().require("gpt-4o")
+    usage = Usage(prompt_tokens=10_000, completion_tokens=1_000, cached_tokens=4_000)
+    assert price.cost(usage) == pytest.approx((6_000 * 2.50 + 4_000 * 1.25 + 1_000 * 10.0) / 1e6)
+    no_cached_rate = ModelPrice(1.0, 2.0)
+    assert no_cached_rate.cost(usage) == pytest.approx((10_000 * 1.0 + 1_000 * 2.0) / 1e6)
+    reasoning = Usage(1_000, 3_000, reasoning_tokens=2_500)  # reasoning is inside completion
+    assert PriceTable().cost("gpt-5-mini", reasoning) == pytest.approx(
+        (1_000 * 0.25 + 3_000 * 2.0) / 1e6
+    )
+
+
+def test_a_price_file_takes_a_cached_input_price(tmp_path):
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"llava": {"input": 1, "cached_input": 0.1, "output": 2}}))
+    assert PriceTable.from_file(path).lookup("llava") == ModelPrice(1.0, 2.0, 0.1)
+    path.write_text(json.dumps({"llava": {"input": 1, "cached": 0.1}}))
+    with pytest.raises(ConfigError, match="cached_input"):
+        PriceTable.from_file(path)
 
 
 def test_unknown_model_costs_zero_and_warns_once(caplog):
@@ -129,7 +160,6 @@ def test_meter_adds_usage_and_cost():
     assert meter.add("m", Usage(1_000_000, 0)) == pytest.approx(1.0)
     assert meter.add("m", Usage(0, 500_000)) == pytest.approx(2.0)
     assert meter.spent_usd == pytest.approx(3.0)
-    assert meter.usage == Usage(1_000_000, 500_000)
     assert not meter.budget_reached  # no budget
 
 

@@ -99,3 +99,55 @@ async def test_python_align_checks_the_endpoint_before_any_training():
     with pytest.raises(ConfigError, match="cannot reach"):
         await align(build_model("mlp", splits.info), splits, critic=critic, n_align=4,
                     progress=False)
+
+
+def test_request_flags_fill_the_request_group_and_reach_the_engine():
+    settings = critic_settings(
+        _align_args(
+            "--critic", "openai", "--base-url", "http://127.0.0.1:9/v1", "--critic-model",
+            "gpt-5-mini", "--judge-model", "gpt-5-nano", "--max-completion-tokens", "2048",
+            "--reasoning-effort", "low", "--judge-reasoning-effort", "minimal", "--detail",
+            "high", "--request-timeout", "30", "--max-response-mb", "2",
+        )
+    )  # fmt: skip
+    request = settings.request
+    assert (request.max_completion_tokens, request.reasoning_effort) == (2048, "low")
+    assert (request.judge_reasoning_effort, request.image_detail) == ("minimal", "high")
+    assert settings.limits.request_timeout == 30 and settings.limits.max_response_bytes == 2**21
+    python = CriticSettings("openai", "gpt-5-mini", reasoning_effort="low", image_detail="low")
+    assert python.request.reasoning_effort == "low" and python.request.image_detail == "low"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--rpm", "0"], "--rpm must be positive"),
+        (["--tpm", "-5"], "--tpm must be positive"),
+        (["--budget-usd", "0"], "--budget-usd must be positive"),
+        (["--request-timeout", "0"], "--request-timeout must be positive"),
+        (["--max-completion-tokens", "0"], "--max-completion-tokens must be positive"),
+        (["--critic", "openai", "--base-url", "http://x/v1", "--critic-model", "gpt-4o",
+          "--reasoning-effort", "high"], "neither gpt-4o nor gpt-4o is a reasoning model"),
+        (["--critic", "openai", "--base-url", "http://x/v1", "--critic-model", "gpt-5-mini",
+          "--reasoning-effort", "xhigh"], "gpt-5-mini takes --reasoning-effort minimal"),
+    ],
+)
+def test_bad_request_flags_are_one_line_errors_naming_the_flag(argv, needle):
+    with pytest.raises(ConfigError, match=needle) as info:
+        critic_settings(_align_args(*argv))
+    assert "\n" not in str(info.value)
+
+
+async def test_the_simulated_critic_keys_its_answers_by_every_setting_that_changes_them(tmp_path):
+    from lvlmva.critics import open_session
+    from lvlmva.engine.keys import ProviderIdentity
+
+    identities = []
+    for accuracy, transport in ((0.87, "in-process"), (1.0, "in-process"), (1.0, "http")):
+        settings = CriticSettings(verdict_accuracy=accuracy, sim_transport=transport)
+        session = await open_session(get_critic("simulated"), settings, "decoy-digits")
+        async with session:
+            identities.append(ProviderIdentity.of(session.engine.critic))
+    assert identities[0] != identities[1]  # --verdict-accuracy 1.0 never reuses 0.87's answers
+    assert identities[1] == identities[2]  # over HTTP: the simulation's identity, not the port's
+    assert all(i.simulated and "acc=" in i.name for i in identities)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,43 @@ def test_a_mask_follows_its_own_label_map_and_responsibilities():
             LABELS.flip(1), COLORS, IDS, verdicts, responsibilities=resp.flip(2), soft=soft
         )
         assert mask.sum() > 0 and torch.equal(flipped, mask.flip(1))
+
+
+def test_the_numpy_rule_and_the_torch_wrapper_agree_bit_for_bit():
+    from lvlmva.vision.masks import mask_array
+
+    resp = _responsibilities(3)
+    verdicts = {"red": False, "blue": True, "green": False, "pink": False}
+    for soft in (False, True):
+        torch_mask = mask_from_verdicts(LABELS, COLORS, IDS, verdicts, responsibilities=resp,
+                                        soft=soft)
+        numpy_mask = mask_array(LABELS.numpy(), COLORS, IDS, verdicts,
+                                responsibilities=resp.numpy(), soft=soft)
+        assert numpy_mask.dtype == np.float32
+        assert np.array_equal(torch_mask.numpy(), numpy_mask)
+
+
+def test_the_run_store_and_the_review_server_never_import_torch(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys, numpy as np\n"
+        "from lvlmva.runs import CritiqueRun, RunManifest, RunRecord, SampleArrays\n"
+        "import lvlmva.review.app, lvlmva.review.server, lvlmva.commands.review\n"
+        "png = bytes.fromhex('89504e470d0a1a0a') + b'x'\n"
+        f"run = CritiqueRun.create({str(tmp_path / 'run')!r}, RunManifest(dataset='d', "
+        "split='train', class_names=('a', 'b'), masks='hard'))\n"
+        "labels = np.array([[0, 1], [1, -1]])\n"
+        "run.add(RunRecord(index=0, split='train', label=0, class_name='a', status='ok', "
+        "colors=('yellow', 'magenta'), cluster_ids=(0, 1), verdicts={'yellow': True, "
+        "'magenta': False}), SampleArrays(images={'original': png}, labels=labels))\n"
+        "run.override(0, 'yellow', False)\n"
+        "assert run.effective_mask(0).sum() == 3\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]

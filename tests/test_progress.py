@@ -42,3 +42,22 @@ def test_a_terminal_keeps_tqdm_frames():
     for _ in progress_bar(range(3), desc="x", file=term, mininterval=0):
         pass
     assert "\r" in term.getvalue()
+
+
+def test_a_bar_that_clears_itself_still_logs_its_end_and_no_escape_codes():
+    log = io.StringIO()
+    for _ in progress_bar(range(85), desc="RRR epoch 1/5", file=log, leave=False):
+        pass  # shorter than the log interval: only the start would be written otherwise
+    lines = log.getvalue().splitlines()
+    assert lines[-1].startswith("RRR epoch 1/5: 100%") and "85/85" in lines[-1]
+    assert "\x1b" not in log.getvalue()
+
+
+def test_control_sequences_are_dropped_from_log_lines():
+    from lvlmva.progress import LineWriter
+
+    log = io.StringIO()
+    writer = LineWriter(log)
+    writer.write("\x1b[A")  # tqdm's cursor-up, on its own
+    writer.write("\rcritique:  50%| 5/10 \x1b[A")
+    assert log.getvalue() == "critique:  50%| 5/10\n"

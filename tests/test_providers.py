@@ -20,6 +20,7 @@ from lvlmva.engine.errors import (
     AuthenticationFailed,
     BadRequest,
     ConnectionFailed,
+    NotFound,
     ProviderTimeout,
     RateLimited,
     ServerError,
@@ -209,7 +210,7 @@ async def test_429_with_http_date(server, provider):
         (Reply(503, api_error("busy"), {"Retry-After": "2"}), ServerError, 2.0),
         (Reply(502, "<html>bad gateway</html>"), ServerError, None),
         (Reply(400, api_error("bad schema")), BadRequest, None),
-        (Reply(404, api_error("no such model")), BadRequest, None),
+        (Reply(404, api_error("no such model")), NotFound, None),
         (Reply(403, api_error("forbidden")), AuthenticationFailed, None),
     ],
 )
@@ -464,3 +465,87 @@ def test_the_image_data_url_is_computed_once():
     image = ImagePart("original", PNG)
     assert image.data_url is image.data_url
     assert image.data_url == "data:image/png;base64," + base64.b64encode(PNG).decode()
+
+
+async def test_finish_reason_and_usage_details_are_read(server, provider):
+    body = completion("cut off")
+    body["choices"][0]["finish_reason"] = "length"
+    body["usage"]["prompt_tokens_details"] = {"cached_tokens": 5}
+    body["usage"]["completion_tokens_details"] = {"reasoning_tokens": 3}
+    server.replies = [Reply(body=body)]
+    answer = await provider.complete(vision_request(), timeout=10)
+    assert answer.finish_reason == "length" and answer.text == "cut off"
+    assert (answer.usage.cached_tokens, answer.usage.reasoning_tokens) == (5, 3)
+    body = completion("")
+    body["choices"][0]["message"]["content"] = None
+    body["choices"][0]["finish_reason"] = "content_filter"
+    server.replies = [Reply(body=body)]
+    answer = await provider.complete(vision_request(), timeout=10)
+    assert answer.content_null and answer.text == "" and answer.finish_reason == "content_filter"
+
+
+async def test_insufficient_quota_is_fatal_and_not_a_rate_limit(server, provider):
+    from lvlmva.engine.errors import QuotaExceeded
+
+    quota = api_error("You exceeded your current quota", "insufficient_quota")
+    server.replies = [Reply(429, quota)]
+    with pytest.raises(QuotaExceeded) as info:
+        await provider.complete(vision_request(), timeout=10)
+    assert info.value.fatal and not info.value.retryable
+    assert info.value.code == "insufficient_quota"
+    server.replies = [Reply(429, api_error("slow down", "rate_limit_exceeded"))]
+    with pytest.raises(RateLimited):
+        await provider.complete(vision_request(), timeout=10)
+
+
+async def test_organization_and_project_headers_come_from_the_environment(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-abc")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj_xyz")
+    p = OpenAICompatibleProvider(base_url=server.url, api_key=SECRET)
+    await p.complete(vision_request(), timeout=10)
+    await p.aclose()
+    sent = server.headers[-1]
+    assert sent["OpenAI-Organization"] == "org-abc" and sent["OpenAI-Project"] == "proj_xyz"
+    monkeypatch.delenv("OPENAI_ORG_ID")
+    monkeypatch.setenv("OPENAI_ORGANIZATION", "org-old-name")
+    p = OpenAICompatibleProvider(base_url=server.url, api_key=SECRET, project="proj_given")
+    await p.complete(vision_request(), timeout=10)
+    await p.aclose()
+    sent = server.headers[-1]
+    assert sent["OpenAI-Organization"] == "org-old-name" and sent["OpenAI-Project"] == "proj_given"
+
+
+async def test_a_body_past_the_size_cap_is_refused(server):
+    from lvlmva.engine.errors import ResponseTooLarge
+
+    huge = json.dumps(completion("x")) + " " * (3 * 2**20)
+    server.replies = [Reply(body=huge)]
+    p = OpenAICompatibleProvider(base_url=server.url, api_key=SECRET, max_response_bytes=2**20)
+    with pytest.raises(ResponseTooLarge, match="over the 1 MiB cap"):
+        await p.complete(vision_request(), timeout=10)
+    await p.aclose()
+
+
+def test_rate_limit_headers_are_parsed():
+    from lvlmva.engine.providers.wire import parse_duration, parse_rate_limits
+
+    info = parse_rate_limits({
+        "x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
+        "x-ratelimit-reset-requests": "1s", "x-ratelimit-limit-tokens": "150000",
+        "x-ratelimit-remaining-tokens": "149984", "x-ratelimit-reset-tokens": "6m0s",
+    })  # fmt: skip
+    assert (info.remaining_requests, info.reset_requests_s) == (59, 1.0)
+    assert (info.limit_tokens, info.reset_tokens_s) == (150000, 360.0)
+    assert parse_rate_limits({"content-type": "application/json"}) is None
+    assert [parse_duration(t) for t in ("20ms", "1h2m3.5s", "2.5", "soon", "")] == [
+        0.02, 3723.5, 2.5, None, None,
+    ]
+
+
+def test_the_tuple_parser_of_earlier_callers_still_reads_a_body():
+    from lvlmva.engine.providers.openai_compat import parse_chat_completion, parse_chat_response
+
+    body = json.dumps(completion("hi", model="m-1")).encode()
+    text, usage, model = parse_chat_completion(body, where="w")
+    assert (text, usage.prompt_tokens, model) == ("hi", 11, "m-1")
+    assert parse_chat_response(body, where="w").finish_reason == "stop"

@@ -1,6 +1,7 @@
 """The review app in a real browser (Playwright driving Debian's Chromium): filters, 20
-verdict toggles by click and key, a reload, the store's audit trail and masks, and writes from
-another origin refused."""
+verdict toggles by click and key, a reload, the store's audit trail and masks, re-aligning a
+real decoy-digits critique run from the app (the masks used change exactly at the overridden
+clusters), and writes from another origin refused."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import shutil
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -31,7 +33,8 @@ SHOWN = "want => JSON.stringify([...document.querySelectorAll('.card')]" \
 class Served:
     """The review app (and a foreign page on another port) in a thread with its own loop."""
 
-    def __init__(self, run: CritiqueRun) -> None:
+    def __init__(self, run: CritiqueRun, realign=None) -> None:
+        self.realign = realign
         self.url = ""
         self.foreign = ""
         self._ready = threading.Event()
@@ -64,7 +67,7 @@ class Served:
 
         try:
             await serve(run, port=0, token=TOKEN, reviewer="browser", ready=ready,
-                        stop=self._stop)
+                        stop=self._stop, realign=self.realign)
         finally:
             await runner.cleanup()
 
@@ -226,3 +229,78 @@ def test_writes_without_the_token_or_from_another_origin_are_refused(served, pag
     assert outcomes[1] == "blocked"
     assert run.get(index).effective_verdicts == target.effective_verdicts
     assert len(run.audit(limit=100_000)) == audit_before
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A real critique run (decoy-digits, simulated critic, hard masks), served with a re-align
+    hook that trains from it in-process and keeps the result."""
+    import torch
+
+    from lvlmva.api import CriticSettings
+    from lvlmva.pipeline import CritiqueOptions
+    from lvlmva.pipeline.critique_run import critique_run
+    from lvlmva.pipeline.from_run import align_from_run
+    from lvlmva.vision.datasets import load_dataset
+    from lvlmva.vision.models import build_model
+
+    digits = load_dataset("decoy-digits", seed=0)
+    torch.manual_seed(0)
+    model = build_model("mlp", digits.info)
+    path = tmp_path_factory.mktemp("digits") / "run"
+    job = critique_run(model, digits, path, n=16, progress=False,
+                       critic=CriticSettings(cache_dir=path.parent / "cache"),
+                       critique=CritiqueOptions(soft_masks=False))
+    with ThreadPoolExecutor(1) as pool:  # Playwright's loop runs in this thread
+        pool.submit(asyncio.run, job).result()
+    run = CritiqueRun.open(path)
+    results = []
+
+    async def realign(r: CritiqueRun) -> str:
+        result = await align_from_run(model, digits, r, epochs=1, progress=False)
+        results.append(result)
+        return f"aligned from {len(result.samples)} reviewed samples, 0 LVLM calls"
+
+    server = Served(run, realign=realign)
+    yield server, run, digits, results
+    server.close()
+    run.close()
+
+
+def test_twenty_overrides_then_realign_from_the_app_changes_the_masks_exactly_there(
+    digits_run, page
+):
+    from lvlmva.pipeline.from_run import reviewed_records
+
+    server, run, digits, results = digits_run
+    before = {r.index: r.mask.numpy() for r in reviewed_records(run, digits)}
+    query = RunQuery(statuses=("ok",), overridden=False)
+    chosen = [s for s in run.query(query, limit=16).items if len(s.record.colors) >= 4][:5]
+    assert len(chosen) == 5
+    toggled: dict[int, set[str]] = {}
+    for sample in chosen:
+        index = sample.record.index
+        page.goto(f"{server.url}#sample/{index}?status=ok")
+        page.wait_for_selector(f"body[data-ready='sample:{index}']")
+        for n, color in enumerate(sample.record.colors[:4]):
+            _toggle(page, color, key=None if n < 2 else str(n + 1))
+        toggled[index] = set(sample.record.colors[:4])
+    page.reload()
+    page.wait_for_selector(f"body[data-ready='sample:{chosen[-1].record.index}']")
+    assert page.locator(".chip[data-overridden=true]").count() == 4
+    page.click("#realign")
+    page.click("#dialog-run")
+    page.wait_for_function(
+        "() => document.getElementById('message').textContent.includes('aligned')")
+    assert "0 LVLM calls" in page.inner_text("#message")
+    (result,) = results
+    assert result.provider_calls == 0 and result.cache_hits == 0
+    used = {r.index: r.mask.numpy() for r in result.samples}
+    assert set(used) == set(before)
+    for index, mask in used.items():
+        sample = run.get(index)
+        flipped = [k for c, k in zip(sample.record.colors, sample.record.cluster_ids,
+                                     strict=True) if c in toggled.get(index, set())]
+        changed = mask != before[index]
+        assert np.array_equal(changed, np.isin(run.arrays(index).labels, flipped)), index
+    assert sum(len(t) for t in toggled.values()) == 20

@@ -24,7 +24,7 @@ def manifest(**kw) -> RunManifest:
 
 
 def sample(index: int, *, status: str = "ok", verdicts=None, seed: int = 0):
-    """A 6x6 sample with clusters 0, 1, 2 (red, blue, green) and random responsibilities."""
+    """A 6x6 sample with clusters 0, 1, 2 (yellow, magenta, brown) and random responsibilities."""
     rng = np.random.default_rng(seed + index)
     labels = np.array([[-1, 0, 0, 1, 1, -1]] * 3 + [[2, 2, 2, 1, 1, -1]] * 3)
     resp = rng.dirichlet(np.ones(3), size=(6, 6)).transpose(2, 0, 1)
@@ -32,14 +32,14 @@ def sample(index: int, *, status: str = "ok", verdicts=None, seed: int = 0):
     rendered = render_critic_images(image, labels, size=None)
     colours = rendered.colors
     if status == "ok" and verdicts is None:
-        verdicts = {"red": True, "blue": False, "green": True}
+        verdicts = {"yellow": True, "magenta": False, "brown": True}
     record = RunRecord(
         index=index, split="train", label=index % 3, class_name=NAMES[index % 3], status=status,
         colors=colours, cluster_ids=rendered.cluster_ids, prediction=(index + 1) % 3,
         confidence=0.1 * (index % 10), critique=f"critique {index}",
         verdicts=verdicts if status == "ok" else None,
         agreement={c: 1.0 if index % 2 else 0.5 for c in colours} if status == "ok" else None,
-        spurious_colors=("blue",),
+        spurious_colors=("magenta",),
     )
     arrays = SampleArrays(
         images={"original": rendered.original, "clusters": rendered.clusters,
@@ -91,8 +91,8 @@ def test_open_names_a_missing_a_foreign_and_a_newer_run(tmp_path):
 def test_add_is_idempotent_and_resume_retries_failed_samples(run):
     assert run.add(*sample(0)) and run.add(*sample(1, status="failed"))
     assert run.add(sample(2, status="not_run")[0])  # no arrays: allowed when not critiqued
-    assert not run.add(*sample(0, verdicts={"red": False, "blue": False, "green": False}))
-    assert run.get(0).record.verdicts == {"red": True, "blue": False, "green": True}
+    assert not run.add(*sample(0, verdicts={"yellow": False, "magenta": False, "brown": False}))
+    assert run.get(0).record.verdicts == {"yellow": True, "magenta": False, "brown": True}
     assert list(run.done_indices()) == [0]
     assert run.has(1) and not run.has(5)
     assert run.add(*sample(1))  # failed -> critiqued again
@@ -105,7 +105,7 @@ def test_add_is_idempotent_and_resume_retries_failed_samples(run):
 
 def test_replace_drops_overrides_with_an_audit_entry_and_old_files(run):
     run.add(*sample(0))
-    run.override(0, "red", False, reviewer="ann")
+    run.override(0, "yellow", False, reviewer="ann")
     old_files = sorted(p.name for p in (run.root / "samples" / "000000").iterdir())
     assert run.add(*sample(0, seed=7), replace=True)
     got = run.get(0)
@@ -180,9 +180,9 @@ def test_overrides_change_the_effective_mask_exactly_at_the_toggled_cluster(tmp_
         record, arrays = sample(0)
         run.add(record, arrays)
         before = run.effective_mask(0)
-        after = run.override(0, "green", False, note="on the stroke? no: a shadow", reviewer="bo")
-        assert after.overrides == {"green": False}
-        assert run.effective_verdicts(0) == {"red": True, "blue": False, "green": False}
+        after = run.override(0, "brown", False, note="on the stroke? no: a shadow", reviewer="bo")
+        assert after.overrides == {"brown": False}
+        assert run.effective_verdicts(0) == {"yellow": True, "magenta": False, "brown": False}
         mask = run.effective_mask(0)
         labels = torch.from_numpy(arrays.labels.astype(np.int64))
         resp = torch.from_numpy(run.arrays(0).responsibilities.astype(np.float32))
@@ -190,17 +190,17 @@ def test_overrides_change_the_effective_mask_exactly_at_the_toggled_cluster(tmp_
                                       after.effective_verdicts, responsibilities=resp, soft=soft)
         np.testing.assert_allclose(mask, expected.numpy(), atol=1e-6)
         changed = mask != before
-        if soft:  # green (cluster 2) adds its responsibility on the foreground
+        if soft:  # brown (cluster 2) adds its responsibility on the foreground
             delta = np.clip(before + resp[2].numpy(), 0, 1) * (arrays.labels >= 0) - before
             np.testing.assert_allclose(mask - before, delta, atol=1e-6)
         else:  # exactly the pixels of cluster 2
             assert np.array_equal(changed, arrays.labels == 2)
         assert after.effective_masked_share == pytest.approx(float(mask.mean()))
-        assert run.override(0, "green", False).overrides == {"green": False}  # no change
-        assert run.override(0, "green", True).overrides == {}  # back to the critic's verdict
+        assert run.override(0, "brown", False).overrides == {"brown": False}  # no change
+        assert run.override(0, "brown", True).overrides == {}  # back to the critic's verdict
         trail = run.audit(0)
         assert [(e.color, e.old_verdict, e.new_verdict, e.reviewer) for e in trail] == [
-            ("green", True, False, "bo"), ("green", False, True, None)]
+            ("brown", True, False, "bo"), ("brown", False, True, None)]
         assert trail[0].note == "on the stroke? no: a shadow" and trail[0].at
         np.testing.assert_allclose(run.effective_mask(0), before, atol=1e-6)
 
@@ -210,23 +210,23 @@ def test_overrides_and_notes_survive_a_reopen_and_errors_are_clear(tmp_path):
     with CritiqueRun.create(path, manifest()) as run:
         run.add(*sample(0))
         run.add(*sample(1, status="failed"))
-        run.override(0, "blue", True)
+        run.override(0, "magenta", True)
         run.set_note(0, "decoy is faint here", reviewer="cy")
         with pytest.raises(DataError, match="no critic verdicts"):
-            run.override(1, "red", True)
+            run.override(1, "yellow", True)
         with pytest.raises(DataError, match="no cluster coloured 'cyan'"):
             run.override(0, "cyan", True)
         with pytest.raises(DataError, match="not in the run"):
-            run.override(9, "red", True)
+            run.override(9, "yellow", True)
     with CritiqueRun.open(path) as run:
         got = run.get(0)
-        assert got.overrides == {"blue": True} and got.note == "decoy is faint here"
+        assert got.overrides == {"magenta": True} and got.note == "decoy is faint here"
         assert run.effective_mask(1) is None
         summary = run.summary()
         assert summary.by_status == {"ok": 1, "failed": 1, "not_run": 0}
         assert summary.overridden_samples == 1 and summary.notes == 1
         assert summary.audit_entries == 2
-        # truth: blue is spurious; critic said red yes, blue no, green yes (all right)
+        # truth: magenta is spurious; critic said yellow yes, magenta no, brown yes (all right)
         assert summary.critic_accuracy == 1.0 and summary.reviewed_accuracy == pytest.approx(2 / 3)
         assert summary.critic_spurious_recall == 1.0 and summary.reviewed_spurious_recall == 0.0
 
@@ -234,15 +234,15 @@ def test_overrides_and_notes_survive_a_reopen_and_errors_are_clear(tmp_path):
 def test_export_streams_the_reviewed_verdicts_and_masks(run, tmp_path):
     for i in range(5):
         run.add(*sample(i, status="failed" if i == 3 else "ok"))
-    run.override(2, "red", False)
+    run.override(2, "yellow", False)
     result = run.export(tmp_path / "out")
     masks, indices = np.load(result.masks), np.load(result.indices)
     assert result.count == 4 and list(indices) == [0, 1, 2, 4] and masks.shape == (4, 6, 6)
     for row, index in zip(masks, indices, strict=True):
         np.testing.assert_allclose(row, run.effective_mask(int(index)), atol=1e-3)
     lines = [json.loads(x) for x in Path(result.verdicts).read_text().splitlines()]
-    assert lines[2]["index"] == 2 and lines[2]["overridden"] == ["red"]
-    assert lines[2]["verdicts"]["red"] is False and lines[2]["critic_verdicts"]["red"] is True
+    assert lines[2]["index"] == 2 and lines[2]["overridden"] == ["yellow"]
+    assert lines[2]["verdicts"]["yellow"] is False and lines[2]["critic_verdicts"]["yellow"] is True
     assert [i for i, _ in run.reviewed_masks()] == [0, 1, 2, 4]
 
 
@@ -255,9 +255,9 @@ def test_one_writer_per_run_but_readers_see_its_rows(tmp_path):
         other.add(*sample(1))
     writer.add(*sample(1))
     assert other.count() == 2  # a reader sees committed rows at once
-    other.override(1, "red", False)  # reviewing while the run fills
+    other.override(1, "yellow", False)  # reviewing while the run fills
     writer.add(*sample(2))
-    assert writer.get(1).overrides == {"red": False}
+    assert writer.get(1).overrides == {"yellow": False}
     writer.close()
     other.add(*sample(3))  # the lock is free again
     other.close()
@@ -268,7 +268,7 @@ def test_bad_records_are_refused_with_the_sample_named():
         RunRecord(index=3, split="train", label=0, class_name="cat", status="done")
     with pytest.raises(DataError, match="sample 4: verdicts must name exactly"):
         RunRecord(index=4, split="train", label=0, class_name="cat", status="ok",
-                  colors=("red",), cluster_ids=(0,), verdicts={"blue": True})
+                  colors=("yellow",), cluster_ids=(0,), verdicts={"magenta": True})
     with pytest.raises(DataError, match="does not match labels"):
         SampleArrays(images={}, labels=np.zeros((4, 4), int), mask=np.zeros((3, 3)))
 

@@ -580,8 +580,9 @@ def test_relevant_accuracy_is_separate_from_verdict_accuracy():
         )
         oracle.add(rendered.original, spurious)
         verdicts = {v.color: v for v in sim.critic_verdicts(rendered.original, rendered.clusters)}
-        assert verdicts["red"].truly_spurious and verdicts["red"].relevant  # always wrong
-        assert verdicts["blue"].relevant and verdicts["green"].relevant  # always right
+        first, second, third = rendered.colors  # clusters 0, 1, 2
+        assert verdicts[first].truly_spurious and verdicts[first].relevant  # always wrong
+        assert verdicts[second].relevant and verdicts[third].relevant  # always right
     assert SimulatedLVLM(oracle=oracle, palette=PALETTE).relevant_accuracy == 0.87
     with pytest.raises(ConfigError):
         SimulatedLVLM(oracle=oracle, palette=PALETTE, relevant_accuracy=1.5)

@@ -122,3 +122,64 @@ def test_parse_accepts_exactly_what_the_schema_accepts(colors_out, verdicts):
     else:
         assert schema_ok and complete
         assert result == {c: v == "yes" for c, v in zip(colors_out, verdicts, strict=False)}
+
+
+def _defect(data, kind, k):
+    """`data` (a valid answer) with one defect of `kind` at entry `k`."""
+    entries = data["output"]
+    k %= len(entries)
+    if kind == "entry key":
+        entries[k]["why"] = "because"
+    elif kind == "top key":
+        data["note"] = 1
+    elif kind == "duplicate":
+        entries.append(dict(entries[k]))
+    elif kind == "missing":
+        del entries[k]
+    elif kind == "swap":  # a duplicate colour in place of another: the count stays right
+        entries[k]["color"] = entries[(k + 1) % len(entries)]["color"]
+    elif kind in ("verdict", "colour"):
+        field = "verdict" if kind == "verdict" else "color"
+        entries[k][field] = {"verdict": True, "colour": "pink"}[kind]
+    elif kind == "case":
+        entries[k]["verdict"] = entries[k]["verdict"].upper()
+    elif kind == "not a list":
+        data["output"] = {"entries": entries}
+    elif kind == "number":
+        entries[k]["color"] = 3
+    elif kind == "list":
+        entries[k]["color"] = [entries[k]["color"]]
+    return data
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.permutations(COLORS),
+    st.lists(st.sampled_from(["yes", "no"]), min_size=3, max_size=3),
+    st.sampled_from(
+        [None, "entry key", "top key", "duplicate", "missing", "swap", "verdict", "colour",
+         "case", "not a list", "number", "list"]
+    ),
+    st.integers(0, 3),
+    st.sampled_from(["{}", "```json\n{}\n```", " {} ", "{}x", "[{}]"]),
+)  # fmt: skip
+def test_the_fast_path_answers_exactly_as_the_schema_path(colors, verdicts, kind, k, frame):
+    """The same outcome (verdicts, or the same error message) with and without the fast path."""
+    from lvlmva.engine import validation
+
+    data = {"output": [{"color": c, "verdict": v} for c, v in zip(colors, verdicts, strict=True)]}
+    text = frame.replace("{}", json.dumps(_defect(data, kind, k) if kind else data))
+
+    def outcome():
+        try:
+            return validation.parse_verdicts(text, COLORS)
+        except VerdictValidationError as exc:
+            return str(exc)
+
+    fast = outcome()
+    original = validation._exact
+    validation._exact = lambda text, colors: None
+    try:
+        assert outcome() == fast
+    finally:
+        validation._exact = original

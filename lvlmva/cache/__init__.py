@@ -1,25 +1,6 @@
 """Content-addressed on-disk cache of Critic and Judge answers."""
 
-from lvlmva.cache.verdict_cache import (
-    CachedResponse,
-    CacheStats,
-    Lookup,
-    SingleFlight,
-    Source,
-    VerdictCache,
-    cache_key,
-    canonical_sha256,
-    default_cache_dir,
-)
+from lvlmva.cache import verdict_cache
+from lvlmva.cache.verdict_cache import *  # noqa: F403
 
-__all__ = [
-    "CacheStats",
-    "CachedResponse",
-    "Lookup",
-    "SingleFlight",
-    "Source",
-    "VerdictCache",
-    "cache_key",
-    "canonical_sha256",
-    "default_cache_dir",
-]
+__all__ = verdict_cache.__all__

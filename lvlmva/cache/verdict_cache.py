@@ -1,8 +1,15 @@
-"""A content-addressed, on-disk cache of LVLM answers (diskcache), with single-flight.
+"""A content-addressed, on-disk store of LVLM answers (diskcache), with single-flight.
 
-The key is a SHA-256 over everything that determines an answer (provider, model, template hash,
-rendered text, image hashes, sampling parameters, schema hash), so a changed prompt, image or
-setting is a miss, and a rerun after a crash or Ctrl-C pays only for what was not answered yet.
+Keys are opaque strings chosen by the caller (the engine derives them from everything that
+determines an answer: `lvlmva.engine.keys`); entries are plain JSON-able values, so this
+module knows nothing of the engine's types. A caller that reads typed values passes a
+`decode` that raises `ValueError` (or `TypeError`, `KeyError`, `IndexError`) on an entry it
+cannot use: such an entry counts as a miss and is computed and stored again, never an error.
+So is an entry that cannot be read at all (a damaged row or value file): `get_or_compute` logs
+it and computes the answer; a failed write is logged and the answer still returned. A cache
+whose database cannot be opened is one `DataError` naming the file; `clear_directory` removes
+such a database. Entries may carry a `tag` (the engine's: the model, marked for simulated
+answers); `directory_stats` counts entries by tag from a read-only connection, creating nothing.
 Disk I/O runs in one worker thread, never on the event loop, in batches: the reads and writes
 queued during one event-loop iteration cross to the thread together, the writes of a batch
 share one SQLite transaction, and a batch's results come back with one loop callback.
@@ -12,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
+import logging
 import os
 import queue
+import re
+import shutil
+import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -25,25 +35,28 @@ from typing import Any, Generic, TypeVar
 
 import diskcache
 
-from lvlmva.engine.types import Usage
 from lvlmva.errors import ConfigError, DataError
 
 __all__ = [
     "CacheStats",
-    "CachedResponse",
+    "DirectoryStats",
     "Lookup",
     "SingleFlight",
     "Source",
     "VerdictCache",
-    "cache_key",
-    "canonical_sha256",
+    "clear_directory",
     "default_cache_dir",
+    "directory_stats",
 ]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-KEY_VERSION = 2  # bump when the key derivation or the meaning of a cached value changes
 DEFAULT_SIZE_LIMIT = 4 * 2**30  # 4 GiB; diskcache evicts least recently stored beyond it
+UNDECODABLE = (ValueError, TypeError, KeyError, IndexError)  # what a `decode` may raise
+DB_NAME = "cache.db"  # diskcache's database file
+_VALUE_DIR = re.compile(r"\A[0-9a-f]{2}\Z")  # diskcache's folders of large values
 
 
 def default_cache_dir() -> Path:
@@ -52,73 +65,8 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "lvlmva"
 
 
-def canonical_sha256(value: Any) -> str:
-    """SHA-256 of the canonical JSON of `value` (sorted keys, no whitespace)."""
-    return hashlib.sha256(_canonical_json(value).encode("utf-8")).hexdigest()
-
-
-def cache_key(
-    *,
-    provider: str,
-    model: str,
-    template_sha256: str,
-    text: str | Iterable[str],
-    image_sha256s: Iterable[str],
-    params: Mapping[str, Any],
-    schema_sha256: str | None,
-) -> str:
-    """The cache key of one request: SHA-256 over all its parts.
-
-    `text` is the rendered prompt (a string, or the texts of its messages in order);
-    `params` the sampling parameters (temperature, seed, max_tokens, ...). The short parts go
-    into a JSON header (a list in a fixed order, the params sorted by name) that also records
-    the byte length of every text; the texts follow as raw UTF-8, so they are hashed without
-    being JSON-escaped (that escaping was most of the cost)."""
-    texts = [text.encode("utf-8")] if isinstance(text, str) else [t.encode("utf-8") for t in text]
-    header = [
-        KEY_VERSION,
-        provider,
-        model,
-        template_sha256,
-        sorted(params.items()),
-        list(image_sha256s),
-        schema_sha256,
-        isinstance(text, str),
-        [len(t) for t in texts],
-    ]
-    digest = hashlib.sha256(_HEADER.encode(header).encode("utf-8"))
-    for t in texts:
-        digest.update(t)
-    return digest.hexdigest()
-
-
-_HEADER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # a list: fixed order
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _canonical_json(value: Any) -> str:
-    return _CANONICAL.encode(value)
-
-
-@dataclass(frozen=True)
-class CachedResponse:
-    """A cached answer: its text, the usage it cost when it was paid for, and the model."""
-
-    text: str
-    usage: Usage
-    model: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "usage": [self.usage.prompt_tokens, self.usage.completion_tokens],
-            "model": self.model,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CachedResponse:
-        prompt, completion = data["usage"]
-        return cls(str(data["text"]), Usage(int(prompt), int(completion)), str(data["model"]))
+def _same(value: Any) -> Any:
+    return value
 
 
 class Source(StrEnum):
@@ -155,9 +103,10 @@ class SingleFlight(Generic[T]):
             try:
                 return await asyncio.shield(running), True
             except asyncio.CancelledError:
-                if running.cancelled():
-                    continue  # the leader was cancelled: try to lead
-                raise  # we were cancelled ourselves
+                task = asyncio.current_task()
+                if running.cancelled() and not (task is not None and task.cancelling()):
+                    continue  # only the leader was cancelled: try to lead
+                raise  # we were cancelled ourselves (perhaps with the leader)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._running[key] = future
         try:
@@ -177,6 +126,7 @@ class SingleFlight(Generic[T]):
 
 
 _Op = tuple[str, str, Any, "asyncio.Future[Any]"]  # (kind "get" | "set", key, value, future)
+# a "set" value is (entry, tag)
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
@@ -246,7 +196,8 @@ def _run_op(store: diskcache.Cache, op: _Op) -> _Outcome:
     try:
         if kind == "get":
             return future, store.get(key), None
-        store.set(key, value)
+        entry, tag = value
+        store.set(key, entry, tag=tag)
         return future, None, None
     except Exception as exc:
         return future, None, exc
@@ -285,10 +236,10 @@ class CacheStats:
 class VerdictCache:
     """Content-addressed LVLM answers on disk.
 
-    `await get(key)` / `await set(key, value)` run in the cache's worker thread; values are
-    `CachedResponse`s stored as plain dicts. `get_or_compute(key, factory)` returns the cached
-    value or runs `factory` once for all concurrent callers of the same key and stores its
-    result. Safe to share between processes (diskcache uses SQLite)."""
+    `await get(key)` / `await set(key, entry)` run in the cache's worker thread; entries are
+    JSON-able values. `get_or_compute(key, factory)` returns the cached value or runs
+    `factory` once for all concurrent callers of the same key and stores its result. Safe to
+    share between processes (diskcache uses SQLite)."""
 
     def __init__(self, directory: str | Path, *, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
         self.directory = Path(directory).expanduser()
@@ -300,8 +251,11 @@ class VerdictCache:
                 f"cannot open the cache directory {self.directory}: {exc.strerror or exc}; "
                 "pass a writable --cache-dir"
             ) from None
+        except sqlite3.DatabaseError as exc:
+            raise damaged(self.directory, exc) from None
+        self._warned: set[str] = set()
         self._worker = _DiskWorker(lambda: self._cache)
-        self._flight: SingleFlight[CachedResponse] = SingleFlight()
+        self._flight: SingleFlight[Any] = SingleFlight()
         self._pending_writes: set[asyncio.Future[None]] = set()
         self.hits = 0
         self.misses = 0
@@ -312,39 +266,71 @@ class VerdictCache:
 
     # -- async API ----------------------------------------------------------------------------
 
-    async def get(self, key: str) -> CachedResponse | None:
-        data = await self._worker.submit("get", key)
-        if data is None:
+    async def get(self, key: str) -> Any | None:
+        """The entry stored under `key`, or None."""
+        entry = await self._worker.submit("get", key)
+        if entry is None:
             self.misses += 1
             return None
         self.hits += 1
-        return CachedResponse.from_dict(data)
+        return entry
 
-    async def set(self, key: str, value: CachedResponse) -> None:
-        """Store `value`. The write completes even if the caller is cancelled meanwhile;
-        `flush()` waits for such writes."""
-        future = self._worker.submit("set", key, value.to_dict())
+    async def set(self, key: str, entry: Any, *, tag: str | None = None) -> None:
+        """Store `entry` (JSON-able), labelled `tag`. The write completes even if the caller
+        is cancelled meanwhile; `flush()` waits for such writes."""
+        future = self._worker.submit("set", key, (entry, tag))
         self._pending_writes.add(future)
         future.add_done_callback(self._pending_writes.discard)
         await asyncio.shield(future)
         self.writes += 1
 
     async def get_or_compute(
-        self, key: str, factory: Callable[[], Awaitable[CachedResponse]]
-    ) -> Lookup[CachedResponse]:
-        """The cached value, or `factory()`'s (stored before returning). Identical keys in
+        self,
+        key: str,
+        factory: Callable[[], Awaitable[T]],
+        *,
+        encode: Callable[[T], Any] = _same,
+        decode: Callable[[Any], T] = _same,
+        tag: str | None = None,
+    ) -> Lookup[T]:
+        """The cached value (`decode(entry)`), or `factory()`'s, stored as `encode(value)`
+        (labelled `tag`) before returning. An entry that `decode` refuses or that cannot be
+        read (see the module doc) is a miss; a failed write is logged. Identical keys in
         flight run `factory` once; its exception reaches every waiting caller."""
 
-        async def lookup_or_compute() -> Lookup[CachedResponse]:
-            cached = await self.get(key)
-            if cached is not None:
-                return Lookup(cached, Source.CACHE)
+        async def lookup_or_compute() -> Lookup[T]:
+            try:
+                entry = await self._worker.submit("get", key)
+            except Exception as exc:  # a damaged row or value file: a miss, never a crash
+                self._warn("read", exc)
+                entry = None
+            if entry is not None:
+                try:
+                    value = decode(entry)
+                except UNDECODABLE as exc:
+                    log.debug("cache entry %s does not decode (%s): a miss", key[:12], exc)
+                else:
+                    self.hits += 1
+                    return Lookup(value, Source.CACHE)
+            self.misses += 1
             value = await factory()
-            await self.set(key, value)
+            try:
+                await self.set(key, encode(value), tag=tag)
+            except Exception as exc:  # the answer stands; only its copy on disk is lost
+                self._warn("write", exc)
             return Lookup(value, Source.COMPUTED)
 
         found, shared = await self._flight.run(key, lookup_or_compute)
         return Lookup(found.value, Source.SHARED) if shared else found
+
+    def _warn(self, what: str, exc: Exception) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning(
+                "the answer cache %s could not %s an entry (%s: %s): treated as a miss; "
+                "`lvlmva cache clear` empties a damaged cache",
+                self.directory, what, type(exc).__name__, exc,
+            )  # fmt: skip
 
     async def flush(self) -> None:
         """Wait for writes started by callers that were cancelled."""
@@ -375,8 +361,8 @@ class VerdictCache:
         return int(self._cache.clear())
 
     def export(self, path: str | Path) -> int:
-        """Write every entry as one JSON line `{"key", "text", "usage", "model"}`; returns the
-        number of lines."""
+        """Write every entry as one JSON line: `{"key": key, **entry}` for a mapping entry,
+        else `{"key": key, "entry": entry}`; returns the number of lines."""
         path = Path(path)
         try:
             handle = path.open("w", encoding="utf-8")
@@ -385,10 +371,11 @@ class VerdictCache:
         count = 0
         with handle:
             for key in self._cache.iterkeys():
-                data = self._cache.get(key)
-                if data is None:  # evicted meanwhile
+                entry = self._cache.get(key)
+                if entry is None:  # evicted meanwhile
                     continue
-                handle.write(json.dumps({"key": key, **data}, ensure_ascii=False) + "\n")
+                row = {"key": key, **(entry if isinstance(entry, dict) else {"entry": entry})}
+                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
                 count += 1
         return count
 
@@ -401,3 +388,69 @@ class VerdictCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- the cache directory, without opening a cache -----------------------------------------------
+
+
+def damaged(directory: Path, exc: BaseException) -> DataError:
+    """The one-line error for a cache database that cannot be read."""
+    return DataError(
+        f"the answer cache {directory / DB_NAME} is damaged ({exc}); empty it with "
+        f"`lvlmva cache clear --cache-dir {directory}` (its answers are lost) or pass another "
+        "--cache-dir"
+    )
+
+
+@dataclass(frozen=True)
+class DirectoryStats:
+    """What a cache directory holds: entries and bytes, and entries per tag (the model of the
+    answer, "simulated:<model>" for a simulation's; None: entries stored without one)."""
+
+    directory: str
+    entries: int
+    size_bytes: int
+    by_tag: dict[str | None, int]
+
+
+def directory_stats(directory: str | Path) -> DirectoryStats | None:
+    """The contents of the cache in `directory`, read without creating or changing anything;
+    None when there is no cache there. A damaged database is a `DataError` naming it."""
+    directory = Path(directory).expanduser()
+    db = directory / DB_NAME
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT tag, COUNT(*), SUM(size) FROM Cache GROUP BY tag").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise damaged(directory, exc) from None
+    by_tag = {_tag_text(tag): int(n) for tag, n, _ in rows}
+    values = sum(int(size or 0) for _, _, size in rows)
+    return DirectoryStats(str(directory), sum(by_tag.values()), db.stat().st_size + values, by_tag)
+
+
+def _tag_text(tag: Any) -> str | None:
+    if isinstance(tag, bytes):
+        return tag.decode("utf-8", "replace")
+    return None if tag is None else str(tag)
+
+
+def clear_directory(directory: str | Path) -> int | None:
+    """Empty the cache in `directory`; the number of entries removed, or None when its
+    database was damaged and was removed with its value files (their number is unknown)."""
+    directory = Path(directory).expanduser()
+    try:
+        with VerdictCache(directory) as cache:
+            return cache.clear()
+    except (DataError, sqlite3.DatabaseError):
+        pass  # a database that cannot be opened or read: remove its files
+    for path in directory.iterdir():
+        if path.name.startswith(DB_NAME) and path.is_file():
+            path.unlink()  # the database and its -wal / -shm files
+        elif _VALUE_DIR.match(path.name) and path.is_dir():
+            shutil.rmtree(path)
+    return None

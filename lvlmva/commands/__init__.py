@@ -2,5 +2,6 @@
 parser and sets `handler=run` (imports of heavy libraries happen inside `run`)."""
 
 COMMANDS = (
-    "train", "explain", "align", "baseline", "estimate", "cache", "serve_sim", "review"
+    "train", "explain", "critique", "align", "baseline", "estimate", "cache", "serve_sim",
+    "review", "batch",
 )

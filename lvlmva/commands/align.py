@@ -9,6 +9,7 @@ from lvlmva.commands.common import (
     add_critic_arguments,
     add_dataset_arguments,
     add_robust_arguments,
+    check_positive_flags,
     check_writable,
     critic_settings,
     load_model_and_data,
@@ -28,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_dataset_arguments(p, dataset_help="dataset name (default: the model's, else decoy-digits)")
     p.add_argument("--model", help="checkpoint to align (default: train the original model first)")
+    p.add_argument(
+        "--critique",
+        metavar="RUN",
+        help="train from this critique run's reviewed verdicts and masks (`lvlmva critique`, "
+        "`lvlmva review`): no LVLM call; --model defaults to the run's checkpoint",
+    )
     p.add_argument("--arch", default="mlp", help="architecture when training the original model")
     p.add_argument("--train-epochs", type=int, default=5, help="epochs for the original model")
     p.add_argument("--spec", help="task spec file or built-in name (default: the dataset's task)")
@@ -38,9 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--masks",
         choices=("soft", "hard"),
-        default="soft",
-        help="soft (default): pixels weighted by the posterior responsibility of the rejected "
-        "clusters; hard: 0/1, the union of the rejected clusters",
+        help="soft (default; with --critique: the run's rule): pixels weighted by the posterior "
+        "responsibility of the rejected clusters; hard: 0/1, the union of the rejected clusters",
     )
     p.add_argument(
         "--lambda",
@@ -74,10 +80,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    import json
 
     from lvlmva.critics import get_critic
+    from lvlmva.engine.errors import RunStopped
     from lvlmva.pipeline import CritiqueOptions, TrainOptions, align, resolve_spec
 
+    check_positive_flags(args, "n_align", "clusters", "epochs", "train_epochs", "lr")
+    if args.critique:
+        return _run_from_critique(args)
     critic = critic_settings(args)
     backend = get_critic(critic.kind)
     print(backend.describe(critic), flush=True)
@@ -89,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         n_align=args.n_align,
         n_clusters=args.clusters,
         attribution=args.method,
-        soft_masks=args.masks == "soft",
+        soft_masks=args.masks != "hard",
         **robust_options(args),
     )
     training = TrainOptions(
@@ -107,12 +118,20 @@ def run(args: argparse.Namespace) -> int:
         _save(out / "original.pt", model, arch, splits.info)
     else:
         model, arch = checkpoint.model, checkpoint.arch
-    result = asyncio.run(
-        align(
-            model, splits, spec, critic=critic, critique=critique, training=training,
-            seed=args.seed, device=device, progress=not args.quiet,
-        )
-    )  # fmt: skip
+    try:
+        result = asyncio.run(
+            align(
+                model, splits, spec, critic=critic, critique=critique, training=training,
+                seed=args.seed, device=device, progress=not args.quiet,
+            )
+        )  # fmt: skip
+    except RunStopped as stop:  # write what was done, then end with the one line
+        if stop.result is not None:
+            _write_outputs(out, stop.result, arch, splits, model, args, device)
+        else:
+            (out / "metrics.json").write_text(json.dumps(stop.metrics, indent=2) + "\n")
+            print(f"Wrote {out / 'metrics.json'}")
+        raise
     _write_outputs(out, result, arch, splits, model, args, device)
     return 0
 
@@ -127,6 +146,7 @@ def _write_outputs(out: Path, result, arch: str, splits, original, args, device)
     """model.pt, metrics.json and report.html, then the before/after table."""
     import json
 
+    from lvlmva.pipeline import resolve_spec
     from lvlmva.report import write_align_report
 
     kept = result.selection is not None and result.selection.kept_original
@@ -135,9 +155,47 @@ def _write_outputs(out: Path, result, arch: str, splits, original, args, device)
     (out / "metrics.json").write_text(json.dumps(result.metrics_dict(), indent=2) + "\n")
     report = write_align_report(
         out / "report.html", result, splits, original_model=original,
-        n_samples=args.report_samples, device=device,
+        n_samples=args.report_samples, device=device, spec=resolve_spec(args.spec, splits),
     )  # fmt: skip
     print(result.summary())
     if kept:
         print("No aligned model beat the original on validation: model.pt is the ORIGINAL model.")
     print(f"Wrote {out / 'model.pt'}, {out / 'metrics.json'} and {report}")
+
+
+def _run_from_critique(args: argparse.Namespace) -> int:
+    """`align --critique RUN`: the run's reviewed masks, the model it explained, no LVLM."""
+    import asyncio
+
+    from lvlmva.errors import ConfigError
+    from lvlmva.pipeline import TrainOptions
+    from lvlmva.pipeline.critique_run import file_sha256
+    from lvlmva.pipeline.from_run import align_from_run
+    from lvlmva.runs import CritiqueRun
+
+    out = check_writable(args.out)
+    device = resolve_device(args.device)
+    with CritiqueRun.open(args.critique) as run:
+        args.model = args.model or run.manifest.extra.get("model_path")
+        if not args.model:
+            raise ConfigError(f"give --model: the run {args.critique} names no checkpoint")
+        args.dataset = args.dataset or run.manifest.dataset
+        checkpoint, splits = load_model_and_data(args, device)
+        print(f"Aligning {args.model} from the reviewed critique run {args.critique} "
+              f"({run.count()} samples; no LVLM call)", flush=True)
+        training = TrainOptions(lam=args.lam, start=args.start, epochs=args.epochs, lr=args.lr,
+                                streaming=False)
+        result = asyncio.run(
+            align_from_run(
+                checkpoint.model, splits, run, training=training,
+                soft=None if args.masks is None else args.masks == "soft",
+                checkpoint_sha256=file_sha256(args.model), seed=args.seed, device=device,
+                progress=not args.quiet,
+            )
+        )  # fmt: skip
+        for record in result.samples[: args.report_samples]:  # the report shows their images
+            stored = run.arrays(record.index)
+            record.images = {n: stored.image(n) for n in ("original", "overlay", "clusters")
+                             if n in stored.names}
+    _write_outputs(out, result, checkpoint.arch, splits, checkpoint.model, args, device)
+    return 0

@@ -118,8 +118,11 @@ def run(args: argparse.Namespace) -> int:
         extra={"baseline": result.method, "params": result.params},
     )  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    from lvlmva.report import write_baseline_report
+
+    report = write_baseline_report(out / "report.html", metrics)
     print(format_table(metrics))
-    print(f"Wrote {out / 'model.pt'} and {out / 'metrics.json'}")
+    print(f"Wrote {out / 'model.pt'}, {out / 'metrics.json'} and {report}")
     return 0
 
 
@@ -168,6 +171,11 @@ def _metrics(args, original, result, arch: str, splits, device, timings: dict) -
         "seed": args.seed,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+    if result.fits:
+        from lvlmva.vision.baselines import DFR_MAX_ITER
+
+        metrics["convergence"] = {"fits": result.fits, "not_converged": result.not_converged,
+                                  "max_iter": DFR_MAX_ITER}
     if args.corruptions:
         from lvlmva.vision.corruptions import corruption_accuracy
 
@@ -193,4 +201,8 @@ def format_table(metrics: dict) -> str:
         f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics["params"].items()
     )
     lines.append(f"chosen: {params}")
+    fits = metrics.get("convergence")
+    if fits and fits["not_converged"]:
+        lines.append(f"{fits['not_converged']} of {fits['fits']} logistic fits stopped at "
+                     f"max_iter={fits['max_iter']} before converging")
     return "\n".join(lines)

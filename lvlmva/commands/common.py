@@ -164,15 +164,32 @@ def add_critic_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--critic-model", help="LVLM for the Critic (e.g. gpt-4o)")
     group.add_argument("--judge-model", help="LLM for the Judge (default: the critic model)")
     group.add_argument("--fused", action="store_true", help="one structured-output call per sample")
+    add_request_arguments(group)
     group.add_argument("--rpm", type=float, help="requests-per-minute cap")
     group.add_argument("--tpm", type=float, help="tokens-per-minute cap")
     group.add_argument("--max-in-flight", type=int, default=32, help="requests in flight at most")
-    group.add_argument("--budget-usd", type=float, help="stop issuing requests past this cost")
-    group.add_argument("--prices", help="price table file (JSON/YAML/TOML)")
+    group.add_argument(
+        "--budget-usd", type=float,
+        help="hold each job's expected cost and send no job that would pass this (the total "
+        "passes it by at most what jobs in flight spend beyond their expectation)",
+    )  # fmt: skip
+    group.add_argument(
+        "--request-timeout", type=float, default=60.0, help="seconds one request may take"
+    )
+    group.add_argument(
+        "--max-response-mb", type=float, default=4.0,
+        help="refuse a response body larger than this (default 4 MiB)",
+    )  # fmt: skip
+    group.add_argument(
+        "--prices",
+        help="price table file (JSON/YAML/TOML: {model: {input, output[, cached_input]}} in "
+        "USD per 1M tokens) to use instead of the list prices",
+    )
     group.add_argument(
         "--cache-dir", help="answer cache (default: ~/.cache/lvlmva or LVLMVA_CACHE_DIR)"
     )
     group.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    _add_batch_arguments(group)
     added: set[str] = set()
     for backend in CRITICS.values():
         for option in backend.cli_options:
@@ -181,11 +198,96 @@ def add_critic_arguments(parser: argparse.ArgumentParser) -> None:
                 option.add_to(group)
 
 
+def _add_batch_arguments(group: argparse._ArgumentGroup) -> None:
+    """--batch and its settings (docs/batch.md)."""
+    group.add_argument(
+        "--batch",
+        nargs="?",
+        const="api",
+        choices=("api", "files"),
+        help="send the Critic & Judge requests in batches at half price: through the OpenAI "
+        "Batch API (--batch, resumable: rerun the same command), or into batch files for "
+        "vllm run-batch (--batch files; see lvlmva batch export)",
+    )
+    group.add_argument(
+        "--batch-jobs", type=int, default=10_000, help="batch: jobs held at once (default 10000)"
+    )
+    group.add_argument(
+        "--batch-reasks",
+        choices=("sync", "batch"),
+        default="sync",
+        help="batch: ask again for invalid Judge answers synchronously (default) or in the "
+        "next batch",
+    )
+    group.add_argument(
+        "--batch-poll-s", type=float, default=5.0, help="batch: first wait between polls"
+    )
+
+
+def _batch_options(args: argparse.Namespace, kind: str) -> Any:
+    if not getattr(args, "batch", None):
+        return None
+    from lvlmva.engine.batch.options import BatchOptions
+
+    if kind != "openai":
+        raise ConfigError(f"--batch needs --critic openai (an OpenAI-compatible API), not {kind}")
+    if args.no_cache:
+        raise ConfigError("--batch keeps its manifest and answers in the cache: drop --no-cache")
+    return BatchOptions(
+        mode=args.batch, max_jobs=args.batch_jobs, reasks=args.batch_reasks,
+        poll_s=args.batch_poll_s,
+    )  # fmt: skip
+
+
+def add_request_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The flags of what each request asks for (`lvlmva.critics.RequestSettings`)."""
+    parser.add_argument(
+        "--max-completion-tokens", type=int,
+        help="output budget of each call, reasoning included (default: 1024 for chat models, "
+        "4096 for reasoning models such as gpt-5 and the o-series)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reasoning-effort",
+        help="reasoning models: reasoning_effort for the Critic and the Judge (e.g. minimal, "
+        "low, medium, high; default: the model's)",
+    )
+    parser.add_argument(
+        "--judge-reasoning-effort", help="reasoning models: the Judge's reasoning_effort"
+    )
+    add_detail_argument(parser)
+
+
+def add_detail_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--detail`, the image detail policy (`lvlmva.engine.model_params.DETAILS`)."""
+    from lvlmva.engine.model_params import DETAILS
+
+    parser.add_argument(
+        "--detail", choices=DETAILS, default="fit",
+        help="image detail: fit (default: low for images of at most 512 px, which then lose "
+        "no pixel for a third of the image tokens; high for larger ones), auto, low or high",
+    )  # fmt: skip
+
+
+def check_positive_flags(args: argparse.Namespace, *names: str) -> None:
+    """ConfigError naming the first of the flags `names` (dest names) whose value is 0 or
+    less; checked before any training or paid call."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be positive, got {value:g}")
+
+
 def critic_settings(args: argparse.Namespace) -> Any:
     """The `CriticSettings` of the parsed flags and the environment (keys stay in the
     environment: they are read by the providers and never copied into settings)."""
     from lvlmva.cache import default_cache_dir
-    from lvlmva.critics import CriticSettings, EngineLimits, get_critic
+    from lvlmva.critics import CriticSettings, EngineLimits, RequestSettings, get_critic
+
+    check_positive_flags(
+        args, "rpm", "tpm", "max_in_flight", "budget_usd", "request_timeout", "max_response_mb",
+        "max_completion_tokens",
+    )  # fmt: skip
 
     kind = args.critic or (
         "openai" if (os.environ.get("OPENAI_API_KEY") or getattr(args, "base_url", None))
@@ -203,9 +305,32 @@ def critic_settings(args: argparse.Namespace) -> Any:
             tpm=args.tpm,
             max_in_flight=args.max_in_flight,
             budget_usd=args.budget_usd,
+            request_timeout=args.request_timeout,
+            max_response_bytes=int(args.max_response_mb * 2**20),
         ),
+        request=RequestSettings(
+            max_completion_tokens=args.max_completion_tokens,
+            reasoning_effort=args.reasoning_effort,
+            judge_reasoning_effort=args.judge_reasoning_effort,
+            image_detail=args.detail,
+        ),
+        batch=_batch_options(args, kind),
     )
-    return backend.configure(settings, args)
+    settings = backend.configure(settings, args)
+    _check_efforts(settings)
+    return settings
+
+
+def _check_efforts(settings: Any) -> None:
+    """The reasoning efforts asked for, against what each model takes (ConfigError now, not
+    a 400 on every request later)."""
+    from lvlmva.engine.model_params import check_efforts
+
+    request = settings.request
+    check_efforts(
+        settings.critic_model, settings.judge_model, request.reasoning_effort,
+        request.judge_reasoning_effort,
+    )  # fmt: skip
 
 
 # -- robust verdicts and the model check (lvlmva.pipeline.masking, .selection) -----------------

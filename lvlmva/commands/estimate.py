@@ -1,14 +1,19 @@
 """`lvlmva estimate`: tokens and cost of a Critic & Judge run, before anything is paid.
 
 Nothing is sent. Prompt tokens come from the real templates of the task's prompt family rendered
-for a typical class (text at about 4 characters a token, images by OpenAI's tile rule); answer
-lengths are assumptions you can change (`--critique-tokens`)."""
+for a typical class (text at about 4 characters a token, images by the model family's rule at
+the detail they would be sent with: `--detail`); answer lengths are assumptions you can change
+(`--critique-tokens`, and `--reasoning-tokens` for the hidden reasoning of reasoning models,
+which OpenAI bills as output and does not publish). The cost is shown at the synchronous list
+price and through the Batch API (the price table's batch share)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from dataclasses import asdict, dataclass
+
+from lvlmva.commands.common import add_detail_argument
 
 VERDICT_TOKENS_PER_COLOR = 12  # {"color": "green", "verdict": "yes"}, roughly
 
@@ -30,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--critique-tokens", type=int, default=400, help="assumed length of one critique"
     )
+    p.add_argument(
+        "--reasoning-tokens", type=int, default=0,
+        help="assumed hidden reasoning tokens per call of a reasoning model (default 0)",
+    )  # fmt: skip
+    add_detail_argument(p)
     p.add_argument("--prices", help="price table file (JSON/YAML/TOML)")
     p.add_argument(
         "--votes", type=int, default=1, help="Critic samples per image, as `align --votes`"
@@ -60,6 +70,7 @@ class Estimate:
     completion_tokens: int
     usd: float | None
     unpriced_models: tuple[str, ...]
+    batch_usd: float | None = None  # the same requests through the Batch API
 
 
 def estimate_run(
@@ -72,64 +83,62 @@ def estimate_run(
     clusters: int = 7,
     spec: str = "decoy-digits",
     critique_tokens: int = 400,
+    reasoning_tokens: int = 0,
+    detail: str | None = "fit",
     prices=None,
 ) -> Estimate:
-    """Tokens and USD of `jobs` Critic & Judge jobs (one attempt each, no re-asks)."""
+    """Tokens and USD of `jobs` Critic & Judge jobs (one attempt each, no re-asks), for the
+    requests the engine would build (`lvlmva.engine.requests`)."""
+    from lvlmva.engine import requests
     from lvlmva.engine.cost import PriceTable, estimate_prompt_tokens
-    from lvlmva.engine.types import ChatRequest, ImagePart, Message, TextPart
-    from lvlmva.engine.validation import verdict_schema
+    from lvlmva.engine.model_params import rules_for
+    from lvlmva.engine.types import ChatRequest, CritiqueJob, ImagePart, Usage
     from lvlmva.errors import ConfigError
     from lvlmva.prompts import load_prompt_set, load_spec
     from lvlmva.vision.render import PALETTE
 
-    for name, value in (("--jobs", jobs), ("--image-size", image_size), ("--clusters", clusters)):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1 (got {value})")
+    _check_inputs(jobs, image_size, clusters, reasoning_tokens)
     if clusters > len(PALETTE):
         raise ConfigError(f"--clusters must be at most {len(PALETTE)} (one colour each)")
     prices = prices or PriceTable()
     task = load_spec(spec)
-    templates = load_prompt_set(task.family)
-    colors = tuple(list(PALETTE)[:clusters])
-    variables = {
-        **task.variables(task.class_names[0]),
-        "n_clusters": str(clusters),
-        "colors": ", ".join(colors),
-        "image_names": "original, clusters, overlay",
-        "critique": "x" * (4 * critique_tokens),
-    }
-    images = tuple(
-        ImagePart(name, b"", width=image_size, height=image_size)
-        for name in ("original", "clusters", "overlay")
+    prompts = load_prompt_set(task.family)
+    job = CritiqueJob(  # a typical job: images of the given size (their bytes do not count)
+        job_id="estimate",
+        images=tuple(
+            ImagePart(name, b"", width=image_size, height=image_size)
+            for name in ("original", "clusters", "overlay")
+        ),
+        colors=tuple(list(PALETTE)[:clusters]),
+        variables=task.variables(task.class_names[0]),
     )
-    schema = verdict_schema(colors)
+    sampling = requests.Sampling(image_detail=detail)
     verdict_tokens = 8 + VERDICT_TOKENS_PER_COLOR * clusters
 
-    def call(model: str, system, user, with_images: bool, structured: bool, out: int):
-        request = ChatRequest(
-            model=model,
-            messages=(
-                Message.text("system", system.render(variables)),
-                Message(
-                    "user", (TextPart(user.render(variables)), *(images if with_images else ()))
-                ),
-            ),
-            response_schema=schema if structured else None,
-        )
+    def call(request: ChatRequest, completion_tokens: int) -> CallEstimate:
         prompt = estimate_prompt_tokens(request)
-        price = prices.lookup(model)
-        usd = None if price is None else (prompt * price.input + out * price.output) / 1e6
-        return CallEstimate(model, prompt, out, usd)
+        if rules_for(request.model).reasoning:
+            completion_tokens += reasoning_tokens
+        price = prices.lookup(request.model)
+        usd = None if price is None else price.cost(Usage(prompt, completion_tokens))
+        return CallEstimate(request.model, prompt, completion_tokens, usd)
 
-    t = templates
     if fused:
-        per_job = (call(critic_model, t.fused_system, t.fused_user, True, True, verdict_tokens),)
+        fused_request = requests.fused_request(
+            prompts, job, model=critic_model, sampling=sampling, structured=True
+        )
+        per_job = (call(fused_request, verdict_tokens),)
     else:
-        per_job = (
-            call(critic_model, t.critic_system, t.critic_user, True, False, critique_tokens),
-            call(judge_model or critic_model, t.judge_system, t.judge_user, False, True,
-                 verdict_tokens),
-        )  # fmt: skip
+        critic = requests.critic_request(prompts, job, model=critic_model, sampling=sampling)
+        judge = requests.judge_request(
+            prompts,
+            job,
+            "x" * (4 * critique_tokens),  # a critique of the assumed length
+            model=judge_model or critic_model,
+            sampling=sampling,
+            structured=True,
+        )
+        per_job = (call(critic, critique_tokens), call(judge, verdict_tokens))
     unpriced = tuple(sorted({c.model for c in per_job if c.usd is None}))
     usd = None if unpriced else jobs * sum(c.usd or 0.0 for c in per_job)
     return Estimate(
@@ -140,7 +149,18 @@ def estimate_run(
         completion_tokens=jobs * sum(c.completion_tokens for c in per_job),
         usd=usd,
         unpriced_models=unpriced,
+        batch_usd=None if usd is None else usd * prices.batch_share,
     )
+
+
+def _check_inputs(jobs: int, image_size: int, clusters: int, reasoning_tokens: int) -> None:
+    from lvlmva.errors import ConfigError
+
+    for name, value in (("--jobs", jobs), ("--image-size", image_size), ("--clusters", clusters)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1 (got {value})")
+    if reasoning_tokens < 0:
+        raise ConfigError(f"--reasoning-tokens must not be negative (got {reasoning_tokens})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         clusters=args.clusters,
         spec=args.spec,
         critique_tokens=args.critique_tokens,
+        reasoning_tokens=args.reasoning_tokens,
+        detail=args.detail,
         prices=prices,
     )
     if args.json:
@@ -175,12 +197,21 @@ def run(args: argparse.Namespace) -> int:
             f"per job -> {cost}"
         )
     print(f"  total: {est.prompt_tokens} prompt + {est.completion_tokens} completion tokens")
+    from lvlmva.engine.model_params import rules_for
+
+    reasoners = sorted({c.model for c in est.per_job if rules_for(c.model).reasoning})
+    if reasoners and not args.reasoning_tokens:
+        print(
+            f"  note: {', '.join(reasoners)} reason before answering; those hidden tokens are "
+            "billed as output and not counted here (give --reasoning-tokens N per call)"
+        )
     if est.usd is None:
         print(
             f"  total cost unknown: no price for {', '.join(est.unpriced_models)}; "
             "give one with --prices FILE"
         )
     else:
-        print(f"  total cost: ${est.usd:.4f} at {'--prices' if args.prices else 'list'} prices")
-        print(f"  with the Batch API (50% of the synchronous price): ${est.usd / 2:.4f}")
+        where = "--prices" if args.prices else "list"
+        print(f"  total cost: ${est.usd:.4f} at {where} prices, ${est.batch_usd:.4f} through the "
+              "Batch API (--batch)")  # fmt: skip
     return 0

@@ -23,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="allow a non-loopback --host (plain HTTP: prefer an SSH tunnel)",
     )
     p.add_argument("--reviewer", help="name recorded with each override (default: login name)")
+    p.add_argument(
+        "--no-realign",
+        action="store_true",
+        help="only show the re-align command; without it the app's 'Run now' runs `lvlmva align "
+        "--critique RUN` in a child process (output in RUN/aligned/<time>/)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -30,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import getpass
 
+    from lvlmva.review.realign import SubprocessRealign
     from lvlmva.review.security import check_bind
     from lvlmva.review.server import serve
     from lvlmva.runs import CritiqueRun
@@ -49,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             asyncio.run(serve(critique_run, host=args.host, port=args.port,
-                              allow_remote=args.allow_remote, reviewer=reviewer, ready=ready))
+                              allow_remote=args.allow_remote, reviewer=reviewer, ready=ready,
+                              realign=None if args.no_realign else SubprocessRealign()))
         except KeyboardInterrupt:
             print("review stopped; every override is saved", flush=True)
     return 0

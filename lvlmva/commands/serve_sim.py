@@ -1,8 +1,10 @@
 """`lvlmva serve-sim`: the simulated LVLM behind a local OpenAI-compatible HTTP server.
 
-A simulation, not a model: it answers Critic requests from ground-truth spurious masks (an
-oracle folder of `<sha256 of the original PNG>.npy` files, see
-`lvlmva.simulation.write_oracle`) with a chosen verdict accuracy, latency and failure rates.
+A simulation, not a model: it answers Critic requests from ground-truth spurious masks with a
+chosen verdict accuracy, latency and failure rates. The masks (the oracle) come from a dataset
+(`--dataset NAME` or `--model CHECKPOINT`: every image's mask, keyed by the SHA-256 of the
+original PNG the pipeline sends) or from a folder of `<sha256>.npy` files (`--oracle-dir`, which
+`--dataset` together with `--oracle-dir` writes first).
 
 By default the answers go out through the strict OpenAI stand-in (`lvlmva.simulation.
 openai_standin`: OpenAI's request rules, model families, usage, rate limits, files and
@@ -44,10 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--allow-remote", action="store_true", help="allow binding a non-loopback address"
     )
-    p.add_argument(
-        "--oracle-dir",
-        help="folder of <sha256>.npy ground-truth masks (without it every cluster is relevant)",
-    )
+    _oracle_arguments(p)
     p.add_argument(
         "--verdict-accuracy",
         type=_probability,
@@ -95,6 +94,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def _oracle_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "ground truth", "what the simulation answers from (without any: every cluster is relevant)"
+    )
+    group.add_argument(
+        "--dataset", help="build the oracle from this dataset's spurious masks (e.g. decoy-digits)"
+    )
+    group.add_argument("--model", help="build it for the dataset (and options) of this checkpoint")
+    group.add_argument("--data-dir", help="folder holding the data (or env LVLMVA_DATA_DIR)")
+    group.add_argument("--csv", help="image-folder: CSV of path,label[,group][,mask_path][,split]")
+    group.add_argument("--image-size", type=int, help="image-folder: resize images to this")
+    group.add_argument(
+        "--dataset-seed", type=int, default=0,
+        help="seed the dataset was built with (default 0, that of `lvlmva train`)",
+    )
+    group.add_argument(
+        "--oracle-split", choices=("train", "val", "test", "all"), default="all",
+        help="splits whose images the oracle knows (default all)",
+    )
+    group.add_argument(
+        "--oracle-dir",
+        help="folder of <sha256>.npy ground-truth masks; with --dataset/--model it is written "
+        "first (then reusable on its own)",
+    )
+
+
+def _oracle(args: argparse.Namespace):
+    """The oracle of the flags: a dataset's masks (in memory, or written to --oracle-dir),
+    an existing folder, or none."""
+    from lvlmva.simulation import DictOracle, DirectoryOracle
+
+    if not (args.dataset or args.model):
+        return DirectoryOracle(args.oracle_dir) if args.oracle_dir else DictOracle()
+    from lvlmva.commands.common import load_model_and_data
+    from lvlmva.pipeline.oracle import dataset_oracle, write_dataset_oracle
+
+    _, splits = load_model_and_data(_DataArgs(args), "cpu")
+    names = ("train", "val", "test") if args.oracle_split == "all" else (args.oracle_split,)
+    if args.oracle_dir:
+        n = write_dataset_oracle(args.oracle_dir, splits, names)
+        print(f"wrote {n} ground-truth masks of {splits.info.name} to {args.oracle_dir}",
+              flush=True)
+        return DirectoryOracle(args.oracle_dir)
+    oracle = dataset_oracle(splits, names)
+    print(f"oracle: {len(oracle)} ground-truth masks of {splits.info.name} "
+          f"({', '.join(names)})", flush=True)
+    return oracle
+
+
+class _DataArgs(argparse.Namespace):
+    """The dataset flags as `load_model_and_data` reads them (its seed is the dataset's)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(
+            dataset=args.dataset, model=args.model, data_dir=args.data_dir, csv=args.csv,
+            image_size=args.image_size, seed=args.dataset_seed,
+        )  # fmt: skip
+
+
 def _strict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lenient",
@@ -140,11 +198,10 @@ def palette() -> dict[str, tuple[int, int, int]]:
 
 def _simulation(args: argparse.Namespace, *, transport_faults: bool):
     """The simulated LVLM; its transport faults only when it serves HTTP itself (--lenient)."""
-    from lvlmva.simulation import DictOracle, DirectoryOracle, SimulatedLVLM
+    from lvlmva.simulation import SimulatedLVLM
 
-    oracle = DirectoryOracle(args.oracle_dir) if args.oracle_dir else DictOracle()
     return SimulatedLVLM(
-        oracle=oracle,
+        oracle=_oracle(args),
         palette=palette(),
         verdict_accuracy=args.verdict_accuracy,
         relevant_accuracy=args.relevant_accuracy,
@@ -216,7 +273,11 @@ def run(args: argparse.Namespace) -> int:
                 _standin(args, sim), host=args.host, port=args.port, allow_remote=args.allow_remote
             )
             mode = "strict OpenAI stand-in" + (", fake clock" if args.fake_clock else "")
-        oracle_note = f"oracle {args.oracle_dir}" if args.oracle_dir else "no oracle"
+        oracle_note = (
+            f"oracle {args.oracle_dir or args.dataset or args.model}"
+            if args.oracle_dir or args.dataset or args.model
+            else "no oracle: every cluster is relevant"
+        )
         print(
             f"lvlmva serve-sim: SIMULATED LVLM (answers from ground-truth masks, not a model; "
             f"verdict accuracy {sim.verdict_accuracy:g}, {oracle_note}) behind a {mode}, "

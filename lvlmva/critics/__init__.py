@@ -20,6 +20,7 @@ from lvlmva.critics.settings import (
     SIMULATED_JUDGE_MODEL,
     CriticSettings,
     EngineLimits,
+    RequestSettings,
     SimulationSettings,
 )
 from lvlmva.critics.simulated import SimulatedCritic
@@ -35,6 +36,7 @@ __all__ = [
     "CriticSession",
     "CriticSettings",
     "EngineLimits",
+    "RequestSettings",
     "SimulationSettings",
     "get_critic",
     "open_session",

@@ -49,14 +49,20 @@ class OpenAICritic(CriticBackend):
         )
 
     async def preflight(self, settings: CriticSettings) -> None:
-        """One free `GET /models` with the key: a wrong URL, a dead server or a rejected key
-        is a ConfigError naming the endpoint, before anything is trained or paid for."""
+        """One free `GET /models` with the key (and the organization / project headers the
+        requests carry): a wrong URL, a dead server or a rejected key is a ConfigError naming
+        the endpoint, before anything is trained or paid for. Batch files (`--batch files`)
+        reach no endpoint: nothing to check."""
         import aiohttp
 
-        from lvlmva.engine.providers.openai_compat import resolve_endpoint
+        if settings.batch is not None and settings.batch.mode == "files":
+            return
+
+        from lvlmva.engine.providers.openai_compat import openai_headers, resolve_endpoint
 
         base, key = resolve_endpoint(settings.base_url, settings.api_key)
-        headers = {"Authorization": f"Bearer {key}"}
+        options = settings.options
+        headers = openai_headers(key, options.get("organization"), options.get("project"))
         timeout = aiohttp.ClientTimeout(total=PREFLIGHT_TIMEOUT_S)
         try:
             async with (
@@ -77,7 +83,8 @@ class OpenAICritic(CriticBackend):
     async def connect(self, settings: CriticSettings) -> CriticConnection:
         from lvlmva.engine.providers.openai_compat import OpenAICompatibleProvider
 
+        options = {"max_response_bytes": settings.limits.max_response_bytes, **settings.options}
         provider = OpenAICompatibleProvider(
-            base_url=settings.base_url, api_key=settings.api_key, **settings.options
+            base_url=settings.base_url, api_key=settings.api_key, **options
         )
         return CriticConnection(provider, provider)

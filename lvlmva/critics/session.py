@@ -65,7 +65,7 @@ async def open_session(
     try:
         listed = PriceTable.from_file(settings.prices_file) if settings.prices_file else None
         prices = (listed or PriceTable()).with_overrides(backend.price_overrides(settings))
-        limits = settings.limits
+        limits, request = settings.limits, settings.request
         config = EngineConfig(
             critic_model=settings.critic_model,
             judge_model=settings.judge_model,
@@ -75,13 +75,29 @@ async def open_session(
             rpm=limits.rpm,
             tpm=limits.tpm,
             request_timeout=limits.request_timeout,
+            temperature=request.temperature,
             seed=settings.seed,
+            max_tokens=request.max_completion_tokens,
+            reasoning_effort=request.reasoning_effort,
+            judge_reasoning_effort=request.judge_reasoning_effort,
+            image_detail=request.image_detail,
             prices=prices,
             budget_usd=limits.budget_usd,
             progress=progress,
         )
         cache = VerdictCache(settings.cache_dir) if settings.cache_dir else None
-        engine = Engine(connection.critic, connection.judge, config, cache=cache)
+        dispatcher = None
+        if settings.batch is not None:  # docs/batch.md
+            from lvlmva.engine.batch import open_dispatcher
+
+            dispatcher = open_dispatcher(
+                settings.batch, base_url=settings.base_url, api_key=settings.api_key,
+                cache=cache, online=config.online_dispatcher(), progress=progress,
+                providers=(connection.critic, connection.judge),
+            )  # fmt: skip
+        engine = Engine(
+            connection.critic, connection.judge, config, cache=cache, dispatcher=dispatcher
+        )
     except BaseException:
         await connection.aclose()
         raise

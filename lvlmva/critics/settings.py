@@ -1,9 +1,15 @@
-"""How the Critic & Judge are reached, as three frozen groups and the settings that hold them.
+"""How the Critic & Judge are reached, as frozen groups and the settings that hold them.
 
 - endpoint and models: `CriticSettings` itself (`kind`, models, `base_url`, `api_key`, `fused`,
   the cache and the price table, provider `options`);
+- `RequestSettings`: what every request asks for (output budget, reasoning effort, image
+  detail, temperature), sent as each model family allows (`lvlmva.engine.model_params`);
 - `SimulationSettings`: what the offline simulated LVLM does (only the `simulated` kind reads it);
-- `EngineLimits`: rate caps, concurrency, budget and timeout of the engine.
+- `EngineLimits`: rate caps, concurrency, budget, timeout and response size of the engine;
+- `batch`: `lvlmva.engine.batch.BatchOptions` to send the requests through the OpenAI Batch
+  API (or into batch files), or None for synchronous calls; `batch=True` means the defaults.
+  Its manifest lives in the cache, so with `batch` set `cache_dir` defaults to the default
+  cache directory (`lvlmva.cache.default_cache_dir()`).
 
 Each consumer receives only its group. The flat names of earlier releases
 (`CriticSettings(verdict_accuracy=0.9, budget_usd=5.0, ...)`) still work: they are routed into
@@ -19,6 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from lvlmva.engine.batch.options import BatchOptions
 from lvlmva.errors import ConfigError
 
 __all__ = [
@@ -26,6 +33,7 @@ __all__ = [
     "SIMULATED_JUDGE_MODEL",
     "CriticSettings",
     "EngineLimits",
+    "RequestSettings",
     "SimulationSettings",
 ]
 
@@ -78,15 +86,63 @@ class SimulationSettings:
 
 
 @dataclass(frozen=True)
+class RequestSettings:
+    """What the Critic and Judge requests ask for. `max_completion_tokens`: the output budget
+    of a call, reasoning included (None: 1,024 for chat models, 4,096 for reasoning models);
+    `reasoning_effort`: sent to reasoning models when set (`judge_reasoning_effort` overrides
+    it for the Judge); `image_detail`: "fit" (default: low for images of at most 512 px, which
+    then lose no pixel at a third of gpt-4o's image tokens, high for larger ones), "auto",
+    "low", "high" or None (none sent); `temperature`: sent where the model allows one."""
+
+    max_completion_tokens: int | None = None
+    reasoning_effort: str | None = None
+    judge_reasoning_effort: str | None = None
+    image_detail: str | None = "fit"
+    temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        from lvlmva.engine.model_params import DETAILS
+
+        if self.max_completion_tokens is not None and self.max_completion_tokens < 1:
+            raise ConfigError(
+                f"--max-completion-tokens must be at least 1, got {self.max_completion_tokens}"
+            )
+        if self.image_detail is not None and self.image_detail not in DETAILS:
+            raise ConfigError(
+                f"--detail must be one of {', '.join(DETAILS)}, got {self.image_detail!r}"
+            )
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ConfigError(f"temperature must be in [0, 2], got {self.temperature}")
+
+
+def _positive(flag: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ConfigError(f"{flag} must be a positive number, got {value:g}")
+
+
+@dataclass(frozen=True)
 class EngineLimits:
     """What bounds a critique run: requests / tokens per minute, requests in flight, a budget
-    in USD, and the time one request may take."""
+    in USD, the time one request may take and the largest response body accepted."""
 
     rpm: float | None = None
     tpm: float | None = None
     max_in_flight: int = 32
     budget_usd: float | None = None
     request_timeout: float = 60.0
+    max_response_bytes: int = 4 * 2**20
+
+    def __post_init__(self) -> None:
+        _positive("--rpm", self.rpm)
+        _positive("--tpm", self.tpm)
+        _positive("--budget-usd", self.budget_usd)
+        _positive("--request-timeout", self.request_timeout)
+        if self.max_in_flight < 1:
+            raise ConfigError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
+        if self.max_response_bytes < 1024:
+            raise ConfigError(
+                f"--max-response-mb must be at least 0.001, got {self.max_response_bytes / 2**20:g}"
+            )
 
 
 # Flat names of earlier releases -> (group field, name inside the group).
@@ -102,6 +158,12 @@ _SHORTHAND = {
     "max_in_flight": ("limits", "max_in_flight"),
     "budget_usd": ("limits", "budget_usd"),
     "request_timeout": ("limits", "request_timeout"),
+    "max_response_bytes": ("limits", "max_response_bytes"),
+    "max_completion_tokens": ("request", "max_completion_tokens"),
+    "reasoning_effort": ("request", "reasoning_effort"),
+    "judge_reasoning_effort": ("request", "judge_reasoning_effort"),
+    "image_detail": ("request", "image_detail"),
+    "temperature": ("request", "temperature"),
 }
 
 
@@ -113,7 +175,8 @@ class CriticSettings:
     simulation), `"openai"` (any OpenAI-compatible endpoint), `"litellm"` (optional extra),
     `"ground-truth"` (no LVLM: the true spurious masks, the upper bound). Models default to the
     simulation's names. `api_key=None` lets each provider read its usual environment variable.
-    `options` are passed to the provider as they are (e.g. `{"structured_output": False}`).
+    `options` are passed to the provider as they are (e.g. `{"structured_output": False}`,
+    `{"max_tokens_param": "max_tokens"}`, `{"organization": "org-..."}`).
     """
 
     kind: str
@@ -128,6 +191,8 @@ class CriticSettings:
     options: Mapping[str, Any]
     simulation: SimulationSettings
     limits: EngineLimits
+    batch: BatchOptions | None
+    request: RequestSettings
 
     def __init__(
         self,
@@ -144,13 +209,16 @@ class CriticSettings:
         options: Mapping[str, Any] | None = None,
         simulation: SimulationSettings | None = None,
         limits: EngineLimits | None = None,
+        batch: BatchOptions | bool | None = None,
+        request: RequestSettings | None = None,
         **shorthand: Any,
     ) -> None:
         groups: dict[str, Any] = {
             "simulation": simulation or SimulationSettings(),
             "limits": limits or EngineLimits(),
+            "request": request or RequestSettings(),
         }
-        routed: dict[str, dict[str, Any]] = {"simulation": {}, "limits": {}}
+        routed: dict[str, dict[str, Any]] = {"simulation": {}, "limits": {}, "request": {}}
         for name, value in shorthand.items():
             if name not in _SHORTHAND:
                 known = ", ".join(sorted(_SHORTHAND))
@@ -163,6 +231,12 @@ class CriticSettings:
         for group, values in routed.items():
             if values:
                 groups[group] = dataclasses.replace(groups[group], **values)
+        if batch is True:
+            batch = BatchOptions()
+        if batch and cache_dir is None:
+            from lvlmva.cache import default_cache_dir
+
+            cache_dir = default_cache_dir()
         if judge_model is None:
             simulated = critic_model == SIMULATED_CRITIC_MODEL
             judge_model = SIMULATED_JUDGE_MODEL if simulated else critic_model
@@ -178,6 +252,7 @@ class CriticSettings:
             "seed": seed,
             "options": MappingProxyType(dict(options or {})),
             **groups,
+            "batch": batch or None,
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)

@@ -114,16 +114,50 @@ class SimulatedCritic(CriticBackend):
             latency_ms=sim_settings.latency_ms,
             seed=settings.seed,
         )
+        identity = _cache_identity(sim)
         if sim_settings.transport != "http":
+            if not hasattr(type(sim), "identity"):
+                sim.identity = identity  # the engine keys the cache by it
             return CriticConnection(sim, sim, truth=oracle)
-        return await _over_http(sim, oracle)
+        return await _over_http(sim, oracle, identity)
 
 
-async def _over_http(sim: Any, oracle: Any) -> CriticConnection:
-    """Serve the simulation on loopback and reach it through the real OpenAI HTTP client."""
+def _cache_identity(sim: Any) -> Any:
+    """The cache identity of a `SimulatedLVLM`: every setting that changes its answers, so a
+    run at another verdict accuracy (or seed, overlap rule, content faults) never reuses them.
+    The simulator's own `identity` when it has one; until then it is built here, and only here,
+    from the fields it has. It starts with "simulated", which marks the answers as a
+    simulation's (`lvlmva cache stats`)."""
+    from lvlmva.engine.keys import SIMULATED_PREFIX, ProviderIdentity
+
+    own = getattr(type(sim), "identity", None)
+    if own is not None:
+        value = sim.identity
+        name = value.name if isinstance(value, ProviderIdentity) else str(value)
+        if not name.startswith(SIMULATED_PREFIX):
+            name = f"{SIMULATED_PREFIX}:{name}"
+        return ProviderIdentity(name)
+    faults = getattr(sim, "faults", None)
+    content_faults = [
+        getattr(faults, field, 0.0)
+        for field in ("rate_malformed_json", "rate_schema_violation", "rate_wrong_colors")
+    ]
+    parts = [
+        f"verdict_accuracy={sim.verdict_accuracy!r}",
+        f"relevant_accuracy={sim.relevant_accuracy!r}",
+        f"min_overlap={getattr(sim, 'min_overlap', 0.0)!r}",
+        f"seed={sim.seed!r}",
+        f"content_faults={content_faults!r}",
+    ]
+    return ProviderIdentity(f"{SIMULATED_PREFIX}:" + ",".join(parts))
+
+
+async def _over_http(sim: Any, oracle: Any, identity: Any) -> CriticConnection:
+    """Serve the simulation on loopback and reach it through the real OpenAI HTTP client
+    (the cache identity is the simulation's, not the loopback port's)."""
     from lvlmva.engine.providers.openai_compat import OpenAICompatibleProvider
     from lvlmva.simulation import start_sim_server
 
     server = await start_sim_server(sim, host="127.0.0.1", port=0)
-    provider = OpenAICompatibleProvider(base_url=server.base_url, api_key="sim")
+    provider = OpenAICompatibleProvider(base_url=server.base_url, api_key="sim", identity=identity)
     return CriticConnection(provider, provider, truth=oracle, closers=[server.close])

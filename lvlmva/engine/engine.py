@@ -2,12 +2,20 @@
 yields validated results as they complete.
 
 Per job: Critic call (rendered text + the job's images) -> Judge call (text only, structured
-output with the verdict schema when the provider supports it) -> `parse_verdicts`. Invalid Judge
-output is re-asked with the validation error, at most `max_reasks` times, then the job is
-FAILED with the reason; a verdict is never guessed. `fused=True` makes one structured-output call
-with the images instead. Every request goes through one rate limiter per provider, one retry
-loop and the cost meter; both answers are cached (the Judge's only once it validated), and
-identical requests in flight are sent once.
+output with the verdict schema when the provider supports it) -> `parse_verdicts`. An answer cut
+at the token limit is asked once more with twice the budget; one withheld by the content filter,
+empty, or cut again fails the job with the reason; such answers are never cached nor judged.
+Invalid Judge output is re-asked with the validation error, at most `max_reasks` times, then the
+job is FAILED with the reason; a verdict is never guessed. `fused=True` makes one
+structured-output call with the images instead. Both answers are cached (the Judge's only once
+it validated), and identical requests in flight are sent once. Requests are built by
+`lvlmva.engine.requests`, keyed by `lvlmva.engine.keys` and sent by a `Dispatcher`
+(`lvlmva.engine.dispatch`; by default `OnlineDispatcher`: rate limits, retries, timeout, cost).
+
+With a budget, each job holds its expected cost before it starts (`lvlmva.engine.budget`). A
+run the endpoint refuses (a rejected key, an unknown model, no quota, a burst of the same client
+error) trips the `Breaker`: nothing more is sent, no job is pulled, and `stopped` says why; the
+run also stops pulling jobs once the budget is reached.
 
     engine = Engine(critic, judge, EngineConfig(critic_model="gpt-4o", prompts=prompt_set))
     async for result in engine.run(jobs):
@@ -18,136 +26,57 @@ identical requests in flight are sent once.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
+import dataclasses
 import logging
-import sys
-import time
-from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
-from lvlmva.cache.verdict_cache import (
-    CachedResponse,
-    SingleFlight,
-    Source,
-    VerdictCache,
-    cache_key,
-    canonical_sha256,
+from lvlmva.cache.verdict_cache import VerdictCache
+from lvlmva.engine.answers import (
+    AnswerSource,
+    answer_entry,
+    answer_from_entry,
+    unusable,
+    unusable_reason,
 )
-from lvlmva.engine.cost import CostMeter, PriceTable, estimate_request_tokens
-from lvlmva.engine.errors import ProviderError, ProviderTimeout, RateLimited
-from lvlmva.engine.ratelimit import RateLimiter, RateLimitSignal
-from lvlmva.engine.retry import RetryPolicy, call_with_retries
+from lvlmva.engine.breaker import Breaker, StopReason
+from lvlmva.engine.budget import JobBudget, JobHold
+from lvlmva.engine.config import EngineConfig
+from lvlmva.engine.cost import CostMeter
+from lvlmva.engine.dispatch import Call, Dispatcher
+from lvlmva.engine.errors import NotSent, ProviderError
+from lvlmva.engine.idle import IdleWatch
+from lvlmva.engine.keys import ProviderIdentity, request_key, schema_sha256
+from lvlmva.engine.model_params import rules_for
+from lvlmva.engine.progress import CritiqueProgress
+from lvlmva.engine.requests import (
+    STEPS,
+    critic_request,
+    fused_request,
+    judge_request,
+    reask_request,
+    step_template_sha256,
+    with_budget,
+)
+from lvlmva.engine.stats import EngineStats, Ledger
 from lvlmva.engine.types import (
     ChatRequest,
     ChatResponse,
     CritiqueJob,
-    ImagePart,
     JobResult,
     JobStatus,
-    Message,
     Provider,
-    TextPart,
     Usage,
 )
-from lvlmva.engine.validation import VerdictValidationError, parse_verdicts, verdict_schema
+from lvlmva.engine.validation import VerdictValidationError, parse_verdicts
 from lvlmva.errors import ConfigError
 
 __all__ = ["Engine", "EngineConfig", "EngineStats"]
 
 log = logging.getLogger(__name__)
 
-REASK = (
-    "That answer could not be used: {error}. Answer again with only the JSON object, one entry "
-    'for each of these colours: {colors}; every verdict must be "yes" or "no".'
-)
-_RENDER_MEMO = 512  # rendered prompts remembered
-_TIMEOUT_GRACE_S = 5.0  # the provider enforces request_timeout; this guards one that does not
-
-
-class _Template(Protocol):
-    sha256: str
-
-    def render(self, variables: Mapping[str, str]) -> str: ...
-
-
-class _Prompts(Protocol):
-    """What the engine needs of `lvlmva.prompts.PromptSet`."""
-
-    critic_system: _Template
-    critic_user: _Template
-    judge_system: _Template
-    judge_user: _Template
-    fused_system: _Template
-    fused_user: _Template
-
-
-@dataclass(kw_only=True)
-class EngineConfig:
-    """Models, prompts and limits of a run. `rpm` / `tpm` cap each distinct provider object
-    (critic and judge share one limiter when they are the same provider); `max_in_flight`
-    bounds the jobs held at once (pulled and not yet yielded) and the concurrent requests."""
-
-    critic_model: str
-    judge_model: str | None = None  # default: the critic model
-    prompts: _Prompts
-    fused: bool = False
-    max_in_flight: int = 64
-    rpm: float | None = None
-    tpm: float | None = None
-    temperature: float = 0.0
-    seed: int | None = 0
-    max_tokens: int = 1024
-    request_timeout: float = 60.0
-    max_reasks: int = 2
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    prices: PriceTable = field(default_factory=PriceTable)
-    budget_usd: float | None = None
-    # When many recent answers are 429s, a Retry-After pauses all new requests; a lone 429
-    # only delays its own retry.
-    pause_on_rate_limit: bool = True
-    progress: bool | None = None  # tqdm bar; None = only when stderr is a terminal
-
-    def __post_init__(self) -> None:
-        if self.judge_model is None:
-            self.judge_model = self.critic_model
-        if self.max_in_flight < 1:
-            raise ConfigError(f"max_in_flight must be at least 1 (got {self.max_in_flight})")
-        if self.max_reasks < 0:
-            raise ConfigError(f"max_reasks must be 0 or more (got {self.max_reasks})")
-        if not self.request_timeout > 0:
-            raise ConfigError(f"request_timeout must be positive (got {self.request_timeout})")
-        if self.max_tokens < 1:
-            raise ConfigError(f"max_tokens must be at least 1 (got {self.max_tokens})")
-
-
-@dataclass
-class EngineStats:
-    """Counters over every `run` of an engine. `completed` = validated (OK) results."""
-
-    submitted: int = 0
-    completed: int = 0
-    failed: int = 0
-    not_run: int = 0
-    provider_calls: int = 0  # requests that reached a provider, retries and re-asks included
-    cache_hits: int = 0  # answers read from the cache
-    deduplicated: int = 0  # answers shared with an identical request in flight
-    retries: int = 0
-    retries_by_error: Counter[str] = field(default_factory=Counter)
-    reasks: int = 0
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float = 0.0
-    elapsed: float = 0.0  # seconds spent inside `run`
-
-    @property
-    def finished(self) -> int:
-        return self.completed + self.failed + self.not_run
-
-    @property
-    def requests_per_minute(self) -> float:
-        return 60.0 * self.provider_calls / self.elapsed if self.elapsed > 0 else 0.0
+T = TypeVar("T")
+_Verdicts = tuple[ChatResponse, dict[str, bool]]  # a validated answer and its verdicts
 
 
 class _Failed(Exception):
@@ -158,18 +87,12 @@ class _NotRun(Exception):
     """The job ends NOT_RUN (the budget was reached before it could be sent)."""
 
 
-@dataclass
-class _JobTally:
-    provider_calls: int = 0
-    cache_hits: int = 0
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float = 0.0
-
-
 class Engine:
-    """Runs Critic & Judge jobs against `critic` (and `judge`, default: the critic provider).
+    """Runs Critic & Judge jobs against `critic` (and `judge`, default: the critic provider),
+    through `dispatcher` (default: `config.online_dispatcher()`).
 
-    `aclose()` closes the providers and the cache: the engine owns them once given."""
+    `aclose()` closes the dispatcher, the providers and the cache: the engine owns them once
+    given."""
 
     def __init__(
         self,
@@ -177,40 +100,49 @@ class Engine:
         judge: Provider | None,
         config: EngineConfig,
         cache: VerdictCache | None = None,
+        *,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.critic = critic
         self.judge = judge if judge is not None else critic
         self.config = config
         self.cache = cache
-        self.stats = EngineStats()
-        if config.budget_usd is not None:
+        self.dispatcher = dispatcher if dispatcher is not None else config.online_dispatcher()
+        if self.dispatcher.max_in_flight < 1:
+            raise ConfigError(
+                f"the dispatcher's max_in_flight must be at least 1 "
+                f"(got {self.dispatcher.max_in_flight})"
+            )
+        meter = self.dispatcher.meter
+        if meter.budget_usd is not None:
             for model in {config.critic_model, config.judge_model or config.critic_model}:
-                config.prices.require(model)  # ConfigError now, not mid-run
-        self._meter = CostMeter(config.prices, config.budget_usd)
-        self._limiters: dict[int, RateLimiter] = {}
-        self._rate_signal = RateLimitSignal()
-        self._flight: SingleFlight[CachedResponse] = SingleFlight()
+                meter.prices.require(model)  # ConfigError now, not mid-run
+        self.stats = EngineStats()
+        self.breaker = Breaker(config.breaker_burst)
+        self._sampling = config.sampling
+        self._judge_sampling = config.judge_sampling
+        self._identity = {id(p): ProviderIdentity.of(p) for p in (self.critic, self.judge)}
+        self._template = {step: step_template_sha256(config.prompts, step) for step in STEPS}
+        self._answers = AnswerSource(cache)
+        self._budget = JobBudget(
+            meter,
+            judge_model=config.judge_model or config.critic_model,
+            share=meter.prices.share(self.dispatcher.batch_priced),
+        )
+        self._idle = IdleWatch(self.dispatcher.on_idle)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._queues: set[asyncio.Queue[Any]] = set()
         self._closed = False
-        p = config.prompts
-        self._critic_template = _pair_sha(p.critic_system, p.critic_user)
-        self._judge_template = _pair_sha(p.judge_system, p.judge_user)
-        self._fused_template = _pair_sha(p.fused_system, p.fused_user)
-        self._rendered: dict[tuple[Any, ...], str] = {}
 
     @property
     def cost(self) -> CostMeter:
-        return self._meter
+        """The dispatcher's cost meter: spend so far, budget, prices."""
+        return self.dispatcher.meter
 
-    def _limiter(self, provider: Provider) -> RateLimiter:
-        limiter = self._limiters.get(id(provider))
-        if limiter is None:
-            limiter = RateLimiter(
-                rpm=self.config.rpm, tpm=self.config.tpm, max_concurrency=self.config.max_in_flight
-            )
-            self._limiters[id(provider)] = limiter
-        return limiter
+    @property
+    def stopped(self) -> StopReason | None:
+        """Why the breaker stopped the run (None while it runs)."""
+        return self.breaker.tripped
 
     # -- the run loop ---------------------------------------------------------------------------
 
@@ -221,16 +153,17 @@ class Engine:
         total: int | None = None,
     ) -> AsyncIterator[JobResult]:
         """Yield one `JobResult` per job, in completion order. Jobs are pulled only when one of
-        the `max_in_flight` slots is free (a slot frees when its result is yielded), so an
-        endless or huge job stream is never materialised. Stopping the iteration (break,
-        cancel) cancels the jobs in flight; answers already received stay cached. `total`
-        (the number of jobs, for the progress bar) defaults to `len(jobs)` where it has one."""
+        the dispatcher's `max_in_flight` slots is free (a slot frees when its result is
+        yielded), so an endless or huge job stream is never materialised. Stopping the
+        iteration (break, cancel) cancels the jobs in flight; answers already received stay
+        cached. `total` (the number of jobs, for the progress bar) defaults to `len(jobs)`
+        where it has one."""
         if self._closed:
             raise RuntimeError("this Engine is closed")
         loop = asyncio.get_running_loop()
         started = loop.time()
         queue: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue()  # None: closed
-        slots = asyncio.Semaphore(self.config.max_in_flight)
+        slots = asyncio.Semaphore(self.dispatcher.max_in_flight)
         tasks: set[asyncio.Future[Any]] = set()
         pulled = 0
 
@@ -240,27 +173,29 @@ class Engine:
             if not task.cancelled():
                 queue.put_nowait(task)
 
-        async def feed() -> None:
-            nonlocal pulled
-            plain = None if isinstance(jobs, AsyncIterable) else iter(jobs)
-            iterator = _job_iterator(jobs) if plain is None else None
-            while True:
-                await slots.acquire()
-                try:
-                    job = next(plain) if plain is not None else await anext(iterator)
-                except (StopIteration, StopAsyncIteration):
-                    return
-                pulled += 1
-                self.stats.submitted += 1
-                task = loop.create_task(self._process(job))
-                tasks.add(task)
-                self._tasks.add(task)
-                task.add_done_callback(finished)
+        def job_finished(task: asyncio.Future[Any]) -> None:
+            self._idle.job_finished()  # here, not in the job: it may be cancelled unstarted
+            finished(task)
 
-        feeder = loop.create_task(feed())
+        def start(job: CritiqueJob) -> None:
+            nonlocal pulled
+            pulled += 1
+            self.stats.submitted += 1
+            self._idle.job_started()
+            task = loop.create_task(self._process(job))
+            tasks.add(task)
+            self._tasks.add(task)
+            task.add_done_callback(job_finished)
+
+        feeder = loop.create_task(self._feed(jobs, slots, start))
         self._tasks.add(feeder)
         feeder.add_done_callback(finished)
-        bar = _Progress(self, _length(jobs) if total is None else total, self.config.progress)
+        bar = CritiqueProgress(
+            self.stats,
+            total=_length(jobs) if total is None else total,
+            enabled=self.config.progress,
+            budget_usd=self.cost.budget_usd,
+        )
         yielded = 0
         feeding = True
         self._queues.add(queue)
@@ -288,6 +223,28 @@ class Engine:
             self.stats.elapsed += loop.time() - started
             bar.close()
 
+    async def _feed(
+        self,
+        jobs: Iterable[CritiqueJob] | AsyncIterable[CritiqueJob],
+        slots: asyncio.Semaphore,
+        start: Callable[[CritiqueJob], None],
+    ) -> None:
+        """Pull a job whenever a slot is free and `start` it."""
+        plain = None if isinstance(jobs, AsyncIterable) else iter(jobs)
+        iterator = aiter(jobs) if isinstance(jobs, AsyncIterable) else None
+        while True:
+            await slots.acquire()
+            if self.breaker.tripped is not None or self.cost.budget_reached:
+                return  # nothing more will be sent: pull no more jobs
+            self._idle.pull_started()
+            try:
+                job = next(plain) if plain is not None else await anext(iterator)
+            except (StopIteration, StopAsyncIteration):
+                return
+            finally:
+                self._idle.pull_ended()
+            start(job)
+
     def _count(self, result: JobResult) -> None:
         s = self.stats
         if result.status is JobStatus.OK:
@@ -297,279 +254,217 @@ class Engine:
         else:
             s.not_run += 1
 
+    # -- one job ----------------------------------------------------------------------------------
+
     async def _process(self, job: CritiqueJob) -> JobResult:
-        tally = _JobTally()
+        """critic -> judge -> validate (-> re-ask), or fused -> validate (-> re-ask)."""
+        held = JobHold(Ledger(self.stats.ledger))
         critique: str | None = None
+        status, verdicts, error = JobStatus.OK, None, None
         try:
             if not job.colors or len(set(job.colors)) != len(job.colors):
                 raise _Failed(f"job has no or repeated colours: {list(job.colors)}")
-            if self.config.fused:
-                verdicts = await self._fused(job, tally)
+            c = self.config
+            if c.fused:
+                request = fused_request(
+                    c.prompts, job, model=c.critic_model, sampling=self._sampling,
+                    structured=self.critic.supports_structured_output,
+                )  # fmt: skip
+                await self._hold(job, held, "fused", request)
+                verdicts = await self._validated("fused", self.critic, request, job, held)
             else:
-                variables = self._variables(job)
-                critique = await self._critique(job, variables, tally)
-                verdicts = await self._judge(job, variables, critique, tally)
+                sampling = self._sampling
+                request = critic_request(c.prompts, job, model=c.critic_model, sampling=sampling)
+                await self._hold(job, held, "critic", request)
+                critique = await self._critique(held, request)
+                verdicts = await self._judge(job, critique, held)
         except _Failed as exc:
-            return self._result(job, JobStatus.FAILED, tally, critique=critique, error=str(exc))
+            status, error = JobStatus.FAILED, str(exc)
         except _NotRun as exc:
-            return self._result(job, JobStatus.NOT_RUN, tally, critique=critique, error=str(exc))
-        return self._result(job, JobStatus.OK, tally, critique=critique, verdicts=verdicts)
-
-    @staticmethod
-    def _result(job: CritiqueJob, status: JobStatus, tally: _JobTally, **fields: Any) -> JobResult:
+            status, error = JobStatus.NOT_RUN, str(exc)
+        finally:
+            self._budget.finished(held)
         return JobResult(
             job_id=job.job_id,
             status=status,
-            provider_calls=tally.provider_calls,
-            cache_hits=tally.cache_hits,
-            usage=tally.usage,
-            cost_usd=tally.cost_usd,
-            **fields,
+            verdicts=verdicts,
+            critique=critique,
+            error=error,
+            tally=held.ledger.tally,
         )
 
-    # -- the three kinds of call ----------------------------------------------------------------
-
-    def _render(self, template: _Template, variables: Mapping[str, str]) -> str:
-        """`template.render(variables)`, remembered for the variables the template uses: the
-        system prompts (and any text that depends only on the class) repeat across jobs."""
-        names = getattr(template, "variables", None)
-        if names is None:
-            return template.render(variables)
+    async def _hold(self, job: CritiqueJob, held: JobHold, step: str, request: ChatRequest) -> None:
+        """Hold the job's expected cost before anything else (`lvlmva.engine.budget`); the
+        wait counts as waiting to send (a batching dispatcher may hold what would free it)."""
+        if not self._budget.active:
+            return
+        key = f"budget\x00{job.job_id}\x00{id(held)}"
+        self._idle.want(key)
+        self._idle.send_started(key)
         try:
-            key = (id(template), *(variables[name] for name in sorted(names)))
-            text = self._rendered.get(key)
-        except (KeyError, TypeError):  # a missing variable: render explains it
-            return template.render(variables)
-        if text is None:
-            text = template.render(variables)
-            if len(self._rendered) >= _RENDER_MEMO:
-                self._rendered.clear()
-            self._rendered[key] = text
-        return text
+            await self._budget.hold(held, step, request)
+        except NotSent as exc:
+            raise _NotRun(f"{step}: {exc}") from None
+        finally:
+            self._idle.send_ended(key)
+            self._idle.unwant(key)
 
-    def _variables(self, job: CritiqueJob) -> dict[str, str]:
-        return {
-            **job.variables,
-            "n_clusters": str(len(job.colors)),
-            "colors": ", ".join(job.colors),
-            "image_names": ", ".join(image.name for image in job.images),
-        }
-
-    async def _critique(self, job: CritiqueJob, variables: dict[str, str], tally: _JobTally) -> str:
-        p = self.config.prompts
-        request = self._request(
-            self.config.critic_model,
-            self._render(p.critic_system, variables),
-            self._render(p.critic_user, variables),
-            job.images,
-            schema=None,
-        )
-        key = self._key("critic", self.critic, request, self._critic_template)
-        answer = await self._cached(
-            key, tally, lambda: self._send(self.critic, request, tally, "critic")
-        )
+    async def _critique(self, held: JobHold, request: ChatRequest) -> str:
+        key = self._key("critic", self.critic, request)
+        call = Call("critic", self.critic, request, key, held.ledger)
+        self._budget.step_started(held, "critic")
+        try:
+            answer = await self._answer(
+                key, lambda: self._complete(call, held), held.ledger,
+                encode=answer_entry, decode=answer_from_entry, tag=self._tag(self.critic, request),
+            )  # fmt: skip
+        finally:
+            self._budget.step_ended(held, "critic")
         return answer.text
 
-    async def _judge(
-        self, job: CritiqueJob, variables: dict[str, str], critique: str, tally: _JobTally
-    ) -> dict[str, bool]:
-        p = self.config.prompts
-        variables = {**variables, "critique": critique}
-        schema = _verdict_schema(job.colors)
-        request = self._request(
-            self.config.judge_model or self.config.critic_model,
-            self._render(p.judge_system, variables),
-            self._render(p.judge_user, variables),
-            (),
-            schema=schema if self.judge.supports_structured_output else None,
+    async def _judge(self, job: CritiqueJob, critique: str, held: JobHold) -> dict[str, bool]:
+        c, provider = self.config, self.judge
+        request = judge_request(
+            c.prompts,
+            job,
+            critique,
+            model=c.judge_model or c.critic_model,
+            sampling=self._judge_sampling,
+            structured=provider.supports_structured_output,
         )
-        return await self._validated("judge", self.judge, request, self._judge_template, job, tally)
-
-    async def _fused(self, job: CritiqueJob, tally: _JobTally) -> dict[str, bool]:
-        p, variables = self.config.prompts, self._variables(job)
-        schema = _verdict_schema(job.colors)
-        request = self._request(
-            self.config.critic_model,
-            self._render(p.fused_system, variables),
-            self._render(p.fused_user, variables),
-            job.images,
-            schema=schema if self.critic.supports_structured_output else None,
-        )
-        return await self._validated(
-            "fused", self.critic, request, self._fused_template, job, tally
-        )
+        return await self._validated("judge", provider, request, job, held)
 
     async def _validated(
         self,
         step: str,
         provider: Provider,
         request: ChatRequest,
-        template_sha256: str,
         job: CritiqueJob,
-        tally: _JobTally,
+        held: JobHold,
     ) -> dict[str, bool]:
         """Ask until the answer validates (re-asking with the error), then cache the valid
-        answer under the first request's key; invalid answers are never cached."""
-        colors = job.colors
-        parsed: dict[str, bool] = {}
+        answer under the first request's key; invalid answers are never cached, and a cached
+        answer that does not validate is a miss."""
+        colors, ledger = job.colors, held.ledger
+        key = self._key(step, provider, request, schema_sha256(colors))
 
-        async def ask() -> CachedResponse:
+        async def ask() -> _Verdicts:
             current, total = request, Usage()
             for attempt in range(self.config.max_reasks + 1):
-                response = await self._send(provider, current, tally, step)
+                response = await self._complete(
+                    Call(step, provider, current, key, ledger, attempt), held
+                )
                 total = total + response.usage
                 try:
-                    parsed.update(_verdicts(response.text, colors))
+                    verdicts = parse_verdicts(response.text, colors)
                 except VerdictValidationError as exc:
                     if attempt == self.config.max_reasks:
                         raise _Failed(
                             f"{step}: output still invalid after {attempt + 1} answers: {exc}"
                         ) from None
-                    self.stats.reasks += 1
-                    reask = REASK.format(error=exc, colors=", ".join(colors))
-                    current = replace(
-                        request,
-                        messages=(
-                            *request.messages,
-                            Message.text("assistant", response.text),
-                            Message.text("user", reask),
-                        ),
-                    )
+                    ledger.reasked()
+                    current = reask_request(request, response.text, exc, colors)
                     continue
-                return CachedResponse(response.text, total, response.model)
+                return dataclasses.replace(response, usage=total), verdicts
             raise AssertionError("unreachable")
 
-        key = self._key(
-            step, provider, request, template_sha256, schema_sha256=_schema_sha256(colors)
+        def decode(entry: Any) -> _Verdicts:
+            answer = answer_from_entry(entry)
+            return answer, parse_verdicts(answer.text, colors)
+
+        self._budget.step_started(held, step)
+        try:
+            _, verdicts = await self._answer(
+                key, ask, ledger, encode=lambda found: answer_entry(found[0]), decode=decode,
+                tag=self._tag(provider, request),
+            )  # fmt: skip
+        finally:
+            self._budget.step_ended(held, step)
+        return dict(verdicts)  # a copy: identical jobs in flight share the parsed answer
+
+    async def _complete(self, call: Call, held: JobHold) -> ChatResponse:
+        """The usable answer to `call`: one cut at the token limit is asked once more with a
+        larger budget; a cut, filtered or empty answer fails the job (and is never cached)."""
+        response = await self._send(call, held)
+        problem = unusable(response)
+        if problem is None:
+            return response
+        larger = _larger_budget(call.request) if problem == "length" else None
+        if larger is None:
+            raise _Failed(f"{call.step}: {unusable_reason(problem, response, call.request)}")
+        held.ledger.budget_retried()
+        retry = dataclasses.replace(
+            call, request=with_budget(call.request, larger), larger_budget=True
         )
-        answer = await self._cached(key, tally, ask)
-        return parsed if parsed else _verdicts(answer.text, colors)
+        second = await self._send(retry, held)
+        problem = unusable(second)
+        if problem is not None:
+            raise _Failed(f"{call.step}: {unusable_reason(problem, second, retry.request)}")
+        return dataclasses.replace(second, usage=response.usage + second.usage)
 
     # -- plumbing -------------------------------------------------------------------------------
-
-    def _request(
-        self,
-        model: str,
-        system: str,
-        user: str,
-        images: tuple[ImagePart, ...],
-        *,
-        schema: Mapping[str, Any] | None,
-    ) -> ChatRequest:
-        return ChatRequest(
-            model=model,
-            messages=(Message.text("system", system), Message("user", (TextPart(user), *images))),
-            temperature=self.config.temperature,
-            max_tokens=self.config.max_tokens,
-            seed=self.config.seed,
-            response_schema=schema,
-        )
 
     def _key(
         self,
         step: str,
         provider: Provider,
         request: ChatRequest,
-        template_sha256: str,
-        *,
-        schema_sha256: str | None = None,
+        schema_sha: str | None = None,
     ) -> str:
-        texts: list[str] = []
-        images: list[str] = []
-        for message in request.messages:
-            for part in message.parts:
-                if isinstance(part, TextPart):
-                    texts.append(f"{message.role}:{part.text}")
-                else:
-                    images.append(part.sha256)
-        return cache_key(
-            provider=provider.name,
-            model=request.model,
-            template_sha256=template_sha256,
-            text=texts,
-            image_sha256s=images,
-            params={
-                "step": step,
-                "temperature": request.temperature,
-                "max_tokens": request.max_tokens,
-                "seed": request.seed,
-                "structured_output": request.response_schema is not None,
-            },
-            schema_sha256=schema_sha256,
-        )
+        identity = self._identity[id(provider)]
+        return request_key(step, identity, request, self._template[step], schema_sha)
 
-    async def _cached(
-        self, key: str, tally: _JobTally, factory: Callable[[], Awaitable[CachedResponse]]
-    ) -> CachedResponse:
-        if self.cache is not None:
-            found = await self.cache.get_or_compute(key, factory)
-            value, source = found.value, found.source
-        else:
-            value, shared = await self._flight.run(key, factory)
-            source = Source.SHARED if shared else Source.COMPUTED
-        if source is Source.CACHE:
-            self.stats.cache_hits += 1
-            tally.cache_hits += 1
-        elif source is Source.SHARED:
-            self.stats.deduplicated += 1
-            tally.cache_hits += 1
-        return value
+    def _tag(self, provider: Provider, request: ChatRequest) -> str:
+        """The label of a cached answer: the model, marked when a simulation gave it."""
+        simulated = self._identity[id(provider)].simulated
+        return f"simulated:{request.model}" if simulated else request.model
 
-    async def _send(
-        self, provider: Provider, request: ChatRequest, tally: _JobTally, step: str
-    ) -> CachedResponse:
-        """One logical request: budget reservation, then rate-limited attempts with retries."""
-        estimated = estimate_request_tokens(request)
-        reservation = self._meter.reserve(request.model, estimated)
-        if reservation is None:
-            raise _NotRun(f"{step}: not sent, the budget of ${self.config.budget_usd:g} is reached")
-        limiter = self._limiter(provider)
-        timeout = self.config.request_timeout
-
-        async def attempt() -> ChatResponse:
-            async with limiter.acquire(estimated) as permit:
-                tally.provider_calls += 1
-                self.stats.provider_calls += 1
-                try:
-                    async with asyncio.timeout(timeout + _TIMEOUT_GRACE_S):
-                        response = await provider.complete(request, timeout=timeout)
-                except TimeoutError:
-                    raise ProviderTimeout(f"{provider.name}: no answer in {timeout:g} s") from None
-                except RateLimited as exc:
-                    saturated = self._rate_signal.record(True)
-                    if exc.retry_after and saturated and self.config.pause_on_rate_limit:
-                        limiter.penalize(exc.retry_after)
-                    raise
-                except ProviderError:
-                    raise
-                except Exception as exc:  # a provider bug must fail the job, not the run
-                    raise ProviderError(f"{provider.name}: {type(exc).__name__}: {exc}") from exc
-                permit.settle(response.usage.total_tokens)
-                self._rate_signal.record(False)
-            cost = self._meter.add(request.model, response.usage)
-            tally.usage = tally.usage + response.usage
-            tally.cost_usd += cost
-            self.stats.usage = self.stats.usage + response.usage
-            self.stats.cost_usd += cost
-            return response
-
-        def on_retry(attempt_number: int, error: ProviderError, wait: float) -> None:
-            self.stats.retries += 1
-            self.stats.retries_by_error[type(error).__name__] += 1
-            log.debug(
-                "%s attempt %d failed (%s); retrying in %.2f s", step, attempt_number, error, wait
-            )
-
+    async def _answer(
+        self,
+        key: str,
+        compute: Callable[[], Awaitable[T]],
+        ledger: Ledger,
+        *,
+        encode: Callable[[T], Any],
+        decode: Callable[[Any], T],
+        tag: str | None = None,
+    ) -> T:
+        self._idle.want(key)
         try:
-            response = await _with_retries(attempt, self.config.retry, on_retry)
-        except ProviderError as exc:
-            raise _Failed(f"{step}: {exc}") from None
+            return await self._answers.get(
+                key, compute, encode=encode, decode=decode, ledger=ledger, tag=tag
+            )
         finally:
-            self._meter.release(reservation)
-        return CachedResponse(response.text, response.usage, response.model)
+            self._idle.unwant(key)
+
+    async def _send(self, call: Call, held: JobHold) -> ChatResponse:
+        """Send `call`; a tripped breaker sends nothing."""
+        if self.breaker.tripped is not None:
+            raise _NotRun(f"{call.step}: not sent, the run was stopped")
+        self._idle.send_started(call.key)
+        try:
+            response = await self.dispatcher.send(call)
+        except ProviderError as exc:
+            self._failed(exc)
+            raise _Failed(f"{call.step}: {exc}") from None
+        except NotSent as exc:
+            raise _NotRun(f"{call.step}: {exc}") from None
+        finally:
+            self._idle.send_ended(call.key)
+        self.breaker.success()
+        return response
+
+    def _failed(self, error: ProviderError) -> None:
+        reason = self.breaker.failure(error)
+        if reason is None:
+            return
+        log.info("stopping the run: %s", reason.line())
+        halt = getattr(self.dispatcher, "halt", None)
+        if halt is not None:
+            halt()  # calls waiting in the dispatcher are not sent either
 
     async def aclose(self) -> None:
-        """Cancel what is still running, then close the providers and the cache."""
+        """Cancel what is still running, then close the dispatcher, providers and cache."""
         if self._closed:
             return
         self._closed = True
@@ -579,13 +474,13 @@ class Engine:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        await self.dispatcher.aclose()
         closed: set[int] = set()
         for provider in (self.critic, self.judge):
             if id(provider) not in closed:
                 closed.add(id(provider))
                 await provider.aclose()
-        if self.cache is not None:
-            await self.cache.aclose()
+        await self._answers.aclose()
 
     async def __aenter__(self) -> Engine:
         return self
@@ -594,72 +489,11 @@ class Engine:
         await self.aclose()
 
 
-async def _with_retries(
-    attempt: Callable[[], Awaitable[ChatResponse]],
-    policy: RetryPolicy,
-    on_retry: Callable[[int, ProviderError, float], None],
-) -> ChatResponse:
-    """`call_with_retries`, entered only after a first attempt failed with a retryable error
-    (that attempt is replayed into it, so waits and attempt counts are the same): tenacity's
-    bookkeeping costs more than the rest of a request, and most requests succeed at once."""
-    try:
-        return await attempt()
-    except ProviderError as exc:
-        if not exc.retryable or policy.max_attempts == 1:
-            raise
-        first: ProviderError | None = exc
-
-    async def replay() -> ChatResponse:
-        nonlocal first
-        if first is not None:
-            error, first = first, None
-            raise error
-        return await attempt()
-
-    return await call_with_retries(replay, policy, on_retry=on_retry)
-
-
-@functools.lru_cache(maxsize=1024)
-def _verdict_schema(colors: tuple[str, ...]) -> dict[str, Any]:
-    """`verdict_schema`, built once per colour set (shared: never modified)."""
-    return verdict_schema(colors)
-
-
-@functools.lru_cache(maxsize=1024)
-def _schema_sha256(colors: tuple[str, ...]) -> str:
-    return canonical_sha256(_verdict_schema(colors))
-
-
-def _verdicts(text: str, colors: tuple[str, ...]) -> dict[str, bool]:
-    """`parse_verdicts`, with a fast path for the common case: a bare JSON object that is
-    exactly right. It accepts only what `parse_verdicts` accepts; anything else (a code fence,
-    any defect) goes to `parse_verdicts`, which validates it fully and explains what is wrong."""
-    try:
-        data = json.loads(text)
-    except (ValueError, TypeError):
-        data = None
-    if type(data) is dict and len(data) == 1:
-        entries = data.get("output")
-        if type(entries) is list and len(entries) == len(colors):
-            out: dict[str, bool] = {}
-            for entry in entries:
-                if type(entry) is not dict or len(entry) != 2:
-                    break
-                color, verdict = entry.get("color"), entry.get("verdict")
-                if type(color) is not str or color in out or verdict not in _YES_NO:
-                    break
-                out[color] = verdict == "yes"
-            else:
-                if out.keys() == set(colors):
-                    return out
-    return parse_verdicts(text, colors)
-
-
-_YES_NO = ("yes", "no")
-
-
-def _pair_sha(system: _Template, user: _Template) -> str:
-    return canonical_sha256([system.sha256, user.sha256])
+def _larger_budget(request: ChatRequest) -> int | None:
+    """Twice the request's output budget within the model's limit (None: no larger one)."""
+    limit = rules_for(request.model).max_output_tokens
+    larger = request.max_tokens * 2 if limit is None else min(request.max_tokens * 2, limit)
+    return larger if larger > request.max_tokens else None
 
 
 def _length(jobs: object) -> int | None:
@@ -667,50 +501,3 @@ def _length(jobs: object) -> int | None:
         return len(jobs)  # type: ignore[arg-type]
     except TypeError:
         return None
-
-
-async def _job_iterator(
-    jobs: Iterable[CritiqueJob] | AsyncIterable[CritiqueJob],
-) -> AsyncIterator[CritiqueJob]:
-    if isinstance(jobs, AsyncIterable):
-        async for job in jobs:
-            yield job
-    else:
-        for job in jobs:
-            yield job
-
-
-class _Progress:
-    """tqdm bar with running cost and request throughput, refreshed at most twice a second."""
-
-    def __init__(self, engine: Engine, total: int | None, enabled: bool | None) -> None:
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        self._engine = engine
-        self._bar = None
-        self._next = 0.0
-        if enabled:
-            from lvlmva.progress import progress_bar
-
-            self._bar = progress_bar(total=total, unit="job", desc="critique", dynamic_ncols=True)
-            self._start = time.perf_counter()
-            self._calls0 = engine.stats.provider_calls
-
-    def update(self) -> None:
-        if self._bar is None:
-            return
-        self._bar.update(1)
-        now = time.perf_counter()
-        if now >= self._next:
-            self._next = now + 0.5
-            s = self._engine.stats
-            rate = (s.provider_calls - self._calls0) * 60.0 / max(now - self._start, 1e-9)
-            budget = self._engine.config.budget_usd
-            cost = f"${s.cost_usd:.4f}" + (f"/${budget:g}" if budget is not None else "")
-            self._bar.set_postfix_str(
-                f"{cost} {rate:.0f} req/min fail {s.failed} cached {s.cache_hits}", refresh=False
-            )
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()

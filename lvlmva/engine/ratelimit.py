@@ -1,4 +1,5 @@
-"""Client-side rate limiting: requests per minute, tokens per minute and a concurrency cap.
+"""Client-side rate limiting: requests per minute, tokens per minute and a concurrency cap, and
+the endpoint's own count as its `x-ratelimit-*` headers report it (`observe`).
 
 Each limit is a token bucket (GCRA-style pacing with a small burst) whose capacity and refill
 rate are chosen so that no sliding window of `window` seconds ever holds more than the cap,
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
+from lvlmva.engine.types import RateLimitInfo
 from lvlmva.errors import ConfigError
 
 __all__ = ["Permit", "RateLimiter"]
@@ -125,6 +127,8 @@ class RateLimiter:
         self.transit_allowance = transit_allowance
         self._requests: _Bucket | None = None
         self._tokens: _Bucket | None = None
+        self._seen_requests: _Bucket | None = None  # the endpoint's count, from its headers
+        self._seen_tokens: _Bucket | None = None
         self._in_flight = 0
         self._paused_until = -math.inf
         self._waiters: deque[_Waiter] = deque()
@@ -153,6 +157,24 @@ class RateLimiter:
             yield permit
         finally:
             self._release()
+
+    def observe(self, info: RateLimitInfo, tokens_each: float = 0.0) -> None:
+        """Follow the endpoint's own count, from the `x-ratelimit-*` headers of an answer: it
+        had `remaining` of `limit` left and is full again in `reset` seconds, so it refills at
+        (limit - remaining) / reset. The other requests in flight may not be counted in it
+        yet, so they are taken off (`tokens_each` tokens apiece); new requests wait while the
+        rest would not cover them, instead of meeting a 429."""
+        loop = self._get_loop()
+        now, others = loop.time(), max(self._in_flight - 1, 0)
+        self._seen_requests = _seen_bucket(
+            info.limit_requests, info.remaining_requests, info.reset_requests_s, others, now,
+            self.window,
+        )  # fmt: skip
+        self._seen_tokens = _seen_bucket(
+            info.limit_tokens, info.remaining_tokens, info.reset_tokens_s, others * tokens_each,
+            now, self.window,
+        )  # fmt: skip
+        self._pump()
 
     def penalize(self, seconds: float) -> None:
         """Admit no new request for `seconds` (e.g. after a 429 with Retry-After)."""
@@ -219,6 +241,11 @@ class RateLimiter:
             self._tokens.refill(now)
             if self._tokens.level < tokens - _EPS:
                 return False
+        for bucket, amount in ((self._seen_requests, 1.0), (self._seen_tokens, tokens)):
+            if bucket is not None:
+                bucket.refill(now)
+                if bucket.level < min(amount, bucket.capacity) - _EPS:
+                    return False
         return True
 
     def _take(self, tokens: float) -> None:
@@ -228,6 +255,10 @@ class RateLimiter:
             self._requests.level -= 1.0
         if self._tokens is not None:
             self._tokens.level -= tokens
+        if self._seen_requests is not None:
+            self._seen_requests.level -= 1.0
+        if self._seen_tokens is not None:
+            self._seen_tokens.level -= tokens
 
     async def _admit(self, tokens: float) -> float:
         loop = self._get_loop()
@@ -294,6 +325,9 @@ class RateLimiter:
             wake = max(wake, self._requests.ready_at(1.0, now))
         if self._tokens is not None:
             wake = max(wake, self._tokens.ready_at(head.tokens, now))
+        for bucket, amount in ((self._seen_requests, 1.0), (self._seen_tokens, head.tokens)):
+            if bucket is not None:
+                wake = max(wake, bucket.ready_at(min(amount, bucket.capacity), now))
         if self._timer is not None and abs(self._timer_at - wake) < 1e-6:
             return
         self._cancel_timer()
@@ -332,3 +366,24 @@ class RateLimitSignal:
         self._outcomes.append(limited)
         self._limited += limited
         return limited and self._limited > self._threshold * self._outcomes.maxlen
+
+
+
+def _seen_bucket(
+    limit: int | None,
+    remaining: int | None,
+    reset_s: float | None,
+    taken: float,
+    now: float,
+    window: float,
+) -> _Bucket | None:
+    """The endpoint's bucket as its headers describe it (None when they do not)."""
+    if remaining is None or not limit or limit <= 0:
+        return None
+    if reset_s and reset_s > 0 and remaining < limit:
+        rate = (limit - remaining) / reset_s
+    else:
+        rate = limit / window
+    bucket = _Bucket(float(limit), rate, now)
+    bucket.level = float(remaining) - taken
+    return bucket

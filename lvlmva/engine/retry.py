@@ -83,8 +83,35 @@ async def call_with_retries(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
     """Await `fn()` until it succeeds, a non-retryable error occurs or attempts run out;
-    the last error is re-raised unchanged."""
+    the last error is re-raised unchanged.
+
+    The first attempt runs outside tenacity, whose bookkeeping costs more than the rest of a
+    request: only when it fails with a retryable error does the loop start, with that failure
+    replayed into it, so waits, callbacks and attempt counts are those of the plain loop."""
     policy = policy or RetryPolicy()
+    try:
+        return await fn()
+    except ProviderError as exc:
+        if not exc.retryable or policy.max_attempts == 1:
+            raise
+        first: ProviderError | None = exc
+
+    async def replay() -> T:
+        nonlocal first
+        if first is not None:
+            error, first = first, None
+            raise error
+        return await fn()
+
+    return await _retrying(replay, policy, on_retry, sleep)
+
+
+async def _retrying(
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    on_retry: OnRetry | None,
+    sleep: Callable[[float], Awaitable[None]],
+) -> T:
     pending: list[Awaitable[Any]] = []
 
     def retry_predicate(error: BaseException) -> bool:

@@ -67,26 +67,39 @@ class Message:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """A provider-neutral chat completion request."""
+    """A provider-neutral chat completion request. `temperature=None` leaves it out (models
+    that allow only their default); `max_tokens` is the output budget, reasoning included,
+    whatever the wire calls it; `reasoning_effort` is sent when set; `image_detail` is the
+    detail policy of the images (`lvlmva.engine.model_params.DETAILS`; None: none sent)."""
 
     model: str
     messages: tuple[Message, ...]
-    temperature: float = 0.0
+    temperature: float | None = 0.0
     max_tokens: int = 1024
     seed: int | None = None
     response_schema: Mapping[str, Any] | None = None  # JSON schema for structured output
     schema_name: str = "verdicts"
+    reasoning_effort: str | None = None
+    image_detail: str | None = None
 
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens of a response. `cached_tokens` (prompt tokens served from the provider's prompt
+    cache, billed at the cached rate) are part of `prompt_tokens`; `reasoning_tokens` (hidden
+    reasoning, billed as output) are part of `completion_tokens`."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
     @property
@@ -94,11 +107,92 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What calls cost and saved: one type for a job's counts (`JobResult.tally`) and a run's
+    (`EngineStats.tally`); tallies add up with `+`."""
+
+    provider_calls: int = 0  # requests that reached a provider, retries and re-asks included
+    retries: int = 0
+    reasks: int = 0  # Judge answers that did not validate and were asked again
+    cache_hits: int = 0  # answers read from the cache
+    deduplicated: int = 0  # answers shared with an identical request in flight
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    budget_retries: int = 0  # answers cut at the token limit, asked again with a larger budget
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(
+            self.provider_calls + other.provider_calls,
+            self.retries + other.retries,
+            self.reasks + other.reasks,
+            self.cache_hits + other.cache_hits,
+            self.deduplicated + other.deduplicated,
+            self.usage + other.usage,
+            self.cost_usd + other.cost_usd,
+            self.budget_retries + other.budget_retries,
+        )
+
+    @property
+    def reused(self) -> int:
+        """Answers not paid for: read from the cache or shared with an identical request."""
+        return self.cache_hits + self.deduplicated
+
+
+class TallyView:
+    """The counts of `self.tally` as attributes of a result or of an engine's stats."""
+
+    tally: Tally
+
+    @property
+    def provider_calls(self) -> int:
+        return self.tally.provider_calls
+
+    @property
+    def retries(self) -> int:
+        return self.tally.retries
+
+    @property
+    def reasks(self) -> int:
+        return self.tally.reasks
+
+    @property
+    def deduplicated(self) -> int:
+        return self.tally.deduplicated
+
+    @property
+    def usage(self) -> Usage:
+        return self.tally.usage
+
+    @property
+    def cost_usd(self) -> float:
+        return self.tally.cost_usd
+
+
+@dataclass(frozen=True)
+class RateLimitInfo:
+    """A response's `x-ratelimit-*` headers: per dimension (requests, tokens) the limit, what
+    remains and the seconds until the window is full again (None: not sent)."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+
 @dataclass(frozen=True)
 class ChatResponse:
+    """An answer: its text (`""` for null content), usage, the answering model, and
+    `finish_reason` ("stop", "length", "content_filter" ...; None when the server sent none)."""
+
     text: str
     usage: Usage
     model: str
+    finish_reason: str | None = "stop"
+    rate_limits: RateLimitInfo | None = field(default=None, compare=False)
+    content_null: bool = False  # the server sent `content: null`
 
 
 @runtime_checkable
@@ -132,17 +226,19 @@ class JobStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class JobResult:
+class JobResult(TallyView):
     job_id: str
     status: JobStatus
     verdicts: Mapping[str, bool] | None = None  # colour -> True for "yes" (relevant)
     critique: str | None = None
     error: str | None = None
-    provider_calls: int = 0  # requests that reached the provider (retries included)
-    cache_hits: int = 0
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float = 0.0
+    tally: Tally = field(default_factory=Tally)  # this job's calls, reused answers, tokens and cost
 
     @property
     def ok(self) -> bool:
         return self.status is JobStatus.OK
+
+    @property
+    def cache_hits(self) -> int:
+        """Answers this job did not pay for (from the cache or an identical job in flight)."""
+        return self.tally.reused

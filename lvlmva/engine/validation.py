@@ -81,13 +81,43 @@ def _location(path: Sequence[Any]) -> str:
     return out or "the top level"
 
 
+def _exact(text: str, colors: tuple[str, ...]) -> dict[str, bool] | None:
+    """The verdicts of a bare JSON object that is exactly right, else None. It accepts only
+    what the schema accepts (one "output" key; one two-key entry per colour, each colour once,
+    verdicts "yes" / "no"), without the schema validator, which costs about 30 times more."""
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if type(data) is not dict or len(data) != 1:
+        return None
+    entries = data.get("output")
+    if type(entries) is not list or len(entries) != len(colors):
+        return None
+    out: dict[str, bool] = {}
+    for entry in entries:
+        if type(entry) is not dict or len(entry) != 2:
+            return None
+        color, verdict = entry.get("color"), entry.get("verdict")
+        if type(color) is not str or color in out or type(verdict) is not str:
+            return None
+        if verdict not in VERDICTS:
+            return None
+        out[color] = verdict == "yes"
+    return out if out.keys() == set(colors) else None
+
+
 def parse_verdicts(text: str, colors: Sequence[str]) -> dict[str, bool]:
     """Parse and validate Judge output; returns colour -> True for "yes" (relevant).
 
     Accepts a bare JSON object or one wrapped in a ```json fence, nothing else. Raises
     `VerdictValidationError` listing invalid JSON, missing / unknown / duplicate colours and bad
-    verdict values."""
+    verdict values. An answer that is exactly right takes a fast path; anything else is
+    validated against the schema, which explains every problem."""
     colors = _color_tuple(colors)
+    exact = _exact(text, colors)
+    if exact is not None:
+        return exact
     body = _strip_fence(text or "")
     try:
         data = json.loads(body)

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lvlmva.critics import CriticSettings, get_critic, open_session
+from lvlmva.engine.errors import RunStopped
 from lvlmva.engine.types import Provider
-from lvlmva.errors import ConfigError
+from lvlmva.errors import ConfigError, DataError
 from lvlmva.pipeline.critique import critique_stream, ground_truth_records
 from lvlmva.pipeline.explain import rendered_samples
 from lvlmva.pipeline.masking import (
@@ -33,7 +35,13 @@ from lvlmva.pipeline.masking import (
     robust_summary,
 )
 from lvlmva.pipeline.options import CritiqueOptions, TrainOptions, split_options
-from lvlmva.pipeline.records import AlignResult, CritiqueCounts, RenderedSample, SampleRecord
+from lvlmva.pipeline.records import (
+    AlignResult,
+    CritiqueCounts,
+    RenderedSample,
+    SampleRecord,
+    critique_metrics,
+)
 from lvlmva.pipeline.selection import plan_check
 from lvlmva.pipeline.training import AlignmentTraining
 from lvlmva.prompts import TaskSpec
@@ -77,6 +85,7 @@ async def align(
     device: str | torch.device = "cpu",
     progress: bool = True,
     on_sample: Callable[[SampleRecord], None] | None = None,
+    records: Sequence[SampleRecord] | None = None,
     **options: Any,
 ) -> AlignResult:
     """Explain, critique, mask and retrain `model` on `dataset` with the class-level `spec`.
@@ -88,6 +97,13 @@ async def align(
     Explanations always come from the original `model`, which is left unchanged. Unless
     `lam` is given, one model per lambda of the grid is trained and the one that does best on
     validation is returned, or the original when none beats it (`AlignResult.selection`).
+    `records`: masks made already (a reviewed critique run, `pipeline.from_run`): no explanation
+    and no LVLM call; they enter the pool as they are (no neighbour pooling), in the given
+    order, and the model check uses validation groups where there are any.
+
+    An endpoint that refuses the run stops it: `RunStopped` names the status and the server's
+    message, with the result trained on the masks received (`.result`, or None) and `.metrics`;
+    when every critique failed, a `DataError` gives the first distinct reasons.
     """
     critic = critic or CriticSettings()
     what, how = split_options(critique, training, options)
@@ -95,13 +111,15 @@ async def align(
     device = torch.device(device)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    if backend.uses_llm:
+    if records is not None:
+        how = dataclasses.replace(how, streaming=False)
+    elif backend.uses_llm:
         spec = resolve_spec(spec, dataset)
         if critic_provider is None:
             await backend.preflight(critic)
     before = await asyncio.to_thread(_evaluate, model, dataset)
-    indices = choose_alignment_indices(len(dataset.train), what.n_align, seed)
-    check = plan_check(dataset, what, backend, seed)
+    indices = _alignment_indices(dataset, what.n_align, seed, records)
+    check = plan_check(dataset, what, backend, seed, critiques=records is None)
     masks = RobustMasks(dataset.train, what, len(indices))
     run = AlignmentTraining(
         _start_model(model, how, seed), dataset.train, how, masks,
@@ -109,16 +127,21 @@ async def align(
     )  # fmt: skip
     run.start()
     try:
-        if backend.uses_llm:
+        if records is None and backend.uses_llm:
             records, val_entries, counts = await _critique(
                 model, dataset, spec, indices, check.indices, critic, what, run,
                 providers=(critic_provider, judge_provider), seed=seed, device=device,
                 progress=progress, on_sample=on_sample, timings=timings,
             )  # fmt: skip
-        else:
-            records, counts = ground_truth_records(dataset, indices), CritiqueCounts()
-            val_truth = ground_truth_records(dataset, check.indices, "val")
-            val_entries = [fixed_mask(r) for r in val_truth]
+            _check_some_masks(records, counts, len(indices), critic)
+        else:  # masks made already, or the true ones
+            if records is None:
+                records = ground_truth_records(dataset, indices)
+                val_truth = ground_truth_records(dataset, check.indices, "val")
+                val_entries = [fixed_mask(r) for r in val_truth]
+            else:
+                records, val_entries = list(records), []
+            counts = CritiqueCounts()
             for position, record in enumerate(records):
                 run.add(position, fixed_mask(record))
         timings["critique_s"] = time.perf_counter() - started
@@ -133,7 +156,7 @@ async def align(
     timings["total_s"] = time.perf_counter() - started
     after = await asyncio.to_thread(_evaluate, chosen, dataset)
     member = next((m for m in members if m.model is chosen), None)
-    return AlignResult(
+    result = AlignResult(
         model=chosen if member is not None else copy.deepcopy(chosen),
         before=before,
         after=after,
@@ -147,11 +170,63 @@ async def align(
         selection=selection,
         robust=robust_summary(what, records),
     )
+    if counts.stopped is not None:  # trained on the masks received before the stop
+        stop = _stop_line(counts, len(records), len(indices))
+        raise RunStopped(stop, result=result, metrics=result.metrics_dict())
+    return result
+
+
+def _check_some_masks(
+    records: list[SampleRecord], counts: CritiqueCounts, n: int, critic: CriticSettings
+) -> None:
+    """Without a single mask there is nothing to train: a stopped run is `RunStopped` (with
+    the critique's figures), any other a `DataError` carrying the first distinct reasons."""
+    if any(r.mask is not None for r in records):
+        return
+    if counts.stopped is not None:
+        tally = counts.tally
+        metrics = {
+            "critic": critic.kind, "critic_model": critic.critic_model,
+            "judge_model": critic.judge_model, "n_align": len(records), "n_masks": 0,
+            "provider_calls": tally.provider_calls, "cost_usd": round(tally.cost_usd, 6),
+            "failed_jobs": counts.failed, "not_run_jobs": counts.not_run,
+            **critique_metrics(records, counts),
+        }  # fmt: skip
+        raise RunStopped(_stop_line(counts, len(records), n), metrics=metrics)
+    reasons = list(dict.fromkeys(r.error or r.status for r in records))[:3]
+    listed = "; ".join(f"({k + 1}) {reason}" for k, reason in enumerate(reasons))
+    raise DataError(
+        f"no correction masks: all {len(records)} critiques failed or were not run; the first "
+        f"distinct reasons: {listed or 'none given'}"
+    )
+
+
+def _stop_line(counts: CritiqueCounts, critiqued: int, n: int) -> str:
+    return (
+        f"the LVLM endpoint stopped the run: {counts.stopped}; {critiqued} of {n} samples were "
+        "sent, and the answers received are cached: fix the cause and rerun the same command"
+    )
+
+
+def _alignment_indices(
+    dataset: DatasetSplits, n_align: int, seed: int, records: Sequence[SampleRecord] | None
+) -> Tensor:
+    if records is not None:
+        return torch.tensor([r.index for r in records], dtype=torch.long)
+    return choose_alignment_indices(len(dataset.train), n_align, seed)
 
 
 def align_sync(*args: Any, **kwargs: Any) -> AlignResult:
-    """`align` for callers without an event loop."""
-    return asyncio.run(align(*args, **kwargs))
+    """`align` without `await`: in a script, or where an event loop already runs (a notebook),
+    in a worker thread with a loop of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(align(*args, **kwargs))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="align_sync") as pool:
+        return pool.submit(asyncio.run, align(*args, **kwargs)).result()
 
 
 def _start_model(model: nn.Module, options: TrainOptions, seed: int) -> nn.Module:
@@ -211,7 +286,10 @@ async def _critique(
             run.add(position[record.index], entry)
             if on_sample is not None:
                 on_sample(record)
-        counts = CritiqueCounts.from_engine(session.engine.stats)
+        engine = session.engine
+        stopped = engine.stopped.line() if engine.stopped is not None else None
+        not_pulled = len(indices) - len(records)
+        counts = CritiqueCounts.from_engine(engine.stats, not_pulled=not_pulled, stopped=stopped)
     # Answers arrive in completion order; records follow the alignment order.
     records.sort(key=lambda r: position[r.index])
     val_order = {int(i): k for k, i in enumerate(val_indices)}

@@ -60,9 +60,7 @@ def record_for(
         critique=result.critique,
         error=result.error,
         images=sample.pngs(),
-        provider_calls=result.provider_calls,
-        cache_hits=result.cache_hits,
-        cost_usd=result.cost_usd,
+        tally=result.tally,
     )
 
 
@@ -74,13 +72,14 @@ async def critique_samples(
     *,
     soft_masks: bool,
     total: int | None = None,
+    split_name: str = "train",
 ) -> AsyncIterator[SampleRecord]:
-    """Critique `samples` (training samples of `dataset`) through the session's engine and
-    yield their records in completion order. A simulated critic is told each sample's
+    """Critique `samples` (of the split `split_name` of `dataset`) through the session's engine
+    and yield their records in completion order. A simulated critic is told each sample's
     ground-truth mask before its job is sent."""
-    tagged = _tagged(samples, "train")
+    tagged = _tagged(samples, split_name)
     async for _, _, record in critique_stream(
-        tagged, session, spec, dataset, soft_masks=soft_masks, total=total
+        tagged, session, spec, dataset, soft_masks=soft_masks, total=total, splits=(split_name,)
     ):
         yield record
 
@@ -102,12 +101,14 @@ async def critique_stream(
     votes: int = 1,
     seed: int = 0,
     total: int | None = None,
+    splits: tuple[str, ...] = ("train",),
 ) -> AsyncIterator[tuple[str, RenderedSample, SampleRecord]]:
     """Critique `(split name, sample)` pairs of `dataset` (`votes` Critic samples each,
     `lvlmva.pipeline.votes`) and yield `(split name, sample, record)` in completion order; a
-    record's `votes` holds the share of "no" per colour when there were several samples."""
+    record's `votes` holds the share of "no" per colour when there were several samples.
+    `splits` names the splits the samples may come from (checked for ground truth up front)."""
     info = dataset.info
-    if session.needs_truth and dataset.train.spurious_masks is None:
+    if session.needs_truth and any(getattr(dataset, s).spurious_masks is None for s in splits):
         raise DataError(
             f"the simulated critic answers from ground-truth spurious masks, and dataset "
             f"{info.name!r} has none; use --critic openai or litellm"

@@ -29,7 +29,8 @@ def explain_segment_render(
     device: torch.device,
 ) -> list[RenderedSample]:
     """The samples `batch` (indices into `split`) explained for their true class against
-    backgrounds drawn from `split`, segmented and rendered. CPU/GPU work: call it in a thread."""
+    backgrounds drawn from `split` (the same for every batch under `seed`), segmented and
+    rendered, with the model's prediction. CPU/GPU work: call it in a thread."""
     from lvlmva.vision.attribution import explain
     from lvlmva.vision.ppeps import segment
     from lvlmva.vision.render import render_critic_images
@@ -43,9 +44,13 @@ def explain_segment_render(
         method=options.attribution,
         baselines=split.images,
         device=device,
-        seed=seed + int(batch[0]),
-    )
+        seed=seed,  # the same backgrounds for every batch: a sample's explanation does not
+    )  # depend on the batch it falls in (a resumed critique run renders what a whole one would)
     seg = segment(attributions, options.n_clusters, seed=seed, device=device)
+    with torch.no_grad():
+        probabilities = model(images.to(device)).softmax(dim=-1).cpu()
+    confidence, prediction = probabilities.max(dim=-1)
+    summed = attributions.sum(dim=1).cpu()
     return [
         RenderedSample(
             index=index,
@@ -53,6 +58,9 @@ def explain_segment_render(
             cluster_labels=seg.labels[j],
             responsibilities=seg.responsibilities[j],
             images=render_critic_images(images[j], seg.labels[j]),
+            attribution=summed[j],
+            prediction=int(prediction[j]),
+            confidence=float(confidence[j]),
         )
         for j, index in enumerate(batch.tolist())
     ]

@@ -164,16 +164,26 @@ class RobustMasks:
             p = p_spurious[id(entry)]
             weights = consensus_weights(p, confidence=self.options.confidence)
             record = entry.record
-            mask = weighted_mask(
-                record.cluster_labels,
-                record.cluster_ids,
-                weights,
-                responsibilities=entry.responsibilities,
-                soft=self.options.soft_masks,
-            )
+            if _own_weights(record) is not None and torch.equal(weights, _own_weights(record)):
+                mask = record.mask  # the critic's own mask, as record_for made it
+            else:
+                mask = weighted_mask(
+                    record.cluster_labels,
+                    record.cluster_ids,
+                    weights,
+                    responsibilities=entry.responsibilities,
+                    soft=self.options.soft_masks,
+                )
             if write:
                 record.mask = mask
                 pairs = zip(record.colors, p.tolist(), strict=True)
                 record.consensus = {c: round(v, 4) for c, v in pairs}
             out.append(mask)
         return out
+
+
+def _own_weights(record: SampleRecord) -> Tensor | None:
+    """The 0/1 weights of a single-vote record's own verdicts when it has its own mask."""
+    if record.mask is None or record.votes is not None or record.verdicts is None:
+        return None
+    return torch.tensor([0.0 if record.verdicts[c] else 1.0 for c in record.colors])

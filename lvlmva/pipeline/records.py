@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from lvlmva.critics.settings import CriticSettings
-from lvlmva.engine.types import Usage
+from lvlmva.engine.types import Tally, Usage
 from lvlmva.vision.metrics import Metrics, VerdictAccuracy
 from lvlmva.vision.render import CriticImages
 from lvlmva.vision.rrr import RRRHistory
@@ -17,20 +18,24 @@ from lvlmva.vision.rrr import RRRHistory
 if TYPE_CHECKING:
     from lvlmva.pipeline.selection import Selection
 
-__all__ = ["AlignResult", "CritiqueCounts", "RenderedSample", "SampleRecord"]
+__all__ = ["AlignResult", "CritiqueCounts", "RenderedSample", "SampleRecord", "critique_metrics"]
 
 
 @dataclass(frozen=True)
 class RenderedSample:
     """One training sample after explain + segment + render: its PPEPS-WGM clusters
     (`cluster_labels` [H, W], -1 = background; `responsibilities` [J, H, W]) and the three
-    Critic images with the colour names of the clusters present."""
+    Critic images with the colour names of the clusters present; the attribution summed over
+    channels [H, W] and the model's predicted class and its probability, when computed."""
 
     index: int
     label: int
     cluster_labels: Tensor = field(repr=False)
     responsibilities: Tensor = field(repr=False)
     images: CriticImages = field(repr=False)
+    attribution: Tensor | None = field(default=None, repr=False)
+    prediction: int | None = None
+    confidence: float | None = None
 
     @property
     def colors(self) -> tuple[str, ...]:
@@ -67,9 +72,7 @@ class SampleRecord:
     error: str | None = None
     # original / clusters / overlay PNGs
     images: dict[str, bytes] = field(default_factory=dict, repr=False)
-    provider_calls: int = 0
-    cache_hits: int = 0
-    cost_usd: float = 0.0
+    tally: Tally = field(default_factory=Tally)  # what its critique cost (calls, reuse, USD)
     # robust verdicts (lvlmva.pipeline.masking): share of "no" per colour over the Critic's
     # samples (several votes only), and P(spurious) after pooling with similar clusters
     votes: dict[str, float] | None = None
@@ -78,28 +81,43 @@ class SampleRecord:
 
 @dataclass(frozen=True)
 class CritiqueCounts:
-    """The engine's totals for a run: calls that reached a provider, answers from the cache
-    (or shared with an identical request in flight), tokens, cost, and jobs that failed or
-    were not run."""
+    """A run's critique totals: the engine's `Tally` (calls, answers reused, tokens, cost),
+    the jobs that failed or were not run, the samples never critiqued because the run stopped
+    (`not_pulled`), and why it stopped early (`stopped`: the breaker's one line, or None)."""
 
-    provider_calls: int = 0
-    cache_hits: int = 0
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float = 0.0
+    tally: Tally = field(default_factory=Tally)
     failed: int = 0
     not_run: int = 0
+    not_pulled: int = 0
+    stopped: str | None = None
 
     @classmethod
-    def from_engine(cls, stats: Any) -> CritiqueCounts:
-        """From `Engine.stats` (the one place the counters are summed)."""
-        return cls(
-            provider_calls=stats.provider_calls,
-            cache_hits=stats.cache_hits + stats.deduplicated,
-            usage=stats.usage,
-            cost_usd=stats.cost_usd,
-            failed=stats.failed,
-            not_run=stats.not_run,
-        )
+    def from_engine(cls, stats: Any, **more: Any) -> CritiqueCounts:
+        """From `Engine.stats`, the one place the counters are summed."""
+        return cls(stats.tally, stats.failed, stats.not_run, **more)
+
+
+def critique_metrics(samples: list[SampleRecord], counts: CritiqueCounts) -> dict[str, Any]:
+    """What the critique did, for metrics.json: failures by reason and per sample, the jobs
+    whose answers were paid for but gave no verdict (and what they cost), samples never
+    critiqued, and why the run stopped."""
+    failed = [s for s in samples if s.status in ("failed", "not_run")]
+    reasons = Counter(s.error or s.status for s in failed)
+    abandoned = [s for s in failed if s.tally.cost_usd > 0]
+    return {
+        "failure_reasons": dict(reasons.most_common()),
+        "failed_samples": [
+            {"index": s.index, "status": s.status, "error": s.error} for s in failed
+        ],
+        "paid_without_verdict": {
+            "jobs": len(abandoned),
+            "cost_usd": round(sum(s.tally.cost_usd for s in abandoned), 6),
+        },
+        "not_critiqued": counts.not_pulled,
+        "stopped": counts.stopped,
+        "cached_prompt_tokens": counts.tally.usage.cached_tokens,
+        "reasoning_tokens": counts.tally.usage.reasoning_tokens,
+    }
 
 
 @dataclass
@@ -125,19 +143,20 @@ class AlignResult:
 
     @property
     def provider_calls(self) -> int:
-        return self.counts.provider_calls
+        return self.counts.tally.provider_calls
 
     @property
     def cache_hits(self) -> int:
-        return self.counts.cache_hits
+        """Answers not paid for: from the cache or shared with an identical request."""
+        return self.counts.tally.reused
 
     @property
     def usage(self) -> Usage:
-        return self.counts.usage
+        return self.counts.tally.usage
 
     @property
     def cost_usd(self) -> float:
-        return self.counts.cost_usd
+        return self.counts.tally.cost_usd
 
     @property
     def failed_jobs(self) -> int:
@@ -180,6 +199,8 @@ class AlignResult:
             "not_run_jobs": self.not_run_jobs,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
+        if llm:
+            out.update(critique_metrics(self.samples, self.counts))
         if self.critic.kind == "simulated":
             out["configured_verdict_accuracy"] = self.critic.simulation.verdict_accuracy
             out["simulated_error_model"] = self.critic.simulation.error_model

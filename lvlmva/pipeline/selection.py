@@ -280,11 +280,19 @@ class ModelCheck:
 
 
 def plan_check(
-    dataset: DatasetSplits, options: CritiqueOptions, backend: Any, seed: int
+    dataset: DatasetSplits,
+    options: CritiqueOptions,
+    backend: Any,
+    seed: int,
+    *,
+    critiques: bool = True,
 ) -> ModelCheck:
-    """The model check of a run on `dataset` with critic `backend` (a `CriticBackend`)."""
+    """The model check of a run on `dataset` with critic `backend` (a `CriticBackend`);
+    `critiques=False` when no validation image may be critiqued (masks made already)."""
     val = dataset.val
-    if backend.uses_llm and not backend.answers_from_ground_truth:
+    if not critiques:
+        can_critique = False
+    elif backend.uses_llm and not backend.answers_from_ground_truth:
         can_critique = True
     else:  # the simulation and the ground truth need the validation split's true masks
         can_critique = val.spurious_masks is not None

@@ -17,7 +17,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lvlmva.engine.types import CritiqueJob, JobResult, JobStatus, Usage
+from lvlmva.engine.types import CritiqueJob, JobResult, JobStatus, Tally
 
 __all__ = ["VoteCollector", "VotedResult", "base_job_id", "variant_jobs"]
 
@@ -79,13 +79,7 @@ class VoteCollector:
 
 def _combine(job_id: str, results: list[JobResult]) -> VotedResult:
     ok = [r for r in results if r.ok and r.verdicts is not None]
-    usage = sum((r.usage for r in results), Usage())
-    costs = {
-        "provider_calls": sum(r.provider_calls for r in results),
-        "cache_hits": sum(r.cache_hits for r in results),
-        "usage": usage,
-        "cost_usd": sum(r.cost_usd for r in results),
-    }
+    costs = {"tally": sum((r.tally for r in results), Tally())}
     if not ok:
         first = results[0]
         status = JobStatus.NOT_RUN if all(

@@ -20,10 +20,10 @@ from aiohttp import web
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.review import panels
 from lvlmva.review.params import card, detail, parse_page, parse_query
+from lvlmva.review.realign import realign_argv
 from lvlmva.review.security import guard
 from lvlmva.runs import CritiqueRun, MissingSample
-from lvlmva.vision import masks as _masks  # noqa: F401  (torch loads now, not on the first toggle)
-from lvlmva.vision.render import PALETTE
+from lvlmva.vision.palette import PALETTE
 
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -34,12 +34,6 @@ RealignHook = Callable[[CritiqueRun], Awaitable[str]]
 """What "re-align with these overrides" runs when wired: gets the run, returns a message."""
 
 RUN_KEY = web.AppKey("run", CritiqueRun)
-
-
-def realign_argv(run: CritiqueRun) -> list[str]:
-    """The command that aligns the model from this run's reviewed verdicts."""
-    return ["lvlmva", "align", "--critique", str(run.root.resolve()),
-            "--masks", run.manifest.masks]
 
 
 def _json_error(status: int, message: str) -> web.Response:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lvlmva.vision.render import PALETTE
+from lvlmva.vision.palette import PALETTE
 
 SIMULATIONS: dict[str, np.ndarray] = {
     "normal": np.eye(3),

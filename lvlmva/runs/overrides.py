@@ -40,12 +40,17 @@ def effective_mask(
     soft: bool | None,
     verdicts: dict[str, bool] | None = None,
 ) -> np.ndarray | None:
-    """The mask of `sample` under `verdicts` (default: its effective verdicts)."""
+    """The mask of `sample` under `verdicts` (default: its effective verdicts). Where these are
+    the critic's own verdicts under the run's rule, the stored critic mask (the pipeline's
+    float32 mask, bit for bit); otherwise the rule on the stored labels and responsibilities."""
     verdicts = sample.effective_verdicts if verdicts is None else verdicts
     if verdicts is None:
         return None
-    soft = run.manifest.masks == "soft" if soft is None else soft
+    run_soft = run.manifest.masks == "soft"
+    soft = run_soft if soft is None else soft
     stored = run.arrays(sample.record.index)
+    if soft == run_soft and verdicts == sample.record.verdicts and stored.mask is not None:
+        return stored.mask
     responsibilities = stored.responsibilities if soft else None
     if soft and responsibilities is None:
         raise DataError(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from lvlmva.runs.records import AuditEntry, ReviewedSample, RunRecord
+from lvlmva.vision.masks import mask_array
 
 
 def now() -> str:
@@ -29,23 +30,10 @@ def compute_mask(
     *,
     soft: bool,
 ) -> np.ndarray:
-    """The mask [H, W] float32 by `lvlmva.vision.masks.mask_from_verdicts` (torch, imported
-    here so that opening a run stays light)."""
-    import torch
-
-    from lvlmva.vision.masks import mask_from_verdicts
-
-    mask = mask_from_verdicts(
-        torch.from_numpy(labels.astype(np.int64)),
-        colors,
-        cluster_ids,
-        verdicts,
-        responsibilities=None
-        if responsibilities is None
-        else torch.from_numpy(responsibilities.astype(np.float32)),
-        soft=soft,
-    )
-    return mask.numpy()
+    """The mask [H, W] float32 by `lvlmva.vision.masks.mask_array`, the pipeline's own rule
+    (numpy: opening or reviewing a run never loads torch)."""
+    return mask_array(labels, colors, cluster_ids, verdicts,
+                      responsibilities=responsibilities, soft=soft)
 
 
 def truth_mismatch(verdicts: Mapping[str, bool] | None, spurious: Sequence[str] | None):

@@ -210,13 +210,13 @@ class CritiqueRun:
         generation = 0 if old is None else old["generation"] + 1
         shares: tuple[float | None, float | None] = (None, None)
         if arrays is not None and record.verdicts is not None:
-            effective = rows.compute_mask(
-                arrays.labels, record.colors, record.cluster_ids, record.verdicts,
-                arrays.responsibilities, soft=self._manifest.masks == "soft",
-            )
             if arrays.mask is None:  # the critic's mask is the rule applied to its verdicts
-                arrays = dataclasses.replace(arrays, mask=effective)
-            shares = (float(arrays.mask.mean()), float(effective.mean()))
+                arrays = dataclasses.replace(arrays, mask=rows.compute_mask(
+                    arrays.labels, record.colors, record.cluster_ids, record.verdicts,
+                    arrays.responsibilities, soft=self._manifest.masks == "soft",
+                ))
+            share = float(arrays.mask.mean())  # no overrides yet: the effective mask is the same
+            shares = (share, share)
         names = [] if arrays is None else files.write_sample_files(
             self.root, record.index, generation, arrays, sync=self._sync
         )

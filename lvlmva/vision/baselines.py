@@ -51,6 +51,8 @@ class BaselineResult:
     params: dict[str, float | int]
     val_wga: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    fits: int = 0  # DFR: logistic regressions fitted
+    not_converged: int = 0  # DFR: of those, stopped at max_iter (counted, not warned one by one)
 
 
 # --- shared helpers ---------------------------------------------------------------------------
@@ -132,6 +134,9 @@ def _halves(groups: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]
 # --- DFR ----------------------------------------------------------------------------------------
 
 
+DFR_MAX_ITER = 1000
+
+
 def _l1_logistic(c: float, num_classes: int, seed: int):
     import sklearn
     from sklearn.linear_model import LogisticRegression
@@ -140,7 +145,23 @@ def _l1_logistic(c: float, num_classes: int, seed: int):
     major, minor = (int(p) for p in sklearn.__version__.split(".")[:2])
     # scikit-learn 1.8 deprecated `penalty`; l1_ratio=1 is the same pure L1 penalty.
     l1 = {"l1_ratio": 1.0} if (major, minor) >= (1, 8) else {"penalty": "l1"}
-    return LogisticRegression(C=c, solver=solver, max_iter=1000, random_state=seed, **l1)
+    return LogisticRegression(C=c, solver=solver, max_iter=DFR_MAX_ITER, random_state=seed, **l1)
+
+
+def _fit_counting(clf, x: np.ndarray, y: np.ndarray) -> tuple[object, bool]:
+    """`clf.fit(x, y)` and whether it converged; scikit-learn's ConvergenceWarning is caught
+    here (the caller reports a count once) and never reaches the user's stderr."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(x, y)
+    others = [w for w in caught if not issubclass(w.category, ConvergenceWarning)]
+    for w in others:  # anything else is shown as usual
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return clf, len(others) == len(caught)
 
 
 def _fit_dfr_head(
@@ -152,10 +173,12 @@ def _fit_dfr_head(
     n_resamples: int,
     generator: torch.Generator,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weights [K, D] and biases [K] averaged over `n_resamples` group-balanced fits."""
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Weights [K, D] and biases [K] averaged over `n_resamples` group-balanced fits, and how
+    many of the fits did not converge."""
     weights = np.zeros((num_classes, features.shape[1]))
     biases = np.zeros(num_classes)
+    not_converged = 0
     for r in range(n_resamples):
         idx = balanced_indices(groups, generator).numpy()
         if len(np.unique(labels[idx])) < 2:
@@ -163,7 +186,10 @@ def _fit_dfr_head(
                 "a group-balanced subsample of the validation split holds one class only; "
                 "DFR needs every class in the held-out half of the validation split"
             )
-        clf = _l1_logistic(c, num_classes, seed + r).fit(features[idx], labels[idx])
+        clf, converged = _fit_counting(
+            _l1_logistic(c, num_classes, seed + r), features[idx], labels[idx]
+        )
+        not_converged += not converged
         w, b = clf.coef_, clf.intercept_
         full_w, full_b = np.zeros_like(weights), np.zeros_like(biases)
         if w.shape[0] == 1:  # binary: one score z for classes[1]; logits (-z/2, +z/2)
@@ -176,7 +202,7 @@ def _fit_dfr_head(
             full_b[missing] = -1e4  # classes absent from the held-out data are never predicted
         weights += full_w / n_resamples
         biases += full_b / n_resamples
-    return weights, biases
+    return weights, biases, not_converged
 
 
 def dfr(
@@ -220,8 +246,9 @@ def dfr(
 
     scores: dict[str, float] = {}
     best: tuple[float, float, np.ndarray, np.ndarray] | None = None
+    not_converged = 0
     for c in cs:
-        w, b = _fit_dfr_head(
+        w, b, missed = _fit_dfr_head(
             z[fit_idx],
             labels[fit_idx],
             groups[fit_idx],
@@ -231,6 +258,7 @@ def dfr(
             generator,
             seed,
         )
+        not_converged += missed
         pred = (z[select_idx] @ w.T + b).argmax(axis=1)
         wga = worst_group_accuracy(pred, val.labels[select_idx], groups[select_idx])
         scores[f"C={c:g}"] = wga
@@ -254,6 +282,8 @@ def dfr(
         params={"C": c_best, "n_resamples": n_resamples, "n_fit": len(fit_idx)},
         val_wga=scores,
         seconds=time.perf_counter() - started,
+        fits=len(cs) * n_resamples,
+        not_converged=not_converged,
     )
 
 

@@ -18,21 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (230, 25, 25),
-    "blue": (30, 90, 240),
-    "green": (30, 160, 50),
-    "yellow": (255, 230, 20),
-    "pink": (255, 140, 200),
-    "brown": (130, 70, 20),
-    "grey": (150, 150, 150),
-    "orange": (255, 130, 0),
-    "purple": (140, 40, 200),
-    "cyan": (0, 230, 240),
-    "white": (255, 255, 255),
-    "magenta": (255, 0, 255),
-}
-"""Ordered colour name -> RGB. Pairwise RGB distance >= 100 and none near black (background)."""
+from lvlmva.vision.palette import PALETTE  # the order is documented there
 
 BACKGROUND = (0, 0, 0)
 _NAMES = tuple(PALETTE)
@@ -95,6 +81,13 @@ def _image_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
         raise ValueError(f"image must be [C, H, W] with 1 or 3 channels, got {arr.shape}")
     arr = np.rint(np.clip(np.nan_to_num(arr), 0.0, 1.0) * 255).astype(np.uint8)
     return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+
+
+def original_png(image: torch.Tensor | np.ndarray, *, size: int | None = 336) -> bytes:
+    """The Critic's first image alone, byte for byte as `render_critic_images` draws it (what
+    the simulated LVLM's oracle is keyed by)."""
+    pixels = _image_uint8(image)
+    return _png(resize_nearest(pixels, _target_hw(*pixels.shape[:2], size)))
 
 
 def render_critic_images(

@@ -380,8 +380,9 @@ class RRRTrainer:
                 for i, value in enumerate((result.loss, result.ce, result.penalty)):
                     totals[i] += value
                 if self.progress and step % 50 == 0:
-                    bar.set_postfix(
-                        loss=f"{result.loss:.3f}", pen=f"{result.penalty:.2e}", pool=len(pool)
+                    bar.set_postfix(  # shown with the next refresh: an immediate one would
+                        loss=f"{result.loss:.3f}", pen=f"{result.penalty:.2e}", pool=len(pool),
+                        refresh=False,  # print a stale count (tqdm updates n when it draws)
                     )
             bar.close()
             if done == 0:

@@ -4,19 +4,23 @@ litellm raises exceptions that subclass the openai SDK's; `map_openai_error` tra
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 from lvlmva.engine.errors import (
-    AuthenticationFailed,
     BadRequest,
     ConnectionFailed,
     ProviderError,
     ProviderTimeout,
-    RateLimited,
     ServerError,
 )
-from lvlmva.engine.providers.wire import build_chat_kwargs, parse_retry_after, scrub
+from lvlmva.engine.providers.wire import (
+    build_chat_kwargs,
+    error_for_status,
+    parse_retry_after,
+    scrub,
+)
 from lvlmva.engine.types import ChatRequest, ChatResponse, Usage
 from lvlmva.errors import ConfigError
 
@@ -56,16 +60,14 @@ def _status_error(exc: Exception, status: int | None, where: str, secret: str | 
     retry_after = parse_retry_after(headers) if headers is not None else None
     if retry_after is None and extra is not None:
         retry_after = parse_retry_after(extra)
+    code = getattr(exc, "code", None)
     message = f"{where}: HTTP {status}: {scrub(getattr(exc, 'message', str(exc)), secret)}"
-    if status == 429:
-        return RateLimited(message, status=status, retry_after=retry_after)
-    if status in (401, 403):
-        return AuthenticationFailed(message + " (check the API key and base URL)", status=status)
-    if status == 408:
-        return ProviderTimeout(message, status=status)
-    if isinstance(status, int) and status >= 500:
-        return ServerError(message, status=status, retry_after=retry_after)
-    return BadRequest(message, status=status)
+    return error_for_status(
+        status if isinstance(status, int) else None,
+        message,
+        retry_after=retry_after,
+        code=code if isinstance(code, str) else None,
+    )
 
 
 def map_openai_error(
@@ -88,8 +90,14 @@ def map_openai_error(
     return ProviderError(f"{where}: {type(exc).__name__}: {scrub(str(exc), secret)}")
 
 
-def response_text_and_usage(completion: Any, *, where: str) -> tuple[str, Usage, str | None]:
-    """Text, usage and model of an OpenAI-shaped chat completion object."""
+def _details(usage: Any, name: str, field: str) -> int:
+    details = getattr(usage, name, None)
+    return int(getattr(details, field, 0) or 0) if details is not None else 0
+
+
+def response_text_and_usage(completion: Any, *, where: str) -> ChatResponse:
+    """The answer in an OpenAI-shaped chat completion object: text (`""` for null content),
+    usage with its details, model (`""` when absent) and finish reason."""
     choices = getattr(completion, "choices", None) or []
     if not choices:
         raise ServerError(f"{where}: response has no choices")
@@ -98,13 +106,19 @@ def response_text_and_usage(completion: Any, *, where: str) -> tuple[str, Usage,
     if refusal:
         raise BadRequest(f"{where}: the model refused: {scrub(str(refusal), None)}")
     usage = getattr(completion, "usage", None)
-    return (
+    finish = getattr(choices[0], "finish_reason", None)
+    model = getattr(completion, "model", None)
+    return ChatResponse(
         message.content or "",
         Usage(
             int(getattr(usage, "prompt_tokens", 0) or 0),
             int(getattr(usage, "completion_tokens", 0) or 0),
+            _details(usage, "prompt_tokens_details", "cached_tokens"),
+            _details(usage, "completion_tokens_details", "reasoning_tokens"),
         ),
-        getattr(completion, "model", None),
+        model if isinstance(model, str) else "",
+        finish_reason=finish if isinstance(finish, str) else None,
+        content_null=message.content is None,
     )
 
 
@@ -124,6 +138,7 @@ class LiteLLMProvider:
         self._litellm = import_litellm()
         self.name = name
         self.api_base = api_base
+        self.identity = f"litellm:{api_base}" if api_base else "litellm"
         self.supports_structured_output = structured_output
         self._secret = api_key
 
@@ -147,8 +162,8 @@ class LiteLLMProvider:
             raise map_openai_error(
                 exc, provider=self.name, model=request.model, secret=self._secret
             ) from None
-        text, usage, model = response_text_and_usage(completion, where=where)
-        return ChatResponse(text=text, usage=usage, model=model or request.model)
+        answer = response_text_and_usage(completion, where=where)
+        return dataclasses.replace(answer, model=answer.model or request.model)
 
     async def aclose(self) -> None:
         return None

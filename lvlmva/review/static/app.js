@@ -431,6 +431,8 @@ function realign() {
   const info = state.run.realign;
   const text = `Run this to align the model with the reviewed verdicts:\n\n${info.command}`;
   const run = info.wired ? async () => {
+    $('dialog').close();
+    say('re-aligning from the reviewed verdicts…', true);
     try { say((await api('/api/realign', {})).message, true); } catch (e) { say(e.message); }
   } : null;
   dialog('Re-align with these overrides', text, run);

@@ -1,0 +1,88 @@
+"""The shard writer: request lines collected into batch input files within the API's limits.
+
+A line is the Batch API's `BatchRequestInput` (openai/openai-openapi: `custom_id`, `method`
+"POST", `url`, `body`); its `body` is the provider's synchronous request body, byte for byte
+(`OpenAICompatibleProvider.body`), so a line and a synchronous call are one request with one
+cache key. Shards are kept per model (a batch input file takes one model) and closed when the
+next line would pass `max_lines` or `max_bytes`, or when the engine has nothing more to offer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from lvlmva.engine.batch.options import ENDPOINT
+from lvlmva.engine.errors import BadRequest
+
+__all__ = ["OpenShard", "ShardWriter", "batch_line"]
+
+
+def batch_line(custom_id: str, body: bytes) -> bytes:
+    """One JSONL line of a batch input file; `body` is the JSON request body as sent."""
+    head = f'{{"custom_id":{json.dumps(custom_id)},"method":"POST","url":{json.dumps(ENDPOINT)},'
+    return head.encode("utf-8") + b'"body":' + body + b"}\n"
+
+
+@dataclass
+class OpenShard:
+    """Lines of one model not yet written to the manifest."""
+
+    model: str
+    custom_ids: list[str] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+    stages: set[str] = field(default_factory=set)
+    size: int = 0
+
+    def add(self, custom_id: str, stage: str, line: bytes) -> None:
+        self.custom_ids.append(custom_id)
+        self.lines.append(line)
+        self.stages.add(stage)
+        self.size += len(line)
+
+    def content(self) -> bytes:
+        return b"".join(self.lines)
+
+    def stage_names(self) -> str:
+        return "+".join(sorted(self.stages))
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+class ShardWriter:
+    """Collects lines into one open shard per model."""
+
+    def __init__(self, *, max_lines: int, max_bytes: int) -> None:
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self._open: dict[str, OpenShard] = {}
+
+    def add(self, model: str, custom_id: str, stage: str, line: bytes) -> OpenShard | None:
+        """Take `line` in; returns the model's shard it closed to make room, if any. A line
+        larger than a whole file is a `BadRequest` (no batch can carry it)."""
+        if len(line) > self.max_bytes:
+            raise BadRequest(
+                f"{stage}: the request is {len(line):,} bytes, more than a batch input file "
+                f"may hold ({self.max_bytes:,}); send it synchronously (without --batch)"
+            )
+        shard = self._open.get(model)
+        closed = None
+        if shard is not None and (
+            len(shard) >= self.max_lines or shard.size + len(line) > self.max_bytes
+        ):
+            closed = self._open.pop(model)
+            shard = None
+        if shard is None:
+            shard = self._open[model] = OpenShard(model)
+        shard.add(custom_id, stage, line)
+        return closed
+
+    def close_all(self) -> list[OpenShard]:
+        """Every open shard, now closed."""
+        shards = [s for s in self._open.values() if len(s)]
+        self._open.clear()
+        return shards
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._open.values())
