@@ -198,7 +198,8 @@ async def test_kill_9_at_each_step_and_ctrl_c_then_no_line_goes_out_twice(tmp_pa
         assert len(harness.killed) == len(KILLS)
         assert ledger.batch_lines_submitted_more_than_once() == {}
         assert ledger.answered_more_than_once() == {}
-        assert len(ledger.batch_lines) == 2 * (n + VAL_SAMPLES) and len(harness.standin.batches._batches) == 2
+        assert len(ledger.batch_lines) == 2 * (n + VAL_SAMPLES)
+        assert len(harness.standin.batches._batches) == 2
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["n_masks"] == n and metrics["failed_jobs"] == 0
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lvlmva.engine.types import CritiqueJob, JobResult, JobStatus, Usage
+from lvlmva.engine.types import CritiqueJob, JobResult, JobStatus, Tally, Usage
 from lvlmva.pipeline.selection import (
     choose_criterion,
     counterfactual_split,
@@ -44,8 +44,8 @@ def test_variants_keep_the_first_order_and_permute_the_others():
 
 
 def _result(job_id, verdicts=None, status=JobStatus.OK, calls=2):
-    return JobResult(job_id, status, verdicts=verdicts, provider_calls=calls,
-                     usage=Usage(10, 5), cost_usd=0.01)  # fmt: skip
+    tally = Tally(provider_calls=calls, usage=Usage(10, 5), cost_usd=0.01)
+    return JobResult(job_id, status, verdicts=verdicts, tally=tally)
 
 
 def test_votes_give_shares_a_majority_that_keeps_ties_and_summed_costs():

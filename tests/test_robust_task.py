@@ -33,4 +33,4 @@ def test_estimate_counts_votes_validation_images_and_the_batch_price(capsys):
     assert three["jobs"] == 3 * one["jobs"] and abs(three["usd"] - 3 * one["usd"]) < 1e-9
     assert json.loads(estimate("--val-jobs", "0", "--json"))["jobs"] == 1000
     text = estimate()
-    assert "Batch API (50% of the synchronous price)" in text and "250 validation" in text
+    assert "through the Batch API" in text and "250 validation" in text

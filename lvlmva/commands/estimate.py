@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from lvlmva.engine.cost import PriceTable
     from lvlmva.pipeline.selection import validation_count
 
+    _check_inputs(args.jobs, args.image_size, args.clusters, args.reasoning_tokens)
     prices = PriceTable.from_file(args.prices) if args.prices else PriceTable()
     val_jobs = validation_count(args.jobs, args.val_jobs)
     est = estimate_run(

@@ -90,27 +90,19 @@ async def align(
 ) -> AlignResult:
     """Explain, critique, mask and retrain `model` on `dataset` with the class-level `spec`.
 
-    `critic` says which LVLM to use (default: the offline simulation); `critique` what to
-    critique and `training` how to train (`CritiqueOptions`, `TrainOptions`; their fields may
-    also be given as keywords, e.g. `n_align=200, epochs=2`). `critic_provider` /
-    `judge_provider` are ready `Provider` objects to use instead of the critic's own.
-    Explanations always come from the original `model`, which is left unchanged. Unless
-    `lam` is given, one model per lambda of the grid is trained and the one that does best on
-    validation is returned, or the original when none beats it (`AlignResult.selection`).
-    `records`: masks made already (a reviewed critique run, `pipeline.from_run`): no explanation
-    and no LVLM call; they enter the pool as they are (no neighbour pooling), in the given
-    order, and the model check uses validation groups where there are any.
-
-    An endpoint that refuses the run stops it: `RunStopped` names the status and the server's
-    message, with the result trained on the masks received (`.result`, or None) and `.metrics`;
-    when every critique failed, a `DataError` gives the first distinct reasons.
-    """
+    `critic`: which LVLM (default: the offline simulation); `critique` / `training`: what to
+    critique and how to train (their fields may also be keywords, e.g. `n_align=200`);
+    `critic_provider` / `judge_provider`: ready `Provider`s instead of the critic's own.
+    Explanations come from the original `model`, left unchanged. Unless `lam` is given, one
+    model per lambda of the grid is trained and the best on validation returned, or the
+    original when none beats it (`AlignResult.selection`). `records`: masks made already (a
+    reviewed critique run): no LVLM call, no neighbour pooling, a check by validation groups.
+    An endpoint that refuses the run raises `RunStopped` (status, message, the result trained
+    on the masks received); a `DataError` when every critique failed."""
     critic = critic or CriticSettings()
     what, how = split_options(critique, training, options)
     backend = get_critic(critic.kind)
-    device = torch.device(device)
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
+    device, started, timings = torch.device(device), time.perf_counter(), {}
     if records is not None:
         how = dataclasses.replace(how, streaming=False)
     elif backend.uses_llm:
@@ -135,45 +127,49 @@ async def align(
             )  # fmt: skip
             _check_some_masks(records, counts, len(indices), critic)
         else:  # masks made already, or the true ones
-            if records is None:
-                records = ground_truth_records(dataset, indices)
-                val_truth = ground_truth_records(dataset, check.indices, "val")
-                val_entries = [fixed_mask(r) for r in val_truth]
-            else:
-                records, val_entries = list(records), []
+            records, val_entries = _given_masks(dataset, indices, check.indices, records, run)
             counts = CritiqueCounts()
-            for position, record in enumerate(records):
-                run.add(position, fixed_mask(record))
         timings["critique_s"] = time.perf_counter() - started
         members = await run.finish()
     except BaseException:
         await run.abort()
         raise
-    chosen, selection = await asyncio.to_thread(
-        check.select, model, members, masks, val_entries,
-        keep_original=how.keep_original, lambda0=run.trainer.lambda0_, device=device,
-    )  # fmt: skip
+    chosen, selection = await asyncio.to_thread(  # the model check
+        check.select, model, members, masks, val_entries, keep_original=how.keep_original,
+        lambda0=run.trainer.lambda0_, device=device)  # fmt: skip
     timings["total_s"] = time.perf_counter() - started
     after = await asyncio.to_thread(_evaluate, chosen, dataset)
     member = next((m for m in members if m.model is chosen), None)
     result = AlignResult(
-        model=chosen if member is not None else copy.deepcopy(chosen),
-        before=before,
-        after=after,
-        samples=records,
-        lam=selection.lam,
-        critic=critic,
+        model=chosen if member is not None else copy.deepcopy(chosen), before=before,
+        after=after, samples=records, lam=selection.lam, critic=critic,
         history=None if member is None else member.history,
         verdict_accuracy=_score_verdicts(records, dataset) if backend.uses_llm else None,
-        counts=counts,
-        timings=timings,
-        selection=selection,
-        robust=robust_summary(what, records),
-    )
+        counts=counts, timings=timings, selection=selection, robust=robust_summary(what, records),
+    )  # fmt: skip
     if counts.stopped is not None:  # trained on the masks received before the stop
-        stop = _stop_line(counts, len(records), len(indices))
-        raise RunStopped(stop, result=result, metrics=result.metrics_dict())
+        raise RunStopped(_stop_line(counts, len(records), len(indices)), result=result,
+                         metrics=result.metrics_dict())  # fmt: skip
     return result
+
+
+def _given_masks(
+    dataset: DatasetSplits,
+    indices: Tensor,
+    val_indices: Tensor,
+    records: Sequence[SampleRecord] | None,
+    run: AlignmentTraining,
+) -> tuple[list[SampleRecord], list[CritiquedSample]]:
+    """Records whose masks are given (`records`, or the true masks when None) fed to `run` in
+    order, and the validation samples of the model check (true masks; none for `records`)."""
+    if records is None:
+        records = ground_truth_records(dataset, indices)
+        val_entries = [fixed_mask(r) for r in ground_truth_records(dataset, val_indices, "val")]
+    else:
+        records, val_entries = list(records), []
+    for position, record in enumerate(records):
+        run.add(position, fixed_mask(record))
+    return list(records), val_entries
 
 
 def _check_some_masks(
