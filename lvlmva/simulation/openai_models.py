@@ -114,186 +114,114 @@ class ModelFamily:
 
 
 _TILES_4O = ImageRule("tiles", base=85, tile=170)
-_O_EFFORTS = ("low", "medium", "high")
-_GPT5_EFFORTS = ("minimal", "low", "medium", "high")
-_GPT51_EFFORTS = ("none", "low", "medium", "high")
-_GPT52_EFFORTS = ("none", "low", "medium", "high", "xhigh")
+_TILES_O = ImageRule("tiles", base=75, tile=150)
+_TILES_5 = ImageRule("tiles", base=70, tile=140)
+_PATCH = "patches"
+
+
+@dataclass(frozen=True)
+class _Line:
+    """What a line of reasoning models shares: efforts, default effort, sampling, limits."""
+
+    efforts: tuple[str, ...]
+    default: str
+    sampling: Sampling
+    out: int
+    context: int
+
+
+_O = _Line(("low", "medium", "high"), "medium", "default_only", 100000, 200000)
+_GPT5 = _Line(("minimal", "low", "medium", "high"), "medium", "default_only", 128000, 400000)
+_GPT51 = _Line(("none", "low", "medium", "high"), "none", "only_without_reasoning", 128000, 400000)
+_GPT52 = _Line(("none", *_GPT51.efforts[1:], "xhigh"), "none", _GPT51.sampling, 128000, 400000)
+_O_SOURCE = "[spec] [reasoning] [vision] [limits]"
+_GPT5_SOURCE = "[spec] [reasoning] [effort] [vision] [limits]"
 
 
 def _chat(name: str, images: ImageRule, out: int, context: int, source: str) -> ModelFamily:
     return ModelFamily(name, False, (), None, "free", out, context, images, False, source)
 
 
-def _reasoner(
-    name: str,
-    efforts: tuple[str, ...],
-    default: str,
-    sampling: Sampling,
-    images: ImageRule | None,
-    *,
-    out: int,
-    context: int,
-    source: str,
-) -> ModelFamily:
+def _reasoner(name: str, line: _Line, images: ImageRule | None, source: str) -> ModelFamily:
     gpt5 = name.startswith("gpt-5")
-    return ModelFamily(name, True, efforts, default, sampling, out, context, images, gpt5, source)
+    return ModelFamily(
+        name, True, line.efforts, line.default, line.sampling, line.out, line.context, images,
+        gpt5, source,
+    )  # fmt: skip
 
 
 _DATE = r"(?:-\d{4}-\d{2}-\d{2})?"
-_PATCH = "patches"
 
-# (pattern, family, alias -> dated snapshot the answer names). Order matters: first match wins.
-_TABLE: tuple[tuple[str, ModelFamily, Mapping[str, str]], ...] = (
+# (pattern, family, the dated snapshot its alias (the family's name) answers as). Order
+# matters: first match wins.
+_TABLE: tuple[tuple[str, ModelFamily, str], ...] = (
     (
         rf"gpt-4o-mini{_DATE}",
         _chat("gpt-4o-mini", ImageRule("tiles", 2833, 5667), 16384, 128000, "[vision] [limits]"),
-        {"gpt-4o-mini": "gpt-4o-mini-2024-07-18"},
+        "gpt-4o-mini-2024-07-18",
     ),
     (
         rf"(?:gpt-4o{_DATE}|chatgpt-4o-latest)",
         _chat("gpt-4o", _TILES_4O, 16384, 128000, "[vision] [limits]"),
-        {"gpt-4o": "gpt-4o-2024-08-06"},
+        "gpt-4o-2024-08-06",
     ),
     (
         rf"gpt-4\.1-mini{_DATE}",
         _chat("gpt-4.1-mini", ImageRule(_PATCH, multiplier=1.62), 32768, 1047576, "[vision]"),
-        {"gpt-4.1-mini": "gpt-4.1-mini-2025-04-14"},
+        "gpt-4.1-mini-2025-04-14",
     ),
     (
         rf"gpt-4\.1-nano{_DATE}",
         _chat("gpt-4.1-nano", ImageRule(_PATCH, multiplier=2.46), 32768, 1047576, "[vision]"),
-        {"gpt-4.1-nano": "gpt-4.1-nano-2025-04-14"},
+        "gpt-4.1-nano-2025-04-14",
     ),
     (
         rf"gpt-4\.1{_DATE}",
         _chat("gpt-4.1", _TILES_4O, 32768, 1047576, "[vision] [limits]"),
-        {"gpt-4.1": "gpt-4.1-2025-04-14"},
+        "gpt-4.1-2025-04-14",
     ),
-    (
-        rf"o1{_DATE}",
-        _reasoner(
-            "o1",
-            _O_EFFORTS,
-            "medium",
-            "default_only",
-            ImageRule("tiles", 75, 150),
-            out=100000,
-            context=200000,
-            source="[spec] [reasoning] [vision] [limits]",
-        ),
-        {"o1": "o1-2024-12-17"},
-    ),
+    (rf"o1{_DATE}", _reasoner("o1", _O, _TILES_O, _O_SOURCE), "o1-2024-12-17"),
     (
         rf"o3-mini{_DATE}",
-        _reasoner(
-            "o3-mini",
-            _O_EFFORTS,
-            "medium",
-            "default_only",
-            None,
-            out=100000,
-            context=200000,
-            source="[spec] [reasoning] [limits] (no image input)",
-        ),
-        {"o3-mini": "o3-mini-2025-01-31"},
+        _reasoner("o3-mini", _O, None, "[spec] [reasoning] [limits] (no image input)"),
+        "o3-mini-2025-01-31",
     ),
-    (
-        rf"o3{_DATE}",
-        _reasoner(
-            "o3",
-            _O_EFFORTS,
-            "medium",
-            "default_only",
-            ImageRule("tiles", 75, 150),
-            out=100000,
-            context=200000,
-            source="[spec] [reasoning] [vision] [limits]",
-        ),
-        {"o3": "o3-2025-04-16"},
-    ),
+    (rf"o3{_DATE}", _reasoner("o3", _O, _TILES_O, _O_SOURCE), "o3-2025-04-16"),
     (
         rf"o4-mini{_DATE}",
-        _reasoner(
-            "o4-mini",
-            _O_EFFORTS,
-            "medium",
-            "default_only",
-            ImageRule(_PATCH, multiplier=1.72),
-            out=100000,
-            context=200000,
-            source="[spec] [reasoning] [vision] [limits]",
-        ),
-        {"o4-mini": "o4-mini-2025-04-16"},
+        _reasoner("o4-mini", _O, ImageRule(_PATCH, multiplier=1.72), _O_SOURCE),
+        "o4-mini-2025-04-16",
     ),
     (
         rf"gpt-5-mini{_DATE}",
-        _reasoner(
-            "gpt-5-mini",
-            _GPT5_EFFORTS,
-            "medium",
-            "default_only",
-            ImageRule(_PATCH, multiplier=1.62),
-            out=128000,
-            context=400000,
-            source="[spec] [reasoning] [effort] [vision] [limits]",
-        ),
-        {"gpt-5-mini": "gpt-5-mini-2025-08-07"},
+        _reasoner("gpt-5-mini", _GPT5, ImageRule(_PATCH, multiplier=1.62), _GPT5_SOURCE),
+        "gpt-5-mini-2025-08-07",
     ),
     (
         rf"gpt-5-nano{_DATE}",
-        _reasoner(
-            "gpt-5-nano",
-            _GPT5_EFFORTS,
-            "medium",
-            "default_only",
-            ImageRule(_PATCH, multiplier=2.46),
-            out=128000,
-            context=400000,
-            source="[spec] [reasoning] [effort] [vision] [limits]",
-        ),
-        {"gpt-5-nano": "gpt-5-nano-2025-08-07"},
+        _reasoner("gpt-5-nano", _GPT5, ImageRule(_PATCH, multiplier=2.46), _GPT5_SOURCE),
+        "gpt-5-nano-2025-08-07",
     ),
-    (
-        rf"gpt-5{_DATE}",
-        _reasoner(
-            "gpt-5",
-            _GPT5_EFFORTS,
-            "medium",
-            "default_only",
-            ImageRule("tiles", 70, 140),
-            out=128000,
-            context=400000,
-            source="[spec] [reasoning] [effort] [vision] [limits]",
-        ),
-        {"gpt-5": "gpt-5-2025-08-07"},
-    ),
+    (rf"gpt-5{_DATE}", _reasoner("gpt-5", _GPT5, _TILES_5, _GPT5_SOURCE), "gpt-5-2025-08-07"),
     (
         rf"gpt-5\.1{_DATE}",
         _reasoner(
             "gpt-5.1",
-            _GPT51_EFFORTS,
-            "none",
-            "only_without_reasoning",
-            ImageRule("tiles", 70, 140),
-            out=128000,
-            context=400000,
-            source="[spec] [latest-model] [effort] [limits]; images assumed as gpt-5",
+            _GPT51,
+            _TILES_5,
+            "[spec] [latest-model] [effort] [limits]; images assumed as gpt-5",
         ),
-        {"gpt-5.1": "gpt-5.1-2025-11-13"},
+        "gpt-5.1-2025-11-13",
     ),
     (
         rf"gpt-5\.2{_DATE}",
         _reasoner(
             "gpt-5.2",
-            _GPT52_EFFORTS,
-            "none",
-            "only_without_reasoning",
-            ImageRule("tiles", 70, 140),
-            out=128000,
-            context=400000,
-            source="[spec] [latest-model] [limits]; default effort and images assumed as gpt-5.1",
+            _GPT52,
+            _TILES_5,
+            "[spec] [latest-model] [limits]; default effort and images assumed as gpt-5.1",
         ),
-        {"gpt-5.2": "gpt-5.2-2025-12-11"},
+        "gpt-5.2-2025-12-11",
     ),
 )
 
@@ -322,12 +250,12 @@ def family_for(model: str, custom: Mapping[str, ModelFamily]) -> tuple[ModelFami
     name the stand-in does not serve. `custom` maps extra served names to their family."""
     if model in custom:
         return custom[model], model
-    for pattern, family, snapshots in _COMPILED:
+    for pattern, family, snapshot in _COMPILED:
         if pattern.match(model):
-            return family, snapshots.get(model, model)
+            return family, snapshot if model == family.name else model
     return None
 
 
 def openai_model_ids() -> list[str]:
     """The OpenAI model aliases the stand-in serves (for `GET /v1/models`)."""
-    return [alias for _, _, snapshots in _TABLE for alias in snapshots]
+    return [family.name for family in FAMILIES]
