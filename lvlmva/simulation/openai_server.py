@@ -58,6 +58,13 @@ def _standin(request: web.Request) -> OpenAIStandIn:
     return request.app[STANDIN_KEY]
 
 
+def _authorized(request: web.Request) -> OpenAIStandIn:
+    """The stand-in, once the request's API key is accepted (401 otherwise)."""
+    standin = _standin(request)
+    standin.authorize(request.headers.get("Authorization"))
+    return standin
+
+
 @web.middleware
 async def _protocol(request: web.Request, handler: Handler) -> web.StreamResponse:
     """API errors as JSON bodies, unknown routes as the API's 404, and the common headers."""
@@ -132,8 +139,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
 
 async def _models(request: web.Request) -> web.Response:
-    standin = _standin(request)
-    standin.authorize(request.headers.get("Authorization"))
+    standin = _authorized(request)
     settings = standin.config.chat
     names = [(n, CUSTOM.owned_by) for n in settings.custom_models]
     if settings.serve_openai_models:
@@ -143,8 +149,7 @@ async def _models(request: web.Request) -> web.Response:
 
 
 async def _model(request: web.Request) -> web.Response:
-    standin = _standin(request)
-    standin.authorize(request.headers.get("Authorization"))
+    standin = _authorized(request)
     name = request.match_info["model"]
     family, _ = standin.engine.resolve(name)
     return _json({"id": name, "object": "model", "created": 0, "owned_by": family.owned_by})
@@ -154,8 +159,7 @@ async def _model(request: web.Request) -> web.Response:
 
 
 async def _upload(request: web.Request) -> web.Response:
-    standin = _standin(request)
-    standin.authorize(request.headers.get("Authorization"))
+    standin = _authorized(request)
     if not request.content_type.startswith("multipart/"):
         raise invalid_request("Invalid Content-Type: file uploads need multipart/form-data.")
     form = await request.post()
@@ -175,14 +179,12 @@ async def _upload(request: web.Request) -> web.Response:
 
 
 async def _files(request: web.Request) -> web.Response:
-    standin = _standin(request)
-    standin.authorize(request.headers.get("Authorization"))
+    standin = _authorized(request)
     return _json(standin.files.list(request.query))
 
 
 async def _file(request: web.Request) -> web.Response:
-    standin = _standin(request)
-    standin.authorize(request.headers.get("Authorization"))
+    standin = _authorized(request)
     file_id = request.match_info["file_id"]
     if request.method == "DELETE":
         return _json(standin.files.delete(file_id))
@@ -190,8 +192,7 @@ async def _file(request: web.Request) -> web.Response:
 
 
 async def _file_content(request: web.Request) -> web.Response:
-    standin = _standin(request)
-    standin.authorize(request.headers.get("Authorization"))
+    standin = _authorized(request)
     standin.batches.tick()
     content = standin.files.content(request.match_info["file_id"])
     return web.Response(body=content, content_type="application/octet-stream")
@@ -201,8 +202,7 @@ async def _file_content(request: web.Request) -> web.Response:
 
 
 async def _batch_create(request: web.Request) -> web.Response:
-    standin = _standin(request)
-    standin.authorize(request.headers.get("Authorization"))
+    standin = _authorized(request)
     quota = standin.quota_error()
     if quota is not None:
         raise quota
@@ -210,20 +210,17 @@ async def _batch_create(request: web.Request) -> web.Response:
 
 
 async def _batches(request: web.Request) -> web.Response:
-    standin = _standin(request)
-    standin.authorize(request.headers.get("Authorization"))
+    standin = _authorized(request)
     return _json(standin.batches.list(request.query))
 
 
 async def _batch(request: web.Request) -> web.Response:
-    standin = _standin(request)
-    standin.authorize(request.headers.get("Authorization"))
+    standin = _authorized(request)
     return _json(standin.batches.retrieve(request.match_info["batch_id"]))
 
 
 async def _batch_cancel(request: web.Request) -> web.Response:
-    standin = _standin(request)
-    standin.authorize(request.headers.get("Authorization"))
+    standin = _authorized(request)
     return _json(standin.batches.cancel(request.match_info["batch_id"]))
 
 
