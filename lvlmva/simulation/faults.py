@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from lvlmva.errors import ConfigError
 
-__all__ = ["FaultRates", "spoil_json"]
+__all__ = ["FaultRates", "check_shares", "draw_one", "spoil_json"]
+
+T = TypeVar("T")
 
 TransportFault = Literal["429", "500", "timeout"]
 JsonFault = Literal["malformed", "schema", "colors"]
@@ -31,35 +33,47 @@ class FaultRates:
     rate_wrong_colors: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{name} must be a probability in [0, 1], got {value}")
-        if self.rate_429 + self.rate_500 + self.rate_timeout > 1.0 + 1e-9:
-            raise ConfigError("rate_429 + rate_500 + rate_timeout must not exceed 1")
-        json_total = self.rate_malformed_json + self.rate_schema_violation + self.rate_wrong_colors
-        if json_total > 1.0 + 1e-9:
-            raise ConfigError(
-                "rate_malformed_json + rate_schema_violation + rate_wrong_colors must not exceed 1"
-            )
+        check_shares(
+            vars(self),
+            ("rate_429", "rate_500", "rate_timeout"),
+            ("rate_malformed_json", "rate_schema_violation", "rate_wrong_colors"),
+        )
 
     def transport(self, rng: random.Random) -> TransportFault | None:
-        u = rng.random()
-        for kind, p in (("429", self.rate_429), ("500", self.rate_500)):
-            if u < p:
-                return kind  # type: ignore[return-value]
-            u -= p
-        return "timeout" if u < self.rate_timeout else None
+        return draw_one(
+            rng, (("429", self.rate_429), ("500", self.rate_500), ("timeout", self.rate_timeout))
+        )
 
     def json(self, rng: random.Random) -> JsonFault | None:
-        u = rng.random()
-        for kind, p in (
-            ("malformed", self.rate_malformed_json),
-            ("schema", self.rate_schema_violation),
-        ):
-            if u < p:
-                return kind  # type: ignore[return-value]
-            u -= p
-        return "colors" if u < self.rate_wrong_colors else None
+        return draw_one(
+            rng,
+            (
+                ("malformed", self.rate_malformed_json),
+                ("schema", self.rate_schema_violation),
+                ("colors", self.rate_wrong_colors),
+            ),
+        )
+
+
+def check_shares(shares: Mapping[str, float], *groups: Sequence[str], label: str = "") -> None:
+    """ConfigError unless every share is a probability and the shares of each group sum to at
+    most 1 (`label` goes before a share's name in its message)."""
+    for name, value in shares.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{label}{name} must be a probability in [0, 1], got {value}")
+    for group in groups:
+        if sum(shares[name] for name in group) > 1.0 + 1e-9:
+            raise ConfigError(f"{' + '.join(group)} must not exceed 1")
+
+
+def draw_one(rng: random.Random, options: Sequence[tuple[T, float]]) -> T | None:
+    """The option whose share one draw of `rng` falls in (shares taken in order), else None."""
+    u = rng.random()
+    for value, share in options:
+        if u < share:
+            return value
+        u -= share
+    return None
 
 
 def _dump(obj: object) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lvlmva.errors import ConfigError
+from lvlmva.simulation.faults import check_shares, draw_one
 from lvlmva.simulation.openai_usage import AnswerShape
 
 __all__ = ["FaultDraw", "Faults", "draw_faults"]
@@ -54,14 +55,12 @@ class Faults:
     latency_jitter_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in _SHARES:
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"fault {name} must be a probability in [0, 1], got {value}")
-        if self.rate_429 + self.rate_500 + self.rate_timeout > 1 + 1e-9:
-            raise ConfigError("rate_429 + rate_500 + rate_timeout must not exceed 1")
-        if self.truncate_share + self.content_filter_share + self.refusal_share > 1 + 1e-9:
-            raise ConfigError("truncate + content_filter + refusal shares must not exceed 1")
+        check_shares(
+            {name: getattr(self, name) for name in _SHARES},
+            ("rate_429", "rate_500", "rate_timeout"),
+            ("truncate_share", "content_filter_share", "refusal_share"),
+            label="fault ",
+        )
         for name in ("revoke_key_after", "quota_after"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -101,22 +100,13 @@ class FaultDraw:
     delay_s: float = 0.0
 
 
-def _pick(rng: random.Random, options: tuple[tuple[Any, float], ...]) -> Any:
-    u = rng.random()
-    for value, share in options:
-        if u < share:
-            return value
-        u -= share
-    return None
-
-
 def draw_faults(faults: Faults, rng: random.Random, *, synchronous: bool) -> FaultDraw:
     """Draw the faults of one request (the same number of draws whatever the settings, so a
     seed fixes the sequence)."""
-    transport = _pick(
+    transport = draw_one(
         rng, (("429", faults.rate_429), ("500", faults.rate_500), ("timeout", faults.rate_timeout))
     )
-    shape = _pick(
+    shape = draw_one(
         rng,
         (
             ("truncate", faults.truncate_share),
