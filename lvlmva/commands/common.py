@@ -147,6 +147,21 @@ def check_writable(out: str | Path) -> Path:
 # -- critic flags, from the registry ---------------------------------------------------------
 
 
+_LIMIT_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--rpm", {"type": float, "help": "requests-per-minute cap"}),
+    ("--tpm", {"type": float, "help": "tokens-per-minute cap"}),
+    ("--max-in-flight", {"type": int, "default": 32, "help": "requests in flight at most"}),
+    ("--budget-usd", {"type": float, "help": "hold each job's expected cost and send no job that "
+     "would pass this (the total passes it by at most what jobs in flight spend beyond their "
+     "expectation)"}),
+    ("--request-timeout", {"type": float, "default": 60.0,
+                           "help": "seconds one request may take"}),
+    ("--max-response-mb", {"type": float, "default": 4.0,
+                           "help": "refuse a response body larger than this (default 4 MiB)"}),
+)  # fmt: skip
+"""The `EngineLimits` flags of the critic group."""
+
+
 def add_critic_arguments(parser: argparse.ArgumentParser) -> None:
     """`--critic` with the registry's kinds, the flags every LVLM critic shares, and each
     backend's own options (a flag two backends share is added once)."""
@@ -165,21 +180,8 @@ def add_critic_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--judge-model", help="LLM for the Judge (default: the critic model)")
     group.add_argument("--fused", action="store_true", help="one structured-output call per sample")
     add_request_arguments(group)
-    group.add_argument("--rpm", type=float, help="requests-per-minute cap")
-    group.add_argument("--tpm", type=float, help="tokens-per-minute cap")
-    group.add_argument("--max-in-flight", type=int, default=32, help="requests in flight at most")
-    group.add_argument(
-        "--budget-usd", type=float,
-        help="hold each job's expected cost and send no job that would pass this (the total "
-        "passes it by at most what jobs in flight spend beyond their expectation)",
-    )  # fmt: skip
-    group.add_argument(
-        "--request-timeout", type=float, default=60.0, help="seconds one request may take"
-    )
-    group.add_argument(
-        "--max-response-mb", type=float, default=4.0,
-        help="refuse a response body larger than this (default 4 MiB)",
-    )  # fmt: skip
+    for flag, kwargs in _LIMIT_FLAGS:
+        group.add_argument(flag, **kwargs)
     group.add_argument(
         "--prices",
         help="price table file (JSON/YAML/TOML: {model: {input, output[, cached_input]}} in "
@@ -239,21 +241,21 @@ def _batch_options(args: argparse.Namespace, kind: str) -> Any:
     )  # fmt: skip
 
 
+_REQUEST_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--max-completion-tokens", {"type": int, "help": "output budget of each call, reasoning "
+     "included (default: 1024 for chat models, 4096 for reasoning models such as gpt-5 and the "
+     "o-series)"}),
+    ("--reasoning-effort", {"help": "reasoning models: reasoning_effort for the Critic and the "
+     "Judge (e.g. minimal, low, medium, high; default: the model's)"}),
+    ("--judge-reasoning-effort", {"help": "reasoning models: the Judge's reasoning_effort"}),
+)  # fmt: skip
+"""The `RequestSettings` flags but --detail (see `add_detail_argument`)."""
+
+
 def add_request_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The flags of what each request asks for (`lvlmva.critics.RequestSettings`)."""
-    parser.add_argument(
-        "--max-completion-tokens", type=int,
-        help="output budget of each call, reasoning included (default: 1024 for chat models, "
-        "4096 for reasoning models such as gpt-5 and the o-series)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--reasoning-effort",
-        help="reasoning models: reasoning_effort for the Critic and the Judge (e.g. minimal, "
-        "low, medium, high; default: the model's)",
-    )
-    parser.add_argument(
-        "--judge-reasoning-effort", help="reasoning models: the Judge's reasoning_effort"
-    )
+    for flag, kwargs in _REQUEST_FLAGS:
+        parser.add_argument(flag, **kwargs)
     add_detail_argument(parser)
 
 
@@ -336,32 +338,26 @@ def _check_efforts(settings: Any) -> None:
 # -- robust verdicts and the model check (lvlmva.pipeline.masking, .selection) -----------------
 
 
+_ROBUST_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--votes", {"type": int, "default": 1, "help": "Critic samples per image, colours listed in "
+     "another order each time; a vote per cluster (default 1; each vote costs one Critic and "
+     "one Judge call)"}),
+    ("--neighbours", {"type": int, "default": 10, "help": "pool each verdict with those of the N "
+     "most similar clusters of other images (default 10; 0 = off; no LVLM call)"}),
+    ("--confidence-weights", {"action": "store_true", "help": "mask weights from the verdicts' "
+     "agreement instead of 0/1"}),
+    ("--val-samples", {"type": int, "help": "validation images critiqued for the model check "
+     "when the validation split has no usable groups (default: max(100, n-align / 4))"}),
+    ("--keep-aligned", {"action": "store_true", "help": "return the aligned model even when it "
+     "is worse than the original on validation"}),
+)  # fmt: skip
+
+
 def add_robust_arguments(parser: argparse.ArgumentParser) -> None:
     """--votes, --neighbours, --confidence-weights, --val-samples and --keep-aligned."""
     group = parser.add_argument_group("robust verdicts and the model check (docs/robust.md)")
-    group.add_argument(
-        "--votes", type=int, default=1,
-        help="Critic samples per image, colours listed in another order each time; a vote per "
-        "cluster (default 1; each vote costs one Critic and one Judge call)",
-    )  # fmt: skip
-    group.add_argument(
-        "--neighbours", type=int, default=10,
-        help="pool each verdict with those of the N most similar clusters of other images "
-        "(default 10; 0 = off; no LVLM call)",
-    )  # fmt: skip
-    group.add_argument(
-        "--confidence-weights", action="store_true",
-        help="mask weights from the verdicts' agreement instead of 0/1",
-    )  # fmt: skip
-    group.add_argument(
-        "--val-samples", type=int,
-        help="validation images critiqued for the model check when the validation split has no "
-        "usable groups (default: max(100, n-align / 4))",
-    )  # fmt: skip
-    group.add_argument(
-        "--keep-aligned", action="store_true",
-        help="return the aligned model even when it is worse than the original on validation",
-    )  # fmt: skip
+    for flag, kwargs in _ROBUST_FLAGS:
+        group.add_argument(flag, **kwargs)
 
 
 def robust_options(args: argparse.Namespace) -> dict[str, Any]:
