@@ -18,8 +18,7 @@ The names below are imported lazily, so `import lvlmva.engine.types` stays light
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lvlmva.lazy_imports import lazy_exports
 
 _EXPORTS = {
     "Engine": "lvlmva.engine.engine",
@@ -63,8 +62,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lvlmva.engine' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -14,8 +14,7 @@ The names below are imported lazily (the SDK only when a client is made)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lvlmva.lazy_imports import lazy_exports
 
 _EXPORTS = {
     "BatchOptions": "lvlmva.engine.batch.options",
@@ -33,8 +32,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lvlmva.engine.batch' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
