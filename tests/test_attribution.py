@@ -85,11 +85,70 @@ def test_other_seeds_draw_other_backgrounds(data):
     assert not torch.allclose(a, b)
 
 
-def test_deeplift_shap_does_not_depend_on_the_batch_size(data):
+@pytest.mark.parametrize("method", METHODS)
+def test_no_method_depends_on_the_batch_size(method, data):
     images, targets, train = data
-    whole = explain(_mlp(), images, targets, baselines=train, batch_size=64)
-    pieces = explain(_mlp(), images, targets, baselines=train, batch_size=3)
-    assert torch.allclose(whole, pieces, atol=1e-6)
+    kwargs = {"method": method, "baselines": train, "seed": 2}
+    automatic = explain(_mlp(), images, targets, **kwargs)
+    for batch_size in (1, 3, 64):
+        explicit = explain(_mlp(), images, targets, batch_size=batch_size, **kwargs)
+        assert torch.allclose(automatic, explicit, rtol=1e-5, atol=1e-7)
+
+
+def _convnet() -> nn.Module:
+    """Convolutions, batch norm (with running statistics), ReLUs: the layers whose DeepLift
+    rules see the pairs of a batch. No max-pool, where captum's own maps are wrong (see
+    tests/test_deeplift_rules.py)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(36, 3),
+    )
+    model[1].running_mean.uniform_(-0.2, 0.2)
+    model[1].running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.mark.filterwarnings("ignore:Setting forward, backward hooks")
+@pytest.mark.parametrize("samples_per_forward", [None, 2, 6, 14, 50, 4096])
+def test_deeplift_shap_equals_captums_at_every_batch_size(samples_per_forward, data):
+    """Split within an image's backgrounds (2, 6, 14 samples = 1, 3, 7 of its 10 pairs), one
+    image per pass (50 is 2.5 images) or all at once: captum's DeepLiftShap maps."""
+    from captum.attr import DeepLiftShap
+
+    images, targets, train = data
+    model = _convnet()
+    backgrounds = draw_backgrounds(train, 10, SHAPE, seed=4)
+    expected = DeepLiftShap(model).attribute(images, baselines=backgrounds, target=targets)
+    explainer = Explainer(
+        model, baselines=train, n_baselines=10, seed=4, samples_per_forward=samples_per_forward
+    )
+    assert torch.allclose(explainer.attribute(images, targets), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_gradient_shap_is_captums_for_each_image_alone(data):
+    import numpy as np
+    from captum.attr import GradientShap
+
+    images, targets, train = data
+    model = _convnet()
+    maps = Explainer(model, "gradient-shap", baselines=train, n_baselines=8, seed=6).attribute(
+        images, targets
+    )
+    backgrounds = draw_backgrounds(train, 8, SHAPE, seed=6)
+    state = np.random.get_state()
+    for j in range(len(images)):
+        np.random.seed([6, j])  # what gradient_shap_draws seeds for image j
+        alone = GradientShap(model).attribute(
+            images[j : j + 1], backgrounds, target=int(targets[j]), n_samples=8, stdevs=0.0
+        )
+        assert torch.allclose(maps[j], alone[0], rtol=1e-5, atol=1e-8)
+    np.random.set_state(state)
 
 
 def test_backgrounds_are_a_seeded_draw_without_replacement(data):

@@ -15,6 +15,7 @@ from lvlmva.vision.render import (
     contact_sheet,
     decode_cluster_map,
     render_critic_images,
+    render_many,
 )
 
 
@@ -93,6 +94,19 @@ def test_png_bytes_are_deterministic():
     a, b = render_critic_images(image, labels), render_critic_images(image.clone(), labels)
     assert (a.original, a.clusters, a.overlay) == (b.original, b.clusters, b.overlay)
     assert a.original[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_render_many_gives_the_bytes_of_one_by_one_in_order(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(9, 3, 20, 20, generator=g)
+    labels = torch.randint(-1, 7, (9, 20, 20), generator=g)
+    one_by_one = [render_critic_images(images[i], labels[i]) for i in range(9)]
+    assert render_many(images, labels) == one_by_one
+    monkeypatch.setattr("lvlmva.vision.render.RENDER_THREADS", 1)
+    assert render_many(images, labels) == one_by_one
+    assert render_many(images[:0], labels[:0]) == []
+    with pytest.raises(ValueError, match="8 label maps for 9 images"):
+        render_many(images, labels[:8])
 
 
 def test_bad_inputs_raise():

@@ -29,11 +29,12 @@ def explain_segment_render(
     device: torch.device,
 ) -> list[RenderedSample]:
     """The samples `batch` (indices into `split`) explained for their true class against
-    backgrounds drawn from `split` (the same for every batch under `seed`), segmented and
-    rendered, with the model's prediction. CPU/GPU work: call it in a thread."""
+    backgrounds drawn from `split` (the same for every batch under `seed`; forward/backward
+    passes sized for the model and device), segmented on `device` and rendered on a thread
+    pool, with the model's prediction. CPU/GPU work: call it in a thread."""
     from lvlmva.vision.attribution import explain
     from lvlmva.vision.ppeps import segment
-    from lvlmva.vision.render import render_critic_images
+    from lvlmva.vision.render import render_many
 
     images = split.images[batch]
     labels = split.labels[batch]
@@ -47,6 +48,7 @@ def explain_segment_render(
         seed=seed,  # the same backgrounds for every batch: a sample's explanation does not
     )  # depend on the batch it falls in (a resumed critique run renders what a whole one would)
     seg = segment(attributions, options.n_clusters, seed=seed, device=device)
+    rendered = render_many(images, seg.labels)
     with torch.no_grad():
         probabilities = model(images.to(device)).softmax(dim=-1).cpu()
     confidence, prediction = probabilities.max(dim=-1)
@@ -57,7 +59,7 @@ def explain_segment_render(
             label=int(labels[j]),
             cluster_labels=seg.labels[j],
             responsibilities=seg.responsibilities[j],
-            images=render_critic_images(images[j], seg.labels[j]),
+            images=rendered[j],
             attribution=summed[j],
             prediction=int(prediction[j]),
             confidence=float(confidence[j]),

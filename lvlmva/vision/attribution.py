@@ -4,11 +4,18 @@ The default is DeepLiftShap for the ground-truth class against `n_baselines` bac
 drawn at random (seeded) from the training images. IntegratedGradients (all-black baseline) and
 GradientShap (the same backgrounds as DeepLiftShap) are selectable. `ATTRIBUTION_METHODS` holds
 one entry per method: adding a captum method is adding an entry.
+
+Work is cut finer than images: DeepLiftShap and GradientShap run per (image, background) pair,
+IntegratedGradients per (image, step), in forward/backward passes of a size planned for the
+model, input shape and device (`lvlmva.vision.batch_sizing`). Every map is averaged over its
+own pairs, so the maps do not depend on the batching.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from lvlmva.errors import ConfigError, DataError
+from lvlmva.vision.batch_sizing import BatchPlan, plan_batch, shrink_plan
+from lvlmva.vision.deeplift_rules import deeplift_rules, rule_view
 from lvlmva.vision.deeplift_safety import ensure_deeplift_safe
 from lvlmva.vision.modes import eval_mode
 
@@ -26,64 +35,225 @@ __all__ = [
     "ATTRIBUTION_METHODS",
     "METHODS",
     "AttributionMethod",
+    "AttributionWork",
     "Explainer",
     "draw_backgrounds",
     "explain",
+    "gradient_shap_draws",
+    "mean_over_pairs",
+    "run_by_image",
 ]
+
+log = logging.getLogger(__name__)
 
 IG_STEPS = 50
 
 
+def summed_gradients(
+    forward_fn: Callable, inputs: tuple[Tensor, ...], target_ind=None, additional_forward_args=None
+) -> tuple[Tensor, ...]:
+    """captum's `compute_gradients` with the selected outputs summed into one backward root.
+
+    captum differentiates ``torch.unbind(outputs)``: one autograd root per sample, which costs
+    more than the whole backward pass of a small model at thousands of samples per pass. Every
+    output depends on its own sample only, so the gradient of the sum is the same gradient.
+    """
+    from captum._utils.common import _run_forward  # captum's target selection (private)
+
+    with torch.enable_grad():
+        outputs = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
+        return torch.autograd.grad(outputs.sum(), inputs)
+
+
+@dataclass(frozen=True)
+class AttributionWork:
+    """One `Explainer.attribute` call: `inputs` [N, C, H, W] and `targets` [N] on the device,
+    the drawn `backgrounds` [M, C, H, W], `n_baselines` as asked, the model samples one
+    forward/backward pass may take and the call's seed."""
+
+    inputs: Tensor
+    targets: Tensor
+    backgrounds: Tensor
+    n_baselines: int
+    samples_per_forward: int
+    seed: int
+
+
+def _no_arguments(inputs: Tensor, backgrounds: Tensor, samples_per_forward: int) -> dict:
+    return {}
+
+
+def _one_sample(n_backgrounds: int, n_baselines: int) -> int:
+    return 1
+
+
 @dataclass(frozen=True)
 class AttributionMethod:
-    """How one captum attribution method is run.
+    """How one captum attribution method is run, in forward/backward passes of about
+    `samples_per_forward` model samples.
 
     `captum_class` names the class in `captum.attr` (built as ``cls(model)``); `deeplift` says
-    whether the model must be DeepLift-safe (see `lvlmva.vision.deeplift_safety`); `arguments`
-    builds the keyword arguments of ``cls(model).attribute(inputs, target=..., **arguments)``
-    from the inputs, the drawn backgrounds [M, C, H, W] and `n_baselines`.
+    whether the model must be DeepLift-safe (see `lvlmva.vision.deeplift_safety`);
+    `samples_per_image(n_backgrounds, n_baselines)` is the number of model samples one image
+    costs. By default (`run_by_image`) whole images go to
+    ``cls(model).attribute(inputs, target=..., **arguments(inputs, backgrounds,
+    samples_per_forward))``, as many per call as `samples_per_image` allows; `run` replaces
+    that for methods split finer (per (image, background) pair).
     """
 
     captum_class: str
     deeplift: bool
-    arguments: Callable[[Tensor, Tensor, int], dict[str, Any]]
+    arguments: Callable[[Tensor, Tensor, int], dict[str, Any]] = _no_arguments
+    samples_per_image: Callable[[int, int], int] = _one_sample
+    run: Callable[[Any, AttributionWork, AttributionMethod], Tensor] | None = None
 
     def build(self, model: nn.Module):
-        """The captum attribution object for `model`."""
+        """The captum attribution object for `model`, taking its gradients with one backward
+        root (`summed_gradients`) where it has captum's `gradient_func`."""
         import captum.attr
 
-        return getattr(captum.attr, self.captum_class)(model)
+        method = getattr(captum.attr, self.captum_class)(model)
+        if getattr(method, "gradient_func", None) is None:
+            return method
+        try:
+            from captum._utils.common import _run_forward  # noqa: F401
+        except ImportError:  # captum moved it: keep captum's own gradient function
+            return method
+        method.gradient_func = summed_gradients
+        return method
+
+    def attribute(self, model: nn.Module, work: AttributionWork) -> Tensor:
+        """The attributions [N, C, H, W] of `work` (on its device)."""
+        return (self.run or run_by_image)(self.build(model), work, self)
 
 
-def _deeplift_shap_arguments(inputs: Tensor, backgrounds: Tensor, n_baselines: int) -> dict:
-    if len(backgrounds) == 1:  # DeepLiftShap wants a distribution of >= 2
-        backgrounds = backgrounds.expand(2, *backgrounds.shape[1:])
-    return {"baselines": backgrounds}
+def run_by_image(method: Any, work: AttributionWork, spec: AttributionMethod) -> Tensor:
+    """`method.attribute` on groups of whole images of about `work.samples_per_forward` samples."""
+    per_image = spec.samples_per_image(len(work.backgrounds), work.n_baselines)
+    group = max(1, work.samples_per_forward // max(per_image, 1))
+    parts = []
+    for start in range(0, len(work.inputs), group):
+        inputs, targets = work.inputs[start : start + group], work.targets[start : start + group]
+        arguments = spec.arguments(inputs, work.backgrounds, work.samples_per_forward)
+        parts.append(method.attribute(inputs, target=targets, **arguments))
+    return torch.cat(parts)
 
 
-def _integrated_gradients_arguments(inputs: Tensor, backgrounds: Tensor, n_baselines: int) -> dict:
+def mean_over_pairs(
+    attribute_pairs: Callable[[Tensor, Tensor], Tensor],
+    n_images: int,
+    n_per_image: int,
+    pairs_per_call: int,
+    device: torch.device,
+) -> Tensor:
+    """The mean over j of `attribute_pairs(images, js)` for every image, in calls of at most
+    `pairs_per_call` (image, j) pairs.
+
+    `attribute_pairs` gets the image index and the j of every pair and returns one map per
+    pair. With room for whole images a call covers as many images as fit (pairs ordered image
+    by image, j within, as captum's DeepLiftShap orders them); otherwise every image's j are
+    split into near-equal calls. Either way an image's mean is taken over its own pairs in j
+    order, so it does not depend on `pairs_per_call` beyond the model's own arithmetic.
+    """
+    js = torch.arange(n_per_image, device=device)
+    out = []
+    if pairs_per_call >= n_per_image:
+        group = pairs_per_call // n_per_image
+        for start in range(0, n_images, group):
+            images = torch.arange(start, min(start + group, n_images), device=device)
+            maps = attribute_pairs(images.repeat_interleave(n_per_image), js.repeat(len(images)))
+            out.append(maps.view(len(images), n_per_image, *maps.shape[1:]).mean(1))
+        return torch.cat(out)
+    n_calls = -(-n_per_image // pairs_per_call)
+    for i in range(n_images):
+        parts = [
+            attribute_pairs(torch.full_like(chunk, i), chunk) for chunk in js.tensor_split(n_calls)
+        ]
+        out.append(torch.cat(parts).mean(0, keepdim=True))
+    return torch.cat(out)
+
+
+def _run_deeplift_shap(method: Any, work: AttributionWork, spec: AttributionMethod) -> Tensor:
+    """DeepLiftShap: captum's DeepLift of every (image, background) pair, averaged over the
+    backgrounds (what captum's DeepLiftShap computes), two model samples per pair; ReLU and
+    max-pooling apply `lvlmva.vision.deeplift_rules` (the model is a `rule_view`)."""
+
+    def pairs(images: Tensor, backgrounds: Tensor) -> Tensor:
+        # fresh leaf copies that require gradients, as captum's DeepLiftShap expands them
+        inputs = work.inputs[images].requires_grad_()
+        baselines = work.backgrounds[backgrounds].requires_grad_()
+        return method.attribute(inputs, baselines=baselines, target=work.targets[images])
+
+    with deeplift_rules():
+        return mean_over_pairs(
+            pairs,
+            len(work.inputs),
+            len(work.backgrounds),
+            max(1, work.samples_per_forward // 2),
+            work.inputs.device,
+        )
+
+
+def gradient_shap_draws(
+    seed: int, image: int, n_backgrounds: int, n_samples: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The backgrounds (indices, with replacement) and the path points (uniform in [0, 1]) of
+    image number `image` of a call seeded `seed`: the draws captum's GradientShap makes for
+    that image alone with numpy's generator seeded ``(seed, image)``, in its order."""
+    rng = np.random.RandomState([seed % 2**32, image])
+    return rng.choice(n_backgrounds, n_samples), rng.uniform(0.0, 1.0, n_samples)
+
+
+def _run_gradient_shap(method: Any, work: AttributionWork, spec: AttributionMethod) -> Tensor:
+    """GradientShap (expected gradients, no noise): for every image, `n_baselines` points
+    drawn on the segments from random backgrounds to it (`gradient_shap_draws`), the
+    gradient there (captum's Saliency, signed) times (input - background), averaged. The draws
+    are the image's own, so the maps do not depend on how images are batched."""
+    n, m = len(work.inputs), work.n_baselines
+    draws = [gradient_shap_draws(work.seed, i, len(work.backgrounds), m) for i in range(n)]
+    device = work.inputs.device
+    chosen = torch.as_tensor(np.stack([d[0] for d in draws]), device=device)
+    alphas = torch.as_tensor(np.stack([d[1] for d in draws]), dtype=work.inputs.dtype).to(device)
+
+    def pairs(images: Tensor, js: Tensor) -> Tensor:
+        inputs = work.inputs[images]
+        backgrounds = work.backgrounds[chosen[images, js]]
+        alpha = alphas[images, js].view(-1, *([1] * (inputs.ndim - 1)))
+        points = (alpha * inputs + (1.0 - alpha) * backgrounds).requires_grad_()
+        gradient = method.attribute(points, target=work.targets[images], abs=False)
+        return (inputs - backgrounds) * gradient
+
+    return mean_over_pairs(pairs, n, m, max(1, work.samples_per_forward), device)
+
+
+def _integrated_gradients_arguments(
+    inputs: Tensor, backgrounds: Tensor, samples_per_forward: int
+) -> dict:
     # Inputs are in [0, 1] and black means "no signal" in the digit and radiograph data, so the
     # path starts from an empty image; the backgrounds are not used.
     return {
         "baselines": torch.zeros_like(inputs),
         "n_steps": IG_STEPS,
-        "internal_batch_size": max(1, len(inputs) * n_baselines),
+        "internal_batch_size": max(len(inputs), samples_per_forward),
     }
 
 
-def _gradient_shap_arguments(inputs: Tensor, backgrounds: Tensor, n_baselines: int) -> dict:
-    return {"baselines": backgrounds, "n_samples": n_baselines, "stdevs": 0.0}
-
-
 ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {
-    # DeepLiftShap averaged over the drawn backgrounds
-    "deeplift-shap": AttributionMethod("DeepLiftShap", True, _deeplift_shap_arguments),
+    # DeepLiftShap: DeepLift per (image, background) pair, averaged over the drawn backgrounds
+    "deeplift-shap": AttributionMethod(
+        "DeepLift", True, samples_per_image=lambda n_bg, n: 2 * n_bg, run=_run_deeplift_shap
+    ),
     # IntegratedGradients from an all-black (zero) image, IG_STEPS steps
     "integrated-gradients": AttributionMethod(
-        "IntegratedGradients", False, _integrated_gradients_arguments
+        "IntegratedGradients",
+        False,
+        _integrated_gradients_arguments,
+        samples_per_image=lambda n_bg, n: IG_STEPS,
     ),
     # GradientShap: n_baselines random draws per input from the backgrounds, no noise
-    "gradient-shap": AttributionMethod("GradientShap", False, _gradient_shap_arguments),
+    "gradient-shap": AttributionMethod(
+        "Saliency", False, samples_per_image=lambda n_bg, n: n, run=_run_gradient_shap
+    ),
 }
 """Attribution method name -> how captum runs it; `METHODS` lists the names in this order."""
 
@@ -113,9 +283,9 @@ def draw_backgrounds(
 
 @contextlib.contextmanager
 def _numpy_seeded(seed: int) -> Iterator[None]:
-    """Seed numpy's global generator for the block and restore it after: captum's GradientShap
-    draws its baselines and path points from it. torch's generator is left alone, so a model
-    training in another thread keeps its own random stream."""
+    """Seed numpy's global generator for the block and restore it after, for captum methods
+    that draw from it (the built-in ones draw from their own generators). torch's generator is
+    left alone, so a model training in another thread keeps its own random stream."""
     state = np.random.get_state()
     np.random.seed(seed % 2**32)
     try:
@@ -130,12 +300,15 @@ class Explainer:
 
     `method` is a key of `ATTRIBUTION_METHODS`. Backgrounds: `n_baselines` images drawn (seeded)
     from `baselines` (see `draw_backgrounds`). A method that needs a DeepLift-safe model
-    explains a fixed copy if `model` reuses a nonlinearity module. Every `attribute` call runs
-    with numpy's global generator seeded (``seed`` + the call's number) and restored after, as
-    captum's GradientShap draws from it.
+    explains a fixed copy if `model` reuses a nonlinearity module, through a `rule_view`
+    (parameters shared; see `lvlmva.vision.deeplift_rules`). Call number k of `attribute`
+    is seeded ``seed + k`` (gradient-shap's draws; numpy's global generator is seeded with it
+    for the call and restored after).
 
-    The model is moved to `device`; each forward pass sees about
-    ``len(inputs) * n_baselines * 2`` samples (lower `batch_size` in `explain` for big models).
+    The model is moved to `device`. Each forward/backward pass takes at most
+    `samples_per_forward` model samples (DeepLiftShap: two per (image, background) pair); None
+    sizes it for the model, input shape and device (`lvlmva.vision.batch_sizing.plan_batch`,
+    remembered; halved and retried after a CUDA out-of-memory error).
     """
 
     def __init__(
@@ -148,6 +321,7 @@ class Explainer:
         sample_shape: Sequence[int] | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        samples_per_forward: int | None = None,
     ) -> None:
         spec = ATTRIBUTION_METHODS.get(method)
         if spec is None:
@@ -155,11 +329,14 @@ class Explainer:
                 f"unknown attribution method {method!r}; choose one of "
                 f"{', '.join(ATTRIBUTION_METHODS)}"
             )
+        if samples_per_forward is not None and samples_per_forward < 1:
+            raise ConfigError(f"samples_per_forward must be at least 1, got {samples_per_forward}")
         self.method = method
         self.spec = spec
         self.device = torch.device(device)
         self.seed = seed
         self.n_baselines = n_baselines
+        self.samples_per_forward = samples_per_forward
         self.model = model.to(self.device)
         shape = torch.Size(sample_shape) if sample_shape is not None else None
         if shape is None:
@@ -170,8 +347,17 @@ class Explainer:
         self.backgrounds = draw_backgrounds(baselines, n_baselines, shape, seed=seed)
         if spec.deeplift:
             example = self.backgrounds[:1].to(self.device)
-            self.model = ensure_deeplift_safe(self.model, example).to(self.device)
+            self.model = rule_view(ensure_deeplift_safe(self.model, example).to(self.device))
         self._calls = 0
+
+    @property
+    def samples_per_image(self) -> int:
+        """Model samples one image costs (DeepLiftShap: 2 per background)."""
+        return self.spec.samples_per_image(len(self.backgrounds), self.n_baselines)
+
+    def plan(self) -> BatchPlan:
+        """The automatic batch plan for this model, input shape and device."""
+        return plan_batch(self.model, self.sample_shape, self.device)
 
     def attribute(self, inputs: Tensor, target: Tensor | Sequence[int] | int) -> Tensor:
         """Attributions [N, C, H, W] of `inputs` for class `target`, on the CPU."""
@@ -179,16 +365,38 @@ class Explainer:
         if isinstance(target, int):
             target = [target] * len(inputs)
         target = torch.as_tensor(target, dtype=torch.long).to(self.device)
-        backgrounds = self.backgrounds.to(self.device)
-        method = self.spec.build(self.model)
-        arguments = self.spec.arguments(inputs, backgrounds, self.n_baselines)
         seed = self.seed + self._calls
         self._calls += 1
+        work = AttributionWork(
+            inputs,
+            target,
+            self.backgrounds.to(self.device),
+            self.n_baselines,
+            self.samples_per_forward or self.plan().samples_per_forward,
+            seed,
+        )
         with eval_mode(self.model), _numpy_seeded(seed), warnings.catch_warnings():
             # captum announces on every DeepLift call that it sets hooks; that is expected here
             warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
-            out = method.attribute(inputs, target=target, **arguments)
+            out = self._run(work)
         return out.detach().float().cpu()
+
+    def _run(self, work: AttributionWork) -> Tensor:
+        """`work` through the method; with an automatic plan, after a CUDA out-of-memory error
+        again with half the batch."""
+        while True:
+            try:
+                return self.spec.attribute(self.model, work)
+            except torch.cuda.OutOfMemoryError:
+                if self.samples_per_forward is not None or work.samples_per_forward == 1:
+                    raise
+                plan = shrink_plan(self.model, self.sample_shape, self.device, self.plan())
+                log.warning(
+                    "out of memory at %d samples per pass; retrying with %d",
+                    work.samples_per_forward,
+                    plan.samples_per_forward,
+                )
+                work = dataclasses.replace(work, samples_per_forward=plan.samples_per_forward)
 
 
 def explain(
@@ -199,24 +407,26 @@ def explain(
     method: str = "deeplift-shap",
     baselines: Tensor | None = None,
     n_baselines: int = 25,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> Tensor:
     """Attribution maps [N, C, H, W] (CPU, float32) of `images` for the classes `targets`.
 
     `baselines` are the images backgrounds are drawn from (the training images; one all-black
-    image when None). The same `n_baselines` backgrounds serve every image, so the result does
-    not depend on `batch_size` (except for gradient-shap's random draws), and a seed gives the
-    same maps. The model is moved to `device` and explained in eval mode (its previous mode is
-    restored); its parameters get no gradients.
+    image when None). The same `n_baselines` backgrounds serve every image and gradient-shap
+    draws per image, so the maps do not depend on the batching, and a seed gives the same
+    maps. `batch_size` images go through the model per forward/backward pass; None (the
+    default) sizes the pass for the model, input shape and device (see `Explainer`). The model
+    is moved to `device` and explained in eval mode (its previous mode is restored); its
+    parameters get no gradients.
     """
     if images.ndim != 4:
         raise DataError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
     targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
     if len(targets) != len(images):
         raise DataError(f"{len(targets)} targets for {len(images)} images")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     if len(images) == 0:
         return torch.zeros(images.shape, dtype=torch.float32)
@@ -229,12 +439,10 @@ def explain(
         device=device,
         seed=seed,
     )
+    if batch_size is not None:
+        explainer.samples_per_forward = batch_size * explainer.samples_per_image
     with torch.no_grad(), eval_mode(explainer.model):
         n_classes = explainer.model(images[:1].float().to(explainer.device)).shape[-1]
     if targets.min() < 0 or targets.max() >= n_classes:
         raise DataError(f"targets must be class indices in [0, {n_classes}), got {targets}")
-    parts = [
-        explainer.attribute(images[i : i + batch_size], targets[i : i + batch_size])
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(parts)
+    return explainer.attribute(images, targets)

@@ -4,13 +4,17 @@ cluster map read back.
 Cluster id k is drawn in `PALETTE` entry k (PPEPS-WGM orders ids by cluster weight), on black.
 Images are upscaled nearest-neighbour so an LVLM can see small inputs (28 px -> 336 px).
 `decode_cluster_map` inverts the cluster map under these conventions (the simulated LVLM reads
-the Critic's second image with it).
+the Critic's second image with it). `render_many` renders a batch on a small thread pool: the PNG
+encoder (zlib) releases the GIL, so the samples encode in parallel.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +135,38 @@ def render_critic_images(
         cluster_ids=ids,
         size=out_hw,
     )
+
+
+RENDER_THREADS = min(8, os.cpu_count() or 1)
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="lvlmva-render")
+        return _POOL
+
+
+def render_many(
+    images: Sequence[torch.Tensor | np.ndarray] | torch.Tensor,
+    labels: Sequence[torch.Tensor | np.ndarray] | torch.Tensor,
+    *,
+    size: int | None = 336,
+    alpha: float = 0.5,
+) -> list[CriticImages]:
+    """`render_critic_images` of every (image, labels) pair, in order, on `RENDER_THREADS`
+    threads shared by all callers (the same bytes as one by one)."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(labels)} label maps for {len(images)} images")
+    pairs = list(zip(images, labels, strict=True))
+    if len(pairs) <= 1 or RENDER_THREADS == 1:
+        return [render_critic_images(i, lab, size=size, alpha=alpha) for i, lab in pairs]
+    pool = _pool()
+    jobs = [pool.submit(render_critic_images, i, lab, size=size, alpha=alpha) for i, lab in pairs]
+    return [job.result() for job in jobs]
 
 
 @dataclass(frozen=True)
