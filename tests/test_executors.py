@@ -74,3 +74,12 @@ def test_without_ray_the_ray_executor_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(ConfigError, match=r"needs Ray, which is not installed: pip install"):
         open_executor(ExecutorSettings("ray")).preflight()
+
+
+def test_ci_installs_the_pinned_ray_extra_so_the_ray_tests_run():
+    root = PACKAGE.parent
+    readme = (root / "README.md").read_text()
+    command = readme.split("<!-- test-command -->", 1)[1].split("```", 2)[1]
+    assert "-c constraints.txt" in command and ",ray]" in command
+    assert "ray==2.60.0" in (root / "constraints.txt").read_text()
+    assert 'ray = ["ray>=' in (root / "pyproject.toml").read_text()
