@@ -48,13 +48,19 @@ def import_ray() -> Any:
     return ray
 
 
+def _compact(tensor: Tensor) -> Tensor:
+    """A CPU copy owning only its own elements (a view pickles its whole batch's storage)."""
+    return tensor.detach().cpu().clone()
+
+
 def _on_cpu(sample: RenderedSample) -> RenderedSample:
-    """The sample with its tensors on the CPU (a GPU worker's results go to a CPU driver)."""
+    """The sample as the driver receives it: its tensors on the CPU (a GPU worker's results go
+    to a CPU driver) and compact, so a batch's transfer carries no more than its samples."""
     return dataclasses.replace(
         sample,
-        cluster_labels=sample.cluster_labels.cpu(),
-        responsibilities=sample.responsibilities.cpu(),
-        attribution=None if sample.attribution is None else sample.attribution.cpu(),
+        cluster_labels=_compact(sample.cluster_labels),
+        responsibilities=_compact(sample.responsibilities),
+        attribution=None if sample.attribution is None else _compact(sample.attribution),
     )
 
 
@@ -88,6 +94,10 @@ class VisionWorker:
 
 
 class RayExecutor(VisionExecutor):
+    """Stages 1-3 in Ray actors (see the module's docstring). The driver's `device` is not
+    used: an actor computes on CUDA when it has a GPU share (`gpus_per_worker`), else on its
+    CPUs (`cpus_per_worker` torch threads)."""
+
     name = "ray"
     summary = "actors on a Ray cluster (--executor ray)"
 
@@ -150,6 +160,8 @@ class RayExecutor(VisionExecutor):
         n: int,
     ) -> list[Any]:  # fmt: skip
         ray, s = self._ray, self.settings
+        for actor in self._actors:  # those of an earlier call
+            ray.kill(actor, no_restart=True)
         cpu_model = copy.deepcopy(model).cpu().eval()  # a CUDA driver's model loads anywhere
         # Put once, fetched once per actor (and again by a restarted one: the refs are held
         # here until the executor closes, and passed nested so each actor fetches them itself).
@@ -235,7 +247,7 @@ class RayExecutor(VisionExecutor):
             return future.result()
         except self._ray.exceptions.RayActorError as exc:
             raise ConfigError(
-                f"a Ray vision worker died more than --max-restarts={self.settings.max_restarts} "
+                f"a Ray vision worker died more than max_restarts={self.settings.max_restarts} "
                 f"times ({type(exc).__name__}; out of memory? see `ray logs`); the samples "
                 "stored so far are kept: run the same command again to resume"
             ) from exc
