@@ -65,28 +65,29 @@ def _on_cpu(sample: RenderedSample) -> RenderedSample:
 
 
 class VisionWorker:
-    """The body of one Ray actor: the model and the split (`shipped`: their object refs),
-    fetched once and held for the actor's life, and `render(batch)` = stages 1-3 of those
-    indices and the seconds it took."""
+    """The body of one Ray actor: `render(shipped, batch)` = stages 1-3 of the indices `batch`
+    and the seconds it took. `shipped` (the object refs of the model and the split, nested so
+    Ray passes them unresolved) is fetched on the first call and held for the actor's life; a
+    restarted actor fetches it again with the call Ray reruns (the driver holds the refs)."""
 
-    def __init__(
-        self, shipped: list[Any], options: CritiqueOptions, seed: int, threads: int,
-        use_gpu: bool,
-    ) -> None:  # fmt: skip
-        import ray
-
+    def __init__(self, options: CritiqueOptions, seed: int, threads: int, use_gpu: bool) -> None:
         import lvlmva.pipeline.explain  # noqa: F401  (its imports, before the first batch)
 
         torch.set_num_threads(max(1, threads))
-        model, split = ray.get(shipped)  # the driver holds both refs until the run ends
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.model = model.to(self.device).eval()
-        self.split, self.options, self.seed = split, options, seed
+        self.options, self.seed = options, seed
+        self.model: nn.Module | None = None
+        self.split: ShortcutDataset | None = None
 
-    def render(self, batch: Tensor) -> tuple[list[RenderedSample], float]:
+    def render(self, shipped: list[Any], batch: Tensor) -> tuple[list[RenderedSample], float]:
+        import ray
+
         from lvlmva.pipeline.explain import explain_segment_render
 
         started = time.perf_counter()
+        if self.model is None:
+            model, self.split = ray.get(shipped)
+            self.model = model.to(self.device).eval()
         samples = explain_segment_render(
             self.model, self.split, batch, self.options, seed=self.seed, device=self.device
         )
@@ -163,8 +164,8 @@ class RayExecutor(VisionExecutor):
         for actor in self._actors:  # those of an earlier call
             ray.kill(actor, no_restart=True)
         cpu_model = copy.deepcopy(model).cpu().eval()  # a CUDA driver's model loads anywhere
-        # Put once, fetched once per actor (and again by a restarted one: the refs are held
-        # here until the executor closes, and passed nested so each actor fetches them itself).
+        # Put once, fetched once per actor (and again by a restarted one): held here until the
+        # executor closes, and passed with each call, so no actor's constructor needs them.
         self._shipped = [
             ray.put(cpu_model),
             ray.put(ShortcutDataset(split.images, split.labels)),  # the masks stay here
@@ -178,7 +179,7 @@ class RayExecutor(VisionExecutor):
         threads = max(1, int(s.cpus_per_worker))
         use_gpu = s.gpus_per_worker > 0
         self._actors = [
-            worker.remote(self._shipped, options, seed, threads, use_gpu) for _ in range(n)
+            worker.remote(options, seed, threads, use_gpu) for _ in range(n)
         ]
         return self._actors
 
@@ -216,7 +217,7 @@ class RayExecutor(VisionExecutor):
         def submit() -> None:
             while queue and sum(load) < len(actors) * self.settings.batches_ahead:
                 k = min(range(len(actors)), key=load.__getitem__)
-                ref = actors[k].render.remote(queue.popleft())
+                ref = actors[k].render.remote(self._shipped, queue.popleft())
                 running[asyncio.wrap_future(ref.future())] = k
                 load[k] += 1
 
