@@ -83,3 +83,12 @@ def test_ci_installs_the_pinned_ray_extra_so_the_ray_tests_run():
     assert "-c constraints.txt" in command and ",ray]" in command
     assert "ray==2.60.0" in (root / "constraints.txt").read_text()
     assert 'ray = ["ray>=' in (root / "pyproject.toml").read_text()
+
+
+def test_the_cli_names_the_known_executors_for_an_unknown_one(tmp_path, capsys):
+    from lvlmva.cli import main
+
+    argv = ["critique", "--model", str(tmp_path / "m.pt"), "--out", str(tmp_path / "run"),
+            "--executor", "dask"]
+    assert main(argv) == 2
+    assert "unknown executor 'dask': use one of local, ray" in capsys.readouterr().err

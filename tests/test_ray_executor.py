@@ -139,3 +139,17 @@ def test_the_cli_resumes_a_local_run_on_ray_with_the_same_results(
     printed = capsys.readouterr().out
     assert "vision: Ray actors" in printed and "6 already stored, now 4 ok" in printed
     assert _stored(tmp_path / "ray") == _stored(tmp_path / "local")
+
+
+async def test_gpu_workers_on_a_cluster_without_gpus_are_refused_before_any_work(
+    cluster, digits, model
+):
+    from lvlmva.errors import ConfigError
+    from lvlmva.pipeline.executors import open_executor
+
+    async with open_executor(ExecutorSettings("ray", gpus_per_worker=1.0)) as executor:
+        stream = executor.rendered(model, digits.train, torch.arange(4), CritiqueOptions(),
+                                   seed=0, device=torch.device("cpu"))  # fmt: skip
+        with pytest.raises(ConfigError, match="0 GPUs, too few for one vision worker"):
+            await anext(stream)
+    assert ray.is_initialized()  # the caller's connection is left open
