@@ -21,7 +21,8 @@ drifting load from other processes does not favour one mode.
 Lambda: `--lambda` if given; else, with `--search-lambda`, `search_lambda` on the simulated
 masks of `--search-seed`, scored by accuracy on the validation split with its decoy squares
 repainted in the shade of a random digit (the plain validation split carries the training
-shortcut and would reward it); else the library default (`lvlmva.api.default_lambda`). Test
+shortcut and would reward it); else `align`'s own choice on validation (its lambda grid and
+model check, `lvlmva.pipeline.selection`). Test
 accuracy never chooses anything.
 
 Every finished run (and the lambda search) is appended as one JSON line to `--json-out`, so a
@@ -46,7 +47,7 @@ from typing import Any
 import torch
 
 import lvlmva.api as api
-from lvlmva.api import CriticSettings, align, default_lambda
+from lvlmva.api import CriticSettings, align
 from lvlmva.vision.datasets import load_dataset
 from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
 from lvlmva.vision.datasets.decoy import decoy_shade
@@ -437,8 +438,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         emit(found)
         search = found["lambda_search"]
         lam = search["best_lambda"]
-    if lam is None:
-        lam = default_lambda(args.dataset, args.start, critic_masks=True)
     rows = []
     for seed in args.seeds:
         for row in run_seed(args, seed, lam):

@@ -106,6 +106,7 @@ def write_align_report(
         _critic_banner(result),
         _metrics_table(result.before.to_dict(), result.after.to_dict(), ("before", "after")),
         f"<p>{html.escape('; '.join(_facts(result)))}</p>",
+        _selection_html(result),
         "<h2>Accuracy before and after alignment</h2>",
         images.tag(fig.accuracy_plot(_plot_rows(result.before.to_dict(), result.after.to_dict()),
                                      ("before", "after")), "accuracy before and after"),
@@ -179,7 +180,7 @@ def _plot_rows(before: dict, after: dict) -> list[tuple[str, float, float]]:
 
 def _facts(result: AlignResult) -> list[str]:
     facts = [
-        f"lambda {result.lam:g}",
+        "original model kept" if result.lam is None else f"lambda {result.lam:g}",
         f"{result.n_masks} masks from {len(result.samples)} alignment samples",
         f"LVLM calls {result.provider_calls}",
         f"cache hits {result.cache_hits}",
@@ -211,6 +212,25 @@ def _legend() -> str:
         "with a red border disagrees with the dataset's ground truth (where it has one).</p>"
         f"<ul>{items}</ul>"
     )
+
+
+def _selection_html(result: AlignResult) -> str:
+    """Which model was returned and why; a warning banner when the original was kept."""
+    selection = result.selection
+    if selection is None:
+        return ""
+    robust = result.robust
+    overturned = ""
+    if robust.get("clusters"):
+        overturned = (
+            f" Robust verdicts: {robust['votes']} Critic sample(s) per image, "
+            f"{robust['neighbours']} neighbours; the neighbours overturned "
+            f"{robust['overturned_no_to_yes']} 'no' and {robust['overturned_yes_to_no']} 'yes' "
+            f"of {robust['clusters']} verdicts (marked below)."
+        )
+    text = html.escape(selection.describe() + overturned)
+    style = " class='banner'" if selection.warning else ""
+    return f"<h2>Model choice</h2><p{style}>{text}</p>"
 
 
 @torch.no_grad()
@@ -263,7 +283,11 @@ def _sample_html(
         panel = mask_panel(sample.mask.cpu().numpy())
         figures.append(images.figure(panel.png, "mask", fig.colour_bar("mask", 0.0, 1.0)))
     wrong = _wrong_colors(sample, region)
-    chips = "".join(_verdict_chip(c, ok, c in wrong) for c, ok in (sample.verdicts or {}).items())
+    consensus = sample.consensus or {}
+    chips = "".join(
+        _verdict_chip(c, ok, c in wrong, overturned=c in consensus and (consensus[c] > 0.5) == ok)
+        for c, ok in (sample.verdicts or {}).items()
+    )
     status = STATUS_TEXT.get(sample.status, sample.status)
     text = sample.critique or sample.error or ""
     (first, p_first), (second, p_second) = said
@@ -291,8 +315,11 @@ def _wrong_colors(sample: SampleRecord, region: Tensor | None) -> set[str]:
     return wrong
 
 
-def _verdict_chip(color: str, relevant: bool, wrong: bool = False) -> str:
-    """`colour: yes|no` with a swatch of the cluster's colour; flagged when it is wrong."""
+def _verdict_chip(
+    color: str, relevant: bool, wrong: bool = False, *, overturned: bool = False
+) -> str:
+    """`colour: yes|no` with a swatch of the cluster's colour; flagged when it is wrong;
+    `overturned`: similar clusters of other images disagreed, and their verdict was used."""
     from lvlmva.vision.palette import PALETTE
 
     rgb = PALETTE.get(color)
@@ -301,6 +328,8 @@ def _verdict_chip(color: str, relevant: bool, wrong: bool = False) -> str:
     flag = f" (ground truth: {'no' if relevant else 'yes'})" if wrong else ""
     classes = "chip" + ("" if relevant else " no") + (" wrong" if wrong else "")
     label = f"{swatch}{html.escape(color)}: <span class='{word}'>{word}</span>{flag}"
+    if overturned:
+        label += " (overturned by similar clusters)"
     return f"<span class='{classes}'>{label}</span>"
 
 

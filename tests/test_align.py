@@ -36,13 +36,19 @@ async def test_ground_truth_alignment_beats_the_shortcut(digits, shortcut_model)
     assert result.provider_calls == 0
     assert len(result.samples) == 300
     assert result.after.test_accuracy > result.before.test_accuracy + 0.05
+    # decoy-digits' validation groups follow the labels: the check replaces the true squares
+    selection = result.selection
+    assert selection.criterion == "counterfactual" and selection.n_val == 100
+    assert not selection.kept_original and result.lam == selection.lam
+    assert len(selection.candidates) == 6  # the original and five lambdas
+    assert result.metrics_dict()["selection"]["chosen"] == selection.chosen
 
 
 async def test_simulated_critic_masks_track_the_decoy(digits, shortcut_model, tmp_path):
     critic = CriticSettings(kind="simulated", verdict_accuracy=1.0, cache_dir=tmp_path / "c")
     result = await align(
         copy.deepcopy(shortcut_model), digits, critic=critic, n_align=24, epochs=1,
-        progress=False,
+        val_samples=0, progress=False,
     )
     assert result.provider_calls == 2 * 24  # one Critic and one Judge call per sample
     assert result.failed_jobs == 0
@@ -57,12 +63,12 @@ async def test_simulated_critic_masks_track_the_decoy(digits, shortcut_model, tm
 async def test_rerun_is_answered_from_the_cache(digits, shortcut_model, tmp_path):
     critic = CriticSettings(kind="simulated", cache_dir=tmp_path / "cache")
     first = await align(copy.deepcopy(shortcut_model), digits, critic=critic, n_align=16,
-                        epochs=1, progress=False)
+                        epochs=1, val_samples=8, progress=False)
     second = await align(copy.deepcopy(shortcut_model), digits, critic=critic, n_align=16,
-                         epochs=1, progress=False)
-    assert first.provider_calls > 0
+                         epochs=1, val_samples=8, progress=False)
+    assert first.provider_calls == 2 * (16 + 8)  # the validation images' critiques too
     assert second.provider_calls == 0
-    assert second.cache_hits >= 16
+    assert second.cache_hits >= 2 * (16 + 8)
     first_verdicts = {s.index: s.verdicts for s in first.samples}
     assert first_verdicts == {s.index: s.verdicts for s in second.samples}
 
@@ -73,7 +79,7 @@ async def test_http_simulation_gives_the_same_masks_as_in_process(digits, shortc
         critic = CriticSettings(kind="simulated", sim_transport=transport)
         results[transport] = await align(
             copy.deepcopy(shortcut_model), digits, critic=critic, n_align=12, epochs=1,
-            progress=False, streaming=False,
+            val_samples=0, progress=False, streaming=False,
         )
     local = {s.index: s for s in results["in-process"].samples}
     remote = {s.index: s for s in results["http"].samples}
@@ -118,7 +124,8 @@ async def test_an_explanation_error_ends_the_run_with_that_error(
 
 async def test_retraining_starts_from_the_same_weights_for_a_seed(digits, shortcut_model):
     kwargs = {"critic": CriticSettings(kind="ground-truth"), "n_align": 32, "epochs": 1,
-              "streaming": False, "progress": False, "seed": 3}
+              "streaming": False, "progress": False, "seed": 3, "lam": 0.01,
+              "keep_original": False}
     runs = []
     for noise in (1, 2):
         torch.manual_seed(noise)  # the caller's global random state must not matter
@@ -127,7 +134,7 @@ async def test_retraining_starts_from_the_same_weights_for_a_seed(digits, shortc
         assert torch.equal(a, b)
 
 
-async def test_sequential_run_does_not_depend_on_the_order_answers_arrive(
+async def test_the_model_does_not_depend_on_the_order_answers_arrive_or_on_streaming(
     digits, shortcut_model, monkeypatch
 ):
     import asyncio
@@ -165,18 +172,22 @@ async def test_sequential_run_does_not_depend_on_the_order_answers_arrive(
             return connection
 
     runs = []
-    for delay in (lambda n: 0.0, lambda n: max(0.0, 0.05 - 0.001 * n)):  # later calls first
+    in_order, reversed_ = (lambda n: 0.0), (lambda n: max(0.0, 0.05 - 0.001 * n))
+    for delay, streaming in ((in_order, False), (reversed_, False), (reversed_, True)):
         monkeypatch.setitem(CRITICS, "reordered-simulation", ReorderedSimulation(delay))
         runs.append(
             await align(
                 copy.deepcopy(shortcut_model), digits,
                 critic=CriticSettings("reordered-simulation", max_in_flight=16),
-                n_align=48, explain_batch=48, epochs=1, streaming=False, progress=False,
+                n_align=48, explain_batch=16, epochs=2, streaming=streaming, val_samples=16,
+                lam_scales=(1e-4, 1e-3), keep_original=False, progress=False,
             )
         )
-    assert [s.index for s in runs[0].samples] == [s.index for s in runs[1].samples]
-    for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters(), strict=True):
-        assert torch.equal(a, b)
+    for run in runs[1:]:
+        assert [s.index for s in runs[0].samples] == [s.index for s in run.samples]
+        assert run.selection.to_dict() == runs[0].selection.to_dict()
+        for a, b in zip(runs[0].model.parameters(), run.model.parameters(), strict=True):
+            assert torch.equal(a, b)
 
 
 async def test_masks_are_soft_by_default_and_hard_on_request(digits, shortcut_model):
@@ -185,7 +196,7 @@ async def test_masks_are_soft_by_default_and_hard_on_request(digits, shortcut_mo
         kwargs = {} if soft else {"soft_masks": False}
         result = await align(
             copy.deepcopy(shortcut_model), digits, n_align=24, epochs=0, streaming=False,
-            progress=False, **kwargs,
+            val_samples=0, progress=False, **kwargs,
         )
         masks[soft] = torch.stack([s.mask for s in result.samples if s.mask is not None])
     hard = masks[False]

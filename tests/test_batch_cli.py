@@ -124,6 +124,9 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+VAL_SAMPLES = 2  # validation images align critiques for its model check (decoy-digits: no groups)
+
+
 def align_command(harness: Harness, tmp: Path, model: Path, n: int, **models: str) -> list[str]:
     return [
         "align", "--model", str(model),
@@ -131,7 +134,7 @@ def align_command(harness: Harness, tmp: Path, model: Path, n: int, **models: st
         "--critic-model", models.get("critic", "gpt-4o"),
         "--judge-model", models.get("judge", "gpt-4o-mini"),
         "--batch", "--batch-poll-s", "0.05", "--n-align", str(n), "--epochs", "1",
-        "--clusters", "3", "--device", "cpu",
+        "--clusters", "3", "--device", "cpu", "--val-samples", str(VAL_SAMPLES),
         "--cache-dir", str(tmp / "cache"), "--out", str(tmp / "out"),
     ]  # fmt: skip
 
@@ -195,7 +198,8 @@ async def test_kill_9_at_each_step_and_ctrl_c_then_no_line_goes_out_twice(tmp_pa
         assert len(harness.killed) == len(KILLS)
         assert ledger.batch_lines_submitted_more_than_once() == {}
         assert ledger.answered_more_than_once() == {}
-        assert len(ledger.batch_lines) == 2 * n and len(harness.standin.batches._batches) == 2
+        assert len(ledger.batch_lines) == 2 * (n + VAL_SAMPLES)
+        assert len(harness.standin.batches._batches) == 2
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["n_masks"] == n and metrics["failed_jobs"] == 0
 

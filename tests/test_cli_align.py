@@ -22,7 +22,8 @@ def lvlmva(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def aligned_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("run")
     proc = lvlmva("align", "--dataset", "decoy-digits", "--n-align", "200", "--epochs", "2",
-                  "--quiet", "--out", str(out))
+                  "--val-samples", "40", "--quiet", "--out", str(out),
+                  "--cache-dir", str(tmp_path_factory.mktemp("cache")))  # cold: every call paid
     return out, proc
 
 
@@ -34,7 +35,16 @@ def test_align_main_job_writes_metrics_and_report(aligned_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["after"]["test_accuracy"] > metrics["before"]["test_accuracy"]
     assert metrics["critic"] == "simulated"
+    assert metrics["simulated_error_model"] == "independent"
+    selection = metrics["selection"]
+    assert selection["criterion"] == "counterfactual" and selection["validation_samples"] == 40
+    assert "original" in selection["scores"] and len(selection["scores"]) == 6
+    assert metrics["provider_calls"] == 2 * (200 + 40)  # alignment and validation critiques
+    assert "Model choice by validation accuracy with the critic-flagged regions" in proc.stdout
+    assert metrics["robust_verdicts"]["neighbours"] == 10
     assert (out / "model.pt").exists()
+    report = (out / "report.html").read_text()
+    assert "Model choice" in report and "overturned by similar clusters" in report
     assert (out / "report.html").stat().st_size > 10_000
 
 

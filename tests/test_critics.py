@@ -150,4 +150,4 @@ async def test_the_simulated_critic_keys_its_answers_by_every_setting_that_chang
             identities.append(ProviderIdentity.of(session.engine.critic))
     assert identities[0] != identities[1]  # --verdict-accuracy 1.0 never reuses 0.87's answers
     assert identities[1] == identities[2]  # over HTTP: the simulation's identity, not the port's
-    assert all(i.simulated and "verdict_accuracy=" in i.name for i in identities)
+    assert all(i.simulated and "acc=" in i.name for i in identities)

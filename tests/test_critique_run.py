@@ -84,8 +84,10 @@ async def test_aligning_from_an_unreviewed_run_equals_align_with_the_same_verdic
     options = CritiqueOptions(explain_batch=24)
     await critique_run(copy.deepcopy(model), digits, out, critic=_critic(tmp_path),
                        critique=options, n=40, progress=False)
+    # no neighbour pooling and no validation critique: a run's masks enter as they are
     direct = await align(copy.deepcopy(model), digits, critic=_critic(tmp_path), n_align=40,
-                         explain_batch=24, epochs=1, streaming=False, progress=False)
+                         explain_batch=24, epochs=1, streaming=False, progress=False,
+                         neighbours=0, val_samples=0)
     assert direct.provider_calls == 0  # the same requests: all answered from the cache
     with CritiqueRun.open(out) as run:
         from_run = await align_from_run(copy.deepcopy(model), digits, run, epochs=1,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import subprocess
 import sys
@@ -188,8 +189,9 @@ def test_verdict_accuracy_matches_the_configured_value(samples, accuracy):
         total += len(correct)
         mixed_images += 0 < sum(correct) < len(correct)
     assert total >= 250
-    assert abs(right / total - accuracy) < 0.06
-    assert mixed_images >= len(samples) // 2  # errors are per cluster, not per image
+    assert abs(right / total - accuracy) < 3 * math.sqrt(accuracy * (1 - accuracy) / total)
+    # errors are per cluster, not per image: about 60% of the images mix right and wrong at 0.87
+    assert mixed_images >= len(samples) // 3
 
 
 def test_perfect_and_inverted_critics_and_oracle_misses(samples):
@@ -224,7 +226,10 @@ async def test_same_request_same_answer_and_seed_matters(samples):
 
 
 async def test_critic_judge_and_fused_answers_agree(samples):
-    sim = SimulatedLVLM(oracle=oracle_for(samples), palette=PALETTE, verdict_accuracy=0.7)
+    # systematic=1: every sample of a question (here: two wordings) gets the same verdicts
+    sim = SimulatedLVLM(
+        oracle=oracle_for(samples), palette=PALETTE, verdict_accuracy=0.7, systematic=1.0
+    )
     for rendered, *_ in samples[:6]:
         expected = {
             v.color: v.relevant for v in sim.critic_verdicts(rendered.original, rendered.clusters)

@@ -8,11 +8,13 @@ from pathlib import Path
 from lvlmva.commands.common import (
     add_critic_arguments,
     add_dataset_arguments,
+    add_robust_arguments,
     check_positive_flags,
     check_writable,
     critic_settings,
     load_model_and_data,
     resolve_device,
+    robust_options,
     train_original,
 )
 
@@ -46,7 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="soft (default; with --critique: the run's rule): pixels weighted by the posterior "
         "responsibility of the rejected clusters; hard: 0/1, the union of the rejected clusters",
     )
-    p.add_argument("--lambda", dest="lam", type=float, help="RRR weight (default: per task)")
+    p.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        help="RRR weight (default: one model per weight of a grid scaled to the task, the best "
+        "on validation kept, or the original when none beats it)",
+    )
+    add_robust_arguments(p)
     p.add_argument("--epochs", type=int, default=5, help="alignment epochs")
     p.add_argument(
         "--start",
@@ -92,10 +101,11 @@ def run(args: argparse.Namespace) -> int:
         n_clusters=args.clusters,
         attribution=args.method,
         soft_masks=args.masks != "hard",
+        **robust_options(args),
     )
     training = TrainOptions(
         lam=args.lam, start=args.start, epochs=args.epochs, lr=args.lr,
-        streaming=not args.no_streaming,
+        streaming=not args.no_streaming, keep_original=not args.keep_aligned,
     )  # fmt: skip
     spec = resolve_spec(args.spec, splits) if backend.uses_llm else None
     asyncio.run(backend.preflight(critic))
@@ -139,7 +149,8 @@ def _write_outputs(out: Path, result, arch: str, splits, original, args, device)
     from lvlmva.pipeline import resolve_spec
     from lvlmva.report import write_align_report
 
-    extra = {"aligned": True, "lambda": result.lam, "critic": result.critic.kind}
+    kept = result.selection is not None and result.selection.kept_original
+    extra = {"aligned": not kept, "lambda": result.lam, "critic": result.critic.kind}
     _save(out / "model.pt", result.model, arch, splits.info, extra)
     (out / "metrics.json").write_text(json.dumps(result.metrics_dict(), indent=2) + "\n")
     report = write_align_report(
@@ -147,6 +158,8 @@ def _write_outputs(out: Path, result, arch: str, splits, original, args, device)
         n_samples=args.report_samples, device=device, spec=resolve_spec(args.spec, splits),
     )  # fmt: skip
     print(result.summary())
+    if kept:
+        print("No aligned model beat the original on validation: model.pt is the ORIGINAL model.")
     print(f"Wrote {out / 'model.pt'}, {out / 'metrics.json'} and {report}")
 
 

@@ -331,3 +331,44 @@ def _check_efforts(settings: Any) -> None:
         settings.critic_model, settings.judge_model, request.reasoning_effort,
         request.judge_reasoning_effort,
     )  # fmt: skip
+
+
+# -- robust verdicts and the model check (lvlmva.pipeline.masking, .selection) -----------------
+
+
+def add_robust_arguments(parser: argparse.ArgumentParser) -> None:
+    """--votes, --neighbours, --confidence-weights, --val-samples and --keep-aligned."""
+    group = parser.add_argument_group("robust verdicts and the model check (docs/robust.md)")
+    group.add_argument(
+        "--votes", type=int, default=1,
+        help="Critic samples per image, colours listed in another order each time; a vote per "
+        "cluster (default 1; each vote costs one Critic and one Judge call)",
+    )  # fmt: skip
+    group.add_argument(
+        "--neighbours", type=int, default=10,
+        help="pool each verdict with those of the N most similar clusters of other images "
+        "(default 10; 0 = off; no LVLM call)",
+    )  # fmt: skip
+    group.add_argument(
+        "--confidence-weights", action="store_true",
+        help="mask weights from the verdicts' agreement instead of 0/1",
+    )  # fmt: skip
+    group.add_argument(
+        "--val-samples", type=int,
+        help="validation images critiqued for the model check when the validation split has no "
+        "usable groups (default: max(100, n-align / 4))",
+    )  # fmt: skip
+    group.add_argument(
+        "--keep-aligned", action="store_true",
+        help="return the aligned model even when it is worse than the original on validation",
+    )  # fmt: skip
+
+
+def robust_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `CritiqueOptions` fields of the robust-verdict flags."""
+    return {
+        "votes": args.votes,
+        "neighbours": args.neighbours,
+        "confidence": args.confidence_weights,
+        "val_samples": args.val_samples,
+    }

@@ -41,6 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add_detail_argument(p)
     p.add_argument("--prices", help="price table file (JSON/YAML/TOML)")
+    p.add_argument(
+        "--votes", type=int, default=1, help="Critic samples per image, as `align --votes`"
+    )
+    p.add_argument(
+        "--val-jobs", type=int,
+        help="validation images critiqued for align's model check (default: as align, "
+        "max(100, jobs / 4); 0 when the validation split has usable groups)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
@@ -157,10 +165,13 @@ def _check_inputs(jobs: int, image_size: int, clusters: int, reasoning_tokens: i
 
 def run(args: argparse.Namespace) -> int:
     from lvlmva.engine.cost import PriceTable
+    from lvlmva.pipeline.selection import validation_count
 
+    _check_inputs(args.jobs, args.image_size, args.clusters, args.reasoning_tokens)
     prices = PriceTable.from_file(args.prices) if args.prices else PriceTable()
+    val_jobs = validation_count(args.jobs, args.val_jobs)
     est = estimate_run(
-        jobs=args.jobs,
+        jobs=(args.jobs + val_jobs) * max(1, args.votes),
         critic_model=args.critic_model,
         judge_model=args.judge_model,
         fused=args.fused,
@@ -176,7 +187,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(est)))
         return 0
     roles = ("fused",) if est.fused else ("critic", "judge")
-    print(f"estimate for {est.jobs} jobs (no request sent; one answer per call, no re-asks):")
+    print(
+        f"estimate for {est.jobs} jobs = ({args.jobs} alignment + {val_jobs} validation images) "
+        f"x {max(1, args.votes)} vote(s) (no request sent; one answer per call, no re-asks):"
+    )
     for role, c in zip(roles, est.per_job, strict=True):
         cost = "no price known" if c.usd is None else f"${c.usd * est.jobs:.4f}"
         print(

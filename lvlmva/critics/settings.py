@@ -45,23 +45,44 @@ SIMULATED_JUDGE_MODEL = "simulated-judge"
 class SimulationSettings:
     """The simulated LVLM (a documented offline simulation, never a model): the share of
     spurious clusters it marks "no" (`verdict_accuracy`), the share of the other clusters it
-    marks "yes" (`relevant_accuracy`, default: the same figure), its latency per request and
-    whether it is reached in-process or over the real HTTP client (`transport`)."""
+    marks "yes" (`relevant_accuracy`, default: the same figure), how its errors fall
+    (`error_model`: "independent", the same rate on every cluster, or "ambiguity", more on
+    mixed and small clusters; `lvlmva.simulation.error_models`), the share of its error rate
+    that repeats on every sample of the same question (`systematic`), its latency per request
+    and whether it is reached in-process or over the real HTTP client (`transport`)."""
 
     verdict_accuracy: float = 0.87
     relevant_accuracy: float | None = None
+    error_model: Literal["independent", "ambiguity"] = "independent"
+    systematic: float = 0.5
     latency_ms: float = 0.0
     transport: Literal["in-process", "http"] = "in-process"
 
     def __post_init__(self) -> None:
-        for name in ("verdict_accuracy", "relevant_accuracy"):
+        for name in ("verdict_accuracy", "relevant_accuracy", "systematic"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        if self.error_model not in ("independent", "ambiguity"):
+            raise ConfigError(
+                f"error_model must be 'independent' or 'ambiguity', got {self.error_model!r}"
+            )
         if self.latency_ms < 0:
             raise ConfigError(f"the simulated latency must not be negative, got {self.latency_ms}")
         if self.transport not in ("in-process", "http"):
             raise ConfigError(f"transport must be 'in-process' or 'http', got {self.transport!r}")
+
+    def identity(self, seed: int) -> str:
+        """What decides the simulation's answers for critic seed `seed`, as one string (the
+        same as `SimulatedLVLM.identity` of the simulator these settings build)."""
+        from lvlmva.simulation.simulator import simulation_identity
+
+        relevant = self.verdict_accuracy if self.relevant_accuracy is None else (
+            self.relevant_accuracy
+        )
+        return simulation_identity(
+            self.error_model, self.verdict_accuracy, relevant, self.systematic, 0.0, seed
+        )
 
 
 @dataclass(frozen=True)
@@ -128,6 +149,8 @@ class EngineLimits:
 _SHORTHAND = {
     "verdict_accuracy": ("simulation", "verdict_accuracy"),
     "relevant_accuracy": ("simulation", "relevant_accuracy"),
+    "error_model": ("simulation", "error_model"),
+    "systematic": ("simulation", "systematic"),
     "sim_latency_ms": ("simulation", "latency_ms"),
     "sim_transport": ("simulation", "transport"),
     "rpm": ("limits", "rpm"),

@@ -27,6 +27,25 @@ VERDICT_ACCURACY = CliOption(
         "GPT-4o's figure)",
     },
 )
+ERROR_MODEL = CliOption(
+    ("--error-model",),
+    {
+        "choices": ("independent", "ambiguity"),
+        "default": "independent",
+        "help": "simulated critic: how its errors fall: independent (default; the same rate on "
+        "every cluster, the pessimistic bound) or ambiguity (more on mixed and small clusters, "
+        "calibrated on a fixed reference at J = 7)",
+    },
+)
+SIM_SYSTEMATIC = CliOption(
+    ("--sim-systematic",),
+    {
+        "type": float,
+        "default": 0.5,
+        "help": "simulated critic: share of its error rate that repeats on every sample of the "
+        "same question (default 0.5; the rest is redrawn per sample, e.g. per colour order)",
+    },
+)
 SIM_LATENCY = CliOption(
     ("--sim-latency-ms",),
     {"type": float, "default": 0.0, "help": "simulated critic: latency per request"},
@@ -44,27 +63,33 @@ class SimulatedCritic(CriticBackend):
     name = "simulated"
     summary = "offline simulation answering from the dataset's ground-truth masks (no API key)"
     answers_from_ground_truth = True
-    cli_options = (VERDICT_ACCURACY, SIM_LATENCY, SIM_HTTP)
+    cli_options = (VERDICT_ACCURACY, ERROR_MODEL, SIM_SYSTEMATIC, SIM_LATENCY, SIM_HTTP)
 
     def configure(self, settings: CriticSettings, args: argparse.Namespace) -> CriticSettings:
         if not 0.0 <= args.verdict_accuracy <= 1.0:
             raise ConfigError(f"--verdict-accuracy must be in [0, 1], got {args.verdict_accuracy}")
         if args.sim_latency_ms < 0:
             raise ConfigError(f"--sim-latency-ms must not be negative, got {args.sim_latency_ms}")
+        if not 0.0 <= args.sim_systematic <= 1.0:
+            raise ConfigError(f"--sim-systematic must be in [0, 1], got {args.sim_systematic}")
         return settings.replace(
             critic_model=SIMULATED_CRITIC_MODEL,
             judge_model=SIMULATED_JUDGE_MODEL,
             simulation=SimulationSettings(
                 verdict_accuracy=args.verdict_accuracy,
+                error_model=args.error_model,
+                systematic=args.sim_systematic,
                 latency_ms=args.sim_latency_ms,
                 transport="http" if args.sim_http else "in-process",
             ),
         )
 
     def describe(self, settings: CriticSettings) -> str:
+        sim = settings.simulation
         return (
             "Critic: SIMULATED LVLM (offline simulation answering from ground-truth masks with "
-            f"verdict accuracy {settings.simulation.verdict_accuracy:.2f}; not a real model)"
+            f"verdict accuracy {sim.verdict_accuracy:.2f}, {sim.error_model} errors; not a "
+            "real model)"
         )
 
     def price_overrides(self, settings: CriticSettings) -> Mapping[str, Any]:
@@ -84,6 +109,8 @@ class SimulatedCritic(CriticBackend):
             palette=PALETTE,
             verdict_accuracy=sim_settings.verdict_accuracy,
             relevant_accuracy=sim_settings.relevant_accuracy,
+            error_model=sim_settings.error_model,
+            systematic=sim_settings.systematic,
             latency_ms=sim_settings.latency_ms,
             seed=settings.seed,
         )

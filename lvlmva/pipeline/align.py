@@ -1,9 +1,12 @@
 """`align()`: explain, critique, mask, retrain and evaluate, as the pipeline's stages.
 
 Streaming (the default): attributions and PPEPS-WGM run in batches in a worker thread,
-rendered jobs go to the engine as they are ready, verdicts become masks in the trainer's pool,
-and the RRR trainer (another thread) starts once a first share of masks exists and takes in
-the rest as they arrive.
+rendered jobs go to the engine as they are ready, verdicts become robust masks
+(`pipeline.masking`), and the RRR trainer (another thread, one model per lambda of the grid)
+starts once the first quarter of the alignment order is in and takes in the rest on a fixed
+schedule (the result does not depend on the order answers arrive in). Validation images are
+critiqued after the alignment samples when the model check needs them (`pipeline.check`),
+and the check picks the lambda, or keeps the original.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,11 +25,25 @@ from lvlmva.critics import CriticSettings, get_critic, open_session
 from lvlmva.engine.errors import RunStopped
 from lvlmva.engine.types import Provider
 from lvlmva.errors import ConfigError, DataError
-from lvlmva.pipeline.critique import critique_samples, ground_truth_records
+from lvlmva.pipeline.critique import critique_stream, ground_truth_records
 from lvlmva.pipeline.explain import rendered_samples
+from lvlmva.pipeline.masking import (
+    CritiquedSample,
+    RobustMasks,
+    critiqued,
+    fixed_mask,
+    robust_summary,
+)
 from lvlmva.pipeline.options import CritiqueOptions, TrainOptions, split_options
-from lvlmva.pipeline.records import AlignResult, CritiqueCounts, SampleRecord, critique_metrics
-from lvlmva.pipeline.training import AlignmentTraining, default_lambda
+from lvlmva.pipeline.records import (
+    AlignResult,
+    CritiqueCounts,
+    RenderedSample,
+    SampleRecord,
+    critique_metrics,
+)
+from lvlmva.pipeline.selection import plan_check
+from lvlmva.pipeline.training import AlignmentTraining
 from lvlmva.prompts import TaskSpec
 from lvlmva.vision.datasets.base import DatasetSplits
 
@@ -73,24 +90,19 @@ async def align(
 ) -> AlignResult:
     """Explain, critique, mask and retrain `model` on `dataset` with the class-level `spec`.
 
-    `critic` says which LVLM to use (default: the offline simulation); `critique` what to
-    critique and `training` how to train (`CritiqueOptions`, `TrainOptions`; their fields may
-    also be given as keywords, e.g. `n_align=200, epochs=2`). `critic_provider` /
-    `judge_provider` are ready `Provider` objects to use instead of the critic's own.
-    Explanations always come from the original `model`, which is left unchanged.
-    `records`: masks made already (a reviewed critique run, `pipeline.from_run`): no explanation
-    and no LVLM call; they enter the pool at once, in the given order.
-
-    An endpoint that refuses the run stops it: `RunStopped` names the status and the server's
-    message, with the result trained on the masks received (`.result`, or None) and `.metrics`;
-    when every critique failed, a `DataError` gives the first distinct reasons.
-    """
+    `critic`: which LVLM (default: the offline simulation); `critique` / `training`: what to
+    critique and how to train (their fields may also be keywords, e.g. `n_align=200`);
+    `critic_provider` / `judge_provider`: ready `Provider`s instead of the critic's own.
+    Explanations come from the original `model`, left unchanged. Unless `lam` is given, one
+    model per lambda of the grid is trained and the best on validation returned, or the
+    original when none beats it (`AlignResult.selection`). `records`: masks made already (a
+    reviewed critique run): no LVLM call, no neighbour pooling, a check by validation groups.
+    An endpoint that refuses the run raises `RunStopped` (status, message, the result trained
+    on the masks received); a `DataError` when every critique failed."""
     critic = critic or CriticSettings()
     what, how = split_options(critique, training, options)
     backend = get_critic(critic.kind)
-    device = torch.device(device)
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
+    device, started, timings = torch.device(device), time.perf_counter(), {}
     if records is not None:
         how = dataclasses.replace(how, streaming=False)
     elif backend.uses_llm:
@@ -99,41 +111,65 @@ async def align(
             await backend.preflight(critic)
     before = await asyncio.to_thread(_evaluate, model, dataset)
     indices = _alignment_indices(dataset, what.n_align, seed, records)
-    default = default_lambda(dataset.info.name, how.start, critic_masks=backend.uses_llm)
-    lam = how.lam if how.lam is not None else default
+    check = plan_check(dataset, what, backend, seed, critiques=records is None)
+    masks = RobustMasks(dataset.train, what, len(indices))
     run = AlignmentTraining(
-        _start_model(model, how, seed), dataset.train, how, lam=lam, n_samples=len(indices),
-        seed=seed, device=device, progress=progress,
+        _start_model(model, how, seed), dataset.train, how, masks,
+        n_samples=len(indices), seed=seed, device=device, progress=progress,
     )  # fmt: skip
     run.start()
     try:
         if records is None and backend.uses_llm:
-            records, counts = await _critique(
-                model, dataset, spec, indices, critic, what, run,
+            records, val_entries, counts = await _critique(
+                model, dataset, spec, indices, check.indices, critic, what, run,
                 providers=(critic_provider, judge_provider), seed=seed, device=device,
                 progress=progress, on_sample=on_sample, timings=timings,
             )  # fmt: skip
             _check_some_masks(records, counts, len(indices), critic)
         else:  # masks made already, or the true ones
-            records = ground_truth_records(dataset, indices) if records is None else list(records)
+            records, val_entries = _given_masks(dataset, indices, check.indices, records, run)
             counts = CritiqueCounts()
-            run.add(records)
         timings["critique_s"] = time.perf_counter() - started
-        history = await run.finish()
+        members = await run.finish()
     except BaseException:
         await run.abort()
         raise
+    chosen, selection = await asyncio.to_thread(  # the model check
+        check.select, model, members, masks, val_entries, keep_original=how.keep_original,
+        lambda0=run.trainer.lambda0_, device=device)  # fmt: skip
     timings["total_s"] = time.perf_counter() - started
-    after = await asyncio.to_thread(_evaluate, run.trainer.model_, dataset)
+    after = await asyncio.to_thread(_evaluate, chosen, dataset)
+    member = next((m for m in members if m.model is chosen), None)
     result = AlignResult(
-        model=run.trainer.model_, before=before, after=after, samples=records, lam=lam,
-        critic=critic, history=history, counts=counts, timings=timings,
+        model=chosen if member is not None else copy.deepcopy(chosen), before=before,
+        after=after, samples=records, lam=selection.lam, critic=critic,
+        history=None if member is None else member.history,
         verdict_accuracy=_score_verdicts(records, dataset) if backend.uses_llm else None,
+        counts=counts, timings=timings, selection=selection, robust=robust_summary(what, records),
     )  # fmt: skip
     if counts.stopped is not None:  # trained on the masks received before the stop
-        stop = _stop_line(counts, len(records), len(indices))
-        raise RunStopped(stop, result=result, metrics=result.metrics_dict())
+        raise RunStopped(_stop_line(counts, len(records), len(indices)), result=result,
+                         metrics=result.metrics_dict())  # fmt: skip
     return result
+
+
+def _given_masks(
+    dataset: DatasetSplits,
+    indices: Tensor,
+    val_indices: Tensor,
+    records: Sequence[SampleRecord] | None,
+    run: AlignmentTraining,
+) -> tuple[list[SampleRecord], list[CritiquedSample]]:
+    """Records whose masks are given (`records`, or the true masks when None) fed to `run` in
+    order, and the validation samples of the model check (true masks; none for `records`)."""
+    if records is None:
+        records = ground_truth_records(dataset, indices)
+        val_entries = [fixed_mask(r) for r in ground_truth_records(dataset, val_indices, "val")]
+    else:
+        records, val_entries = list(records), []
+    for position, record in enumerate(records):
+        run.add(position, fixed_mask(record))
+    return list(records), val_entries
 
 
 def _check_some_masks(
@@ -205,6 +241,7 @@ async def _critique(
     dataset: DatasetSplits,
     spec: TaskSpec,
     indices: Tensor,
+    val_indices: Tensor,
     critic: CriticSettings,
     options: CritiqueOptions,
     run: AlignmentTraining,
@@ -215,38 +252,65 @@ async def _critique(
     progress: bool,
     on_sample: Callable[[SampleRecord], None] | None,
     timings: dict[str, float],
-) -> tuple[list[SampleRecord], CritiqueCounts]:
-    """Stages 1-6 over `indices`: records in alignment order, masks fed to `run` (as they
-    arrive when streaming, in alignment order otherwise), and the engine's totals."""
+) -> tuple[list[SampleRecord], list[CritiquedSample], CritiqueCounts]:
+    """Stages 1-6 over `indices` (training) and `val_indices` (validation, for the model
+    check): alignment records in alignment order, each fed to `run` as it arrives, the
+    validation samples in the order of `val_indices`, and the engine's totals."""
     explained = copy.deepcopy(model).eval()  # explanations always come from the original
     ready = None if providers[0] is None else (providers[0], providers[1])
     session = await open_session(
         get_critic(critic.kind), critic, spec.family, providers=ready, progress=progress
     )
+    position = {int(i): k for k, i in enumerate(indices)}
     records: list[SampleRecord] = []
+    val_entries: list[CritiquedSample] = []
     async with session:
-        samples = rendered_samples(
-            explained, dataset.train, indices, options, seed=seed, device=device, timings=timings
+        samples = _splits_to_critique(
+            explained, dataset, (indices, val_indices), options, seed, device, timings
         )
-        async for record in critique_samples(
-            samples, session, spec, dataset, soft_masks=options.soft_masks, total=len(indices)
-        ):
+        async for split_name, sample, record in critique_stream(
+            samples, session, spec, dataset, soft_masks=options.soft_masks, votes=options.votes,
+            seed=seed, total=len(indices) + len(val_indices),
+        ):  # fmt: skip
+            split = getattr(dataset, split_name)
+            entry = critiqued(sample, record, split.images[sample.index], options.n_clusters,
+                              record.votes)  # fmt: skip
+            if split_name == "val":
+                val_entries.append(entry)
+                continue
             records.append(record)
-            if run.options.streaming:
-                run.add([record])
+            run.add(position[record.index], entry)
             if on_sample is not None:
                 on_sample(record)
         engine = session.engine
         stopped = engine.stopped.line() if engine.stopped is not None else None
         not_pulled = len(indices) - len(records)
         counts = CritiqueCounts.from_engine(engine.stats, not_pulled=not_pulled, stopped=stopped)
-    # Answers arrive in completion order; records (and, when not streaming, the pool the
-    # trainer draws from) follow the alignment order, so a sequential run is reproducible.
-    position = {int(i): k for k, i in enumerate(indices)}
+    # Answers arrive in completion order; records follow the alignment order.
     records.sort(key=lambda r: position[r.index])
-    if not run.options.streaming:
-        run.add(records)
-    return records, counts
+    val_order = {int(i): k for k, i in enumerate(val_indices)}
+    val_entries.sort(key=lambda e: val_order[e.record.index])
+    return records, val_entries, counts
+
+
+async def _splits_to_critique(
+    model: nn.Module,
+    dataset: DatasetSplits,
+    indices: tuple[Tensor, Tensor],
+    options: CritiqueOptions,
+    seed: int,
+    device: torch.device,
+    timings: dict[str, float],
+) -> AsyncIterator[tuple[str, RenderedSample]]:
+    """The rendered training samples, then the rendered validation samples."""
+    for split_name, chosen in zip(("train", "val"), indices, strict=True):
+        if len(chosen) == 0:
+            continue
+        split = getattr(dataset, split_name)
+        async for sample in rendered_samples(
+            model, split, chosen, options, seed=seed, device=device, timings=timings
+        ):
+            yield split_name, sample
 
 
 def _evaluate(model: nn.Module, dataset: DatasetSplits) -> Any:

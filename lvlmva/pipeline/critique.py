@@ -12,11 +12,12 @@ from lvlmva.critics.session import CriticSession
 from lvlmva.engine.types import CritiqueJob, ImagePart, JobResult
 from lvlmva.errors import DataError
 from lvlmva.pipeline.records import RenderedSample, SampleRecord
+from lvlmva.pipeline.votes import VoteCollector, variant_jobs
 from lvlmva.prompts import TaskSpec
 from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
 from lvlmva.vision.masks import mask_from_verdicts
 
-__all__ = ["critique_samples", "ground_truth_records", "job_for", "record_for"]
+__all__ = ["critique_samples", "critique_stream", "ground_truth_records", "job_for", "record_for"]
 
 IMAGE_NAMES = ("original", "clusters", "overlay")
 
@@ -76,32 +77,73 @@ async def critique_samples(
     """Critique `samples` (of the split `split_name` of `dataset`) through the session's engine
     and yield their records in completion order. A simulated critic is told each sample's
     ground-truth mask before its job is sent."""
-    info, split = dataset.info, getattr(dataset, split_name)
-    if session.needs_truth and split.spurious_masks is None:
+    tagged = _tagged(samples, split_name)
+    async for _, _, record in critique_stream(
+        tagged, session, spec, dataset, soft_masks=soft_masks, total=total, splits=(split_name,)
+    ):
+        yield record
+
+
+async def _tagged(
+    samples: AsyncIterable[RenderedSample], split: str
+) -> AsyncIterator[tuple[str, RenderedSample]]:
+    async for sample in samples:
+        yield split, sample
+
+
+async def critique_stream(
+    samples: AsyncIterable[tuple[str, RenderedSample]],
+    session: CriticSession,
+    spec: TaskSpec,
+    dataset: DatasetSplits,
+    *,
+    soft_masks: bool,
+    votes: int = 1,
+    seed: int = 0,
+    total: int | None = None,
+    splits: tuple[str, ...] = ("train",),
+) -> AsyncIterator[tuple[str, RenderedSample, SampleRecord]]:
+    """Critique `(split name, sample)` pairs of `dataset` (`votes` Critic samples each,
+    `lvlmva.pipeline.votes`) and yield `(split name, sample, record)` in completion order; a
+    record's `votes` holds the share of "no" per colour when there were several samples.
+    `splits` names the splits the samples may come from (checked for ground truth up front)."""
+    info = dataset.info
+    if session.needs_truth and any(getattr(dataset, s).spurious_masks is None for s in splits):
         raise DataError(
             f"the simulated critic answers from ground-truth spurious masks, and dataset "
             f"{info.name!r} has none; use --critic openai or litellm"
         )
-    pending: dict[str, RenderedSample] = {}
+    pending: dict[str, tuple[str, RenderedSample]] = {}
+    collector = VoteCollector(votes)
 
     async def jobs() -> AsyncIterator[CritiqueJob]:
-        async for sample in samples:
+        async for split_name, sample in samples:
             job_id = f"{info.name}/{split_name}/{sample.index}"
-            pending[job_id] = sample
+            pending[job_id] = split_name, sample
             if session.needs_truth:
-                session.register_truth(
-                    sample.images.original, split.spurious_masks[sample.index].numpy()
-                )
-            yield job_for(sample, job_id, spec, info.class_names[sample.label])
+                truth = getattr(dataset, split_name).spurious_masks[sample.index]
+                session.register_truth(sample.images.original, truth.numpy())
+            job = job_for(sample, job_id, spec, info.class_names[sample.label])
+            for variant in variant_jobs(job, votes, seed):
+                yield variant
 
-    async for result in session.engine.run(jobs(), total=total):
-        sample = pending.pop(result.job_id)
-        yield record_for(sample, result, info.class_names[sample.label], soft=soft_masks)
+    async for result in session.engine.run(jobs(), total=None if total is None else total * votes):
+        voted = collector.add(result)
+        if voted is None:
+            continue
+        split_name, sample = pending.pop(voted.result.job_id)
+        record = record_for(sample, voted.result, info.class_names[sample.label], soft=soft_masks)
+        if votes > 1 and voted.no_share is not None:
+            record.votes = dict(voted.no_share)
+        yield split_name, sample, record
 
 
-def ground_truth_records(dataset: DatasetSplits, indices: Tensor) -> list[SampleRecord]:
-    """Records whose masks are the true spurious masks (no clusters, no LVLM)."""
-    split: ShortcutDataset = dataset.train
+def ground_truth_records(
+    dataset: DatasetSplits, indices: Tensor, split_name: str = "train"
+) -> list[SampleRecord]:
+    """Records whose masks are the true spurious masks (no clusters, no LVLM) of samples
+    `indices` of the split `split_name`."""
+    split: ShortcutDataset = getattr(dataset, split_name)
     if split.spurious_masks is None:
         raise DataError(
             f"dataset {dataset.info.name!r} has no ground-truth spurious masks, so "

@@ -18,15 +18,33 @@ class CritiqueOptions:
     `explain_batch`), segmented into `n_clusters` PPEPS-WGM clusters, rendered and critiqued;
     `soft_masks` weights each masked pixel by the rejected clusters' responsibility instead of
     0/1 (docs/benchmarks.md: it met both group-robustness targets where 0/1 masks missed
-    synth-knee, and matched them on decoy-mnist)."""
+    synth-knee, and matched them on decoy-mnist).
+
+    Robust verdicts (docs/robust.md): `votes` Critic samples per image, the colours listed in a
+    different order each time, and a vote per cluster (self-consistency; 1 = one sample);
+    `neighbours`: each verdict pooled with those of the most similar clusters of other images
+    (cross-sample consistency, no LVLM call; 0 = off); `confidence`: mask weights from the
+    agreement instead of 0/1. `val_samples`: validation images critiqued for the
+    counterfactual check that chooses lambda when the validation split has no usable groups
+    (None: max(100, n_align // 4), at most the split; 0: none)."""
 
     n_align: int = 1000
     n_clusters: int = 7
     attribution: str = "deeplift-shap"
     explain_batch: int = 64
     soft_masks: bool = True
+    votes: int = 1
+    neighbours: int = 10
+    confidence: bool = False
+    val_samples: int | None = None
 
     def __post_init__(self) -> None:
+        if self.votes < 1:
+            raise ConfigError(f"--votes must be at least 1, got {self.votes}")
+        if self.neighbours < 0:
+            raise ConfigError(f"--neighbours must be 0 or more, got {self.neighbours}")
+        if self.val_samples is not None and self.val_samples < 0:
+            raise ConfigError(f"--val-samples must be 0 or more, got {self.val_samples}")
         if self.n_align <= 0:
             raise ConfigError(f"--n-align must be positive, got {self.n_align}")
         if self.n_clusters < 1:
@@ -37,12 +55,16 @@ class CritiqueOptions:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """RRR training. `lam`: the penalty weight (None: the task's default, see
-    `lvlmva.pipeline.training.default_lambda`). `start="retrain"` trains the architecture
-    afresh from weights drawn like `build_model`'s under the run's seed; `"finetune"` continues
-    from the original weights. `streaming` starts training once `min_pool_fraction` of the
-    masks exist and holds the last epoch until all are in; without it every sample is critiqued
-    first and the pool is filled in alignment order (bit-reproducible on CPU)."""
+    """RRR training. `lam`: the penalty weight; None (default): one model per weight of
+    `lam_scales` times lambda0 (the weight at which the penalty starts as large as the
+    cross-entropy, `lvlmva.vision.rrr_grid`) is trained and the best on validation is kept
+    (`lvlmva.pipeline.selection`). `keep_original`: when no aligned model beats the original on
+    that check, the original is returned, with a warning. `start="retrain"` trains the
+    architecture afresh from weights drawn like `build_model`'s under the run's seed;
+    `"finetune"` continues from the original weights. `streaming` starts training once
+    `min_pool_fraction` of the masks exist; either way the trainer draws from a prefix of the
+    alignment order that grows on a fixed schedule (`lvlmva.vision.schedule`), so streamed and
+    sequential runs give the same model (bit-reproducible on CPU)."""
 
     lam: float | None = None
     start: Literal["retrain", "finetune"] = "retrain"
@@ -51,10 +73,16 @@ class TrainOptions:
     lr: float = 1e-3
     min_pool_fraction: float = 0.25
     streaming: bool = True
+    lam_scales: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    keep_original: bool = True
 
     def __post_init__(self) -> None:
         if self.start not in ("retrain", "finetune"):
             raise ConfigError(f"start must be 'retrain' or 'finetune', got {self.start!r}")
+        if self.lam is not None and not self.lam >= 0:
+            raise ConfigError(f"--lambda must be 0 or more, got {self.lam}")
+        if not self.lam_scales or any(not v > 0 for v in self.lam_scales):
+            raise ConfigError(f"lam_scales must be positive numbers, got {self.lam_scales}")
         if not 0.0 < self.min_pool_fraction <= 1.0:
             raise ConfigError(
                 f"min_pool_fraction must be in (0, 1], got {self.min_pool_fraction}"

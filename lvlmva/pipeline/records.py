@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
@@ -14,6 +14,9 @@ from lvlmva.engine.types import Tally, Usage
 from lvlmva.vision.metrics import Metrics, VerdictAccuracy
 from lvlmva.vision.render import CriticImages
 from lvlmva.vision.rrr import RRRHistory
+
+if TYPE_CHECKING:
+    from lvlmva.pipeline.selection import Selection
 
 __all__ = ["AlignResult", "CritiqueCounts", "RenderedSample", "SampleRecord", "critique_metrics"]
 
@@ -70,6 +73,10 @@ class SampleRecord:
     # original / clusters / overlay PNGs
     images: dict[str, bytes] = field(default_factory=dict, repr=False)
     tally: Tally = field(default_factory=Tally)  # what its critique cost (calls, reuse, USD)
+    # robust verdicts (lvlmva.pipeline.masking): share of "no" per colour over the Critic's
+    # samples (several votes only), and P(spurious) after pooling with similar clusters
+    votes: dict[str, float] | None = None
+    consensus: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,12 +128,14 @@ class AlignResult:
     before: Metrics
     after: Metrics
     samples: list[SampleRecord]
-    lam: float
+    lam: float | None  # None: the original model was kept (see `selection`)
     critic: CriticSettings
     history: RRRHistory | None = None
     verdict_accuracy: VerdictAccuracy | None = None
     counts: CritiqueCounts = field(default_factory=CritiqueCounts)
     timings: dict[str, float] = field(default_factory=dict)
+    selection: Selection | None = None  # which model was returned, and why
+    robust: dict[str, Any] = field(default_factory=dict)  # robust-verdict settings and counts
 
     @property
     def n_masks(self) -> int:
@@ -177,6 +186,8 @@ class AlignResult:
             "critic_model": self.critic.critic_model if llm else None,
             "judge_model": self.critic.judge_model if llm else None,
             "lambda": self.lam,
+            "selection": None if self.selection is None else self.selection.to_dict(),
+            "robust_verdicts": self.robust,
             "n_align": len(self.samples),
             "n_masks": self.n_masks,
             "provider_calls": self.provider_calls,
@@ -192,6 +203,7 @@ class AlignResult:
             out.update(critique_metrics(self.samples, self.counts))
         if self.critic.kind == "simulated":
             out["configured_verdict_accuracy"] = self.critic.simulation.verdict_accuracy
+            out["simulated_error_model"] = self.critic.simulation.error_model
         if self.verdict_accuracy is not None:
             out["verdict_accuracy"] = self.verdict_accuracy.to_dict()
         return out
@@ -213,4 +225,6 @@ class AlignResult:
             f"cost ${self.cost_usd:.4f}, failed {self.failed_jobs}, "
             f"masks {self.n_masks}/{len(self.samples)}"
         )
+        if self.selection is not None:
+            lines.append(self.selection.describe())
         return "\n".join(lines)

@@ -1,58 +1,47 @@
-"""Pipeline stage 7: RRR training on the masks as they arrive (or once all are in), in a worker
-thread beside the critique; and the RRR weight used when none is given."""
+"""Pipeline stage 7: RRR training on the robust masks as they arrive (or once all are in), in a
+worker thread beside the critique: one model per lambda of the grid, in lockstep.
+
+The trainer draws from a prefix of the alignment order that grows on a fixed schedule
+(`lvlmva.vision.schedule.ScheduledPool`), with the masks of each prefix built by
+`lvlmva.pipeline.masking.RobustMasks`: a streamed run starts as soon as the first quarter of the
+samples is in and trains while the LVLM answers the rest, and still gives the same models as a
+sequential run, whatever order the answers arrive in.
+
+There is no per-dataset table of lambdas: the grid is `TrainOptions.lam_scales` in units of
+lambda0, the start model's own cross-entropy / penalty ratio (`lvlmva.vision.rrr_grid`), and
+`lvlmva.pipeline.selection` picks a member (or the original) on validation.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from lvlmva.errors import DataError
+from lvlmva.pipeline.masking import CritiquedSample, RobustMasks
 from lvlmva.pipeline.options import TrainOptions
-from lvlmva.pipeline.records import SampleRecord
 from lvlmva.vision.datasets.base import ShortcutDataset
-from lvlmva.vision.rrr import AlignmentPool, RRRHistory, RRRTrainer
+from lvlmva.vision.rrr_grid import GridMember, LambdaGridTrainer
+from lvlmva.vision.schedule import ScheduledPool
 
-__all__ = ["AlignmentTraining", "default_lambda"]
-
-# RRR weights measured per dataset and start mode (inputs in [0, 1]; docs/benchmarks.md).
-# Fine-tuning a model that already relies on a shortcut starts with a penalty of 1e3-1e4 against
-# a cross-entropy near 0.05, so it needs a far smaller weight than training afresh.
-_DEFAULT_LAMBDA = {
-    ("decoy-mnist", "retrain"): 0.1,
-    ("decoy-digits", "retrain"): 1e-2,
-    ("decoy-digits", "finetune"): 1e-4,
-    ("decoy-mnist", "finetune"): 1e-4,
-}
-# Critic masks are noisier than true ones (wrong "no" verdicts on the digit, decoys that never
-# got positive attribution), and a weaker penalty suits them: on decoy-mnist the validation
-# search chose 0.003 for the simulated critic at 0.87 against 0.1 for true masks
-# (docs/bench_align.md).
-_CRITIC_MASK_LAMBDA = {("decoy-mnist", "retrain"): 3e-3}
-
-
-def default_lambda(dataset: str, start: str = "retrain", *, critic_masks: bool = False) -> float:
-    """The RRR weight used when none is given, for masks from a critic or the true ones
-    (search one with `lvlmva.vision.rrr.search_lambda` for a new dataset)."""
-    if critic_masks and (dataset, start) in _CRITIC_MASK_LAMBDA:
-        return _CRITIC_MASK_LAMBDA[(dataset, start)]
-    return _DEFAULT_LAMBDA.get((dataset, start), 1.0 if start == "retrain" else 1e-4)
+__all__ = ["AlignmentTraining"]
 
 
 class AlignmentTraining:
-    """An `RRRTrainer` fed through an `AlignmentPool`. Streaming (`options.streaming`): `start`
-    runs `fit` in a thread at once, and it begins when `min_pool_fraction` of `n_samples` masks
-    are in; otherwise `finish` trains once every mask is in."""
+    """A `LambdaGridTrainer` fed through a `ScheduledPool` of `RobustMasks`. Streaming
+    (`options.streaming`): `start` runs `fit` in a thread at once; otherwise `finish` trains
+    once every sample is in. `add(position, entry)` puts in the sample at that position of the
+    alignment order (with or without a mask)."""
 
     def __init__(
         self,
         model: nn.Module,
         train: ShortcutDataset,
         options: TrainOptions,
+        masks: RobustMasks,
         *,
-        lam: float,
         n_samples: int,
         seed: int,
         device: torch.device,
@@ -60,21 +49,27 @@ class AlignmentTraining:
     ) -> None:
         self.train = train
         self.options = options
-        self.pool = AlignmentPool()
-        streaming = options.streaming
-        min_pool = max(1, int(options.min_pool_fraction * n_samples)) if streaming else n_samples
-        self.trainer = RRRTrainer(
+        self.masks = masks
+        epochs = options.epochs
+        self.pool = ScheduledPool(
+            n_samples,
+            masks.stage,
+            start_fraction=options.min_pool_fraction,
+            ramp_end=(epochs - 1) / epochs if epochs > 0 else 0.0,
+        )
+        fixed = options.lam is not None
+        self.trainer = LambdaGridTrainer(
             model,
-            lam=lam,
+            scales=() if fixed else options.lam_scales,
+            lams=(options.lam,) if fixed else (),
             gamma=options.gamma,
             epochs=options.epochs,
             lr=options.lr,
             seed=seed,
             device=device,
             progress=progress,
-            min_pool=min_pool,
         )
-        self._task: asyncio.Future[RRRTrainer] | None = None
+        self._task: asyncio.Future[LambdaGridTrainer] | None = None
 
     def start(self) -> None:
         """Start training in a worker thread (streaming only)."""
@@ -83,23 +78,17 @@ class AlignmentTraining:
                 asyncio.to_thread(self.trainer.fit, self.train, self.pool)
             )
 
-    def add(self, records: Sequence[SampleRecord]) -> None:
-        """Put the records that have a mask into the pool (one addition, in the given order)."""
-        with_mask = [r for r in records if r.mask is not None]
-        if not with_mask:
-            return
-        index = torch.tensor([r.index for r in with_mask])
-        self.pool.add(
-            self.train.images[index],
-            torch.stack([r.mask for r in with_mask]),
-            self.train.labels[index],
-        )
+    def add(self, position: int, entry: CritiquedSample) -> None:
+        """The sample at `position` of the alignment order is in."""
+        self.masks.add(position, entry)
+        self.pool.arrived(position)
 
-    async def finish(self) -> RRRHistory:
-        """No more masks will come: train (or let the streaming run end) and return the
-        history. DataError when no mask was produced at all."""
+    async def finish(self) -> list[GridMember]:
+        """No more samples will come: train (or let the streaming run end), write the final
+        masks into the records and return the trained members. DataError when no mask was
+        produced at all."""
         self.pool.close()
-        if len(self.pool) == 0:
+        if not any(e.voted or e.record.mask is not None for e in self.masks.entries()):
             await self.abort()
             raise DataError(
                 "no correction masks were produced (every critique failed or was not run); "
@@ -109,7 +98,8 @@ class AlignmentTraining:
             await asyncio.to_thread(self.trainer.fit, self.train, self.pool)
         else:
             await self._task
-        return self.trainer.history_
+        await asyncio.to_thread(self.masks.finalize)
+        return self.trainer.members_
 
     async def abort(self) -> None:
         """Stop a streaming run (after an error or a cancellation) and wait for its thread."""

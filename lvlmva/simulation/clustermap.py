@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import maximum_filter
 
 from lvlmva.vision.render import ClusterMap, resize_nearest
 
@@ -25,6 +26,7 @@ class ClusterFinding:
     color: str
     pixels: int
     overlap: int  # pixels on the ground-truth spurious region
+    near: int  # pixels off the region but within the `band` around it (0 without a band)
     spurious: bool  # the truth, under the overlap rule
     row: float  # centroid, normalised to [0, 1]
     col: float
@@ -32,22 +34,31 @@ class ClusterFinding:
 
 
 def find_spurious(
-    cluster_map: ClusterMap, mask: np.ndarray | None, *, min_overlap: float = 0.0
+    cluster_map: ClusterMap,
+    mask: np.ndarray | None,
+    *,
+    min_overlap: float = 0.0,
+    band: float = 0.0,
 ) -> list[ClusterFinding]:
     """One finding per cluster present. A cluster is truly spurious when at least
     `max(1, ceil(min_overlap * its pixels))` of its pixels lie on the spurious region, at the
     cluster map's resolution. The default (0.0) means a single pixel; no mask (an image the
-    oracle does not know) means no cluster is spurious."""
+    oracle does not know) means no cluster is spurious. `band` (a share of the map's shorter
+    side) counts each cluster's pixels `near` the region: off it, but within that many pixels
+    of it along both axes (a square neighbourhood)."""
     labels = cluster_map.labels + 1  # 0 = background, k = the k-th palette colour
     h, w = labels.shape
     k = len(cluster_map.names) + 1
     flat = labels.ravel()
     pixels = np.bincount(flat, minlength=k)
-    if mask is None:
-        overlap = np.zeros(k, dtype=np.int64)
-    else:
-        on = resize_nearest(np.asarray(mask, dtype=bool), (h, w)).ravel()
-        overlap = np.bincount(flat[on], minlength=k)
+    overlap = near = np.zeros(k, dtype=np.int64)
+    if mask is not None:
+        region = resize_nearest(np.asarray(mask, dtype=bool), (h, w))
+        overlap = np.bincount(flat[region.ravel()], minlength=k)
+        radius = round(band * min(h, w))
+        if radius > 0 and region.any():
+            around = maximum_filter(region, size=2 * radius + 1, mode="constant") & ~region
+            near = np.bincount(flat[around.ravel()], minlength=k)
     step = max(1, min(h, w) // 64)  # centroids (only used for wording) on a coarser grid
     coarse = labels[step // 2 :: step, step // 2 :: step]
     ch, cw = coarse.shape
@@ -72,6 +83,7 @@ def find_spurious(
                 color=name,
                 pixels=n,
                 overlap=int(overlap[index]),
+                near=int(near[index]),
                 spurious=int(overlap[index]) >= needed,
                 row=float(row_mean[index]),
                 col=float(col_mean[index]),

@@ -7,13 +7,18 @@ It answers from ground truth, not from looking at images the way a model does:
   not a cluster map: a 400); the oracle gives the spurious mask of the 1st image (the
   original), resized nearest-neighbour to the map; a cluster is truly spurious when it has at
   least `max(1, ceil(min_overlap * its pixels))` pixels on that mask (default: one
-  pixel). For each colour the simulation states the truth with probability
-  `verdict_accuracy` for truly spurious clusters (the verdict accuracy of the reference figures
-  in docs/method.md: the share of spurious clusters marked "no") and `relevant_accuracy` for
-  the others (default: the same figure; no published figure exists for it), else the opposite,
-  independently per colour, drawn from a hash of
-  (seed, original image SHA-256, colour): the same request always gets the same answer. An
-  original the oracle does not know has no spurious region (every cluster is truly relevant).
+  pixel). For each colour the simulation states the opposite of the truth with the probability
+  its error model (`lvlmva.simulation.error_models`, `error_model=`) gives that cluster:
+  ``independent`` (default): ``1 - verdict_accuracy`` for truly spurious clusters (the verdict
+  accuracy of the reference figures in docs/method.md: the share of spurious clusters marked
+  "no") and ``1 - relevant_accuracy`` for the others (default: the same figure; no published
+  figure exists for it); ``ambiguity``: more often on mixed and small clusters, calibrated on a
+  fixed reference. Whether a verdict is wrong is drawn from hashes of (seed, original image
+  SHA-256, colour) and, for the random share ``1 - systematic`` of the errors, of the request's
+  text, temperature and seed: the same request always gets the same answer, and a repeated
+  sample of the question (colours listed in another order, another temperature or seed) keeps
+  the systematic errors and redraws the others. An original the oracle does not know has no
+  spurious region (every cluster is truly relevant).
   The answer is prose, one paragraph per colour, each ending ``Verdict for <colour>: yes|no``.
 - **Judge requests** (text only): the ``Verdict for ...`` lines in the user messages are
   turned into ``{"output": [{"color", "verdict"}]}``. A critique without such lines gets a
@@ -47,12 +52,29 @@ from lvlmva.engine.errors import BadRequest, ProviderTimeout, RateLimited, Serve
 from lvlmva.engine.types import ChatRequest, ChatResponse, ImagePart, Message, TextPart, Usage
 from lvlmva.errors import ConfigError
 from lvlmva.simulation.clustermap import find_spurious
-from lvlmva.simulation.critique import SimVerdict, read_verdicts, unit_draw, write_critique
+from lvlmva.simulation.critique import SimVerdict, read_verdicts, write_critique
+from lvlmva.simulation.error_models import (
+    DEFAULT_SYSTEMATIC,
+    NEAR_BAND,
+    ClusterTraits,
+    build_error_model,
+    is_wrong,
+)
 from lvlmva.simulation.faults import FaultRates, spoil_json
 from lvlmva.simulation.oracle import MaskOracle
 from lvlmva.vision.render import decode_cluster_map
 
-__all__ = ["LatencySpec", "SimOutcome", "SimStats", "SimulatedLVLM", "request_hash"]
+__all__ = [
+    "LatencySpec",
+    "SimOutcome",
+    "SimStats",
+    "SimulatedLVLM",
+    "request_hash",
+    "sample_key",
+    "simulation_identity",
+]
+
+SIMULATION_VERSION = 2  # bump when the same settings would answer differently
 
 LatencySpec = float | tuple[float, float] | Callable[[random.Random], float]
 """Milliseconds: a constant, `(mean, jitter)` (uniform in mean +- jitter, at least 0), or a
@@ -153,6 +175,35 @@ def request_hash(request: ChatRequest) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _identity(errors: str, systematic: float, min_overlap: float, seed: int) -> str:
+    return (
+        f"simulated-lvlm/v{SIMULATION_VERSION};errors={errors};systematic={systematic:g};"
+        f"min_overlap={min_overlap:g};seed={seed}"
+    )
+
+
+def simulation_identity(
+    error_model: str,
+    verdict_accuracy: float,
+    relevant_accuracy: float,
+    systematic: float,
+    min_overlap: float,
+    seed: int,
+) -> str:
+    """`SimulatedLVLM.identity` of a simulator with these settings, without building it."""
+    errors = build_error_model(error_model, verdict_accuracy, relevant_accuracy).identity
+    return _identity(errors, float(systematic), float(min_overlap), int(seed))
+
+
+def sample_key(request: ChatRequest) -> str:
+    """Which sample of its question a request is: a hash of its text parts (the colour order
+    and wording), temperature and seed; the images and the model do not enter it."""
+    texts = [[m.role, _message_texts(m)] for m in request.messages]
+    canonical = {"texts": texts, "temperature": request.temperature, "seed": request.seed}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
 def image_tokens(data: bytes) -> int:
     """OpenAI's high-detail rule: fit in 2048 x 2048, shortest side at most 768, then
     85 + 170 per 512 x 512 tile. Unreadable images count as one 768 x 768 image."""
@@ -205,6 +256,8 @@ class SimulatedLVLM:
         palette: Mapping[str, tuple[int, int, int]],
         verdict_accuracy: float = 0.87,
         relevant_accuracy: float | None = None,
+        error_model: str = "independent",
+        systematic: float = DEFAULT_SYSTEMATIC,
         latency_ms: LatencySpec = 0.0,
         rate_429: float = 0.0,
         rate_500: float = 0.0,
@@ -224,6 +277,8 @@ class SimulatedLVLM:
             raise ConfigError(f"relevant_accuracy must be in [0, 1], got {relevant_accuracy}")
         if not 0.0 <= min_overlap <= 1.0:
             raise ConfigError(f"min_overlap must be in [0, 1], got {min_overlap}")
+        if not 0.0 <= systematic <= 1.0:
+            raise ConfigError(f"systematic must be in [0, 1], got {systematic}")
         if not palette:
             raise ConfigError("the simulated LVLM needs a non-empty colour palette")
         for colour, rgb in palette.items():
@@ -238,6 +293,8 @@ class SimulatedLVLM:
         self.relevant_accuracy = (
             self.verdict_accuracy if relevant_accuracy is None else float(relevant_accuracy)
         )
+        self.errors = build_error_model(error_model, self.verdict_accuracy, self.relevant_accuracy)
+        self.systematic = float(systematic)
         self.faults = FaultRates(
             rate_429,
             rate_500,
@@ -275,19 +332,31 @@ class SimulatedLVLM:
 
     # -- answers ---------------------------------------------------------------------------
 
-    def critic_verdicts(self, original: bytes, cluster_map: bytes) -> list[SimVerdict]:
-        """The simulated Critic's verdict per colour of `cluster_map` (palette order)."""
+    @property
+    def identity(self) -> str:
+        """Everything that decides this simulation's answers, as one string (for cache keys):
+        the version, the error model with its settings, the systematic share, the overlap rule
+        and the seed. Latency and fault rates do not change an answer and are left out."""
+        return _identity(self.errors.identity, self.systematic, self.min_overlap, self.seed)
+
+    def critic_verdicts(
+        self, original: bytes, cluster_map: bytes, *, sample: str = ""
+    ) -> list[SimVerdict]:
+        """The simulated Critic's verdict per colour of `cluster_map` (palette order), for the
+        sample `sample` of the question (`sample_key` of the request)."""
         try:
             decoded = decode_cluster_map(cluster_map, self.palette)
         except ValueError as exc:
             raise BadRequest(f"simulated critic: {exc}", status=400) from None
         image_sha = hashlib.sha256(original).hexdigest()
         mask = self.oracle.lookup(image_sha)
+        band = NEAR_BAND if self.errors.name != "independent" else 0.0
+        area = decoded.labels.size
         out = []
-        for finding in find_spurious(decoded, mask, min_overlap=self.min_overlap):
-            accuracy = self.verdict_accuracy if finding.spurious else self.relevant_accuracy
-            correct = unit_draw(self.seed, image_sha, finding.color) < accuracy
-            says_spurious = finding.spurious if correct else not finding.spurious
+        for finding in find_spurious(decoded, mask, min_overlap=self.min_overlap, band=band):
+            p = self.errors.error_probability(ClusterTraits.of(finding, area))
+            wrong = is_wrong(p, self.systematic, (self.seed, image_sha, finding.color), sample)
+            says_spurious = finding.spurious != wrong
             out.append(
                 SimVerdict(
                     color=finding.color,
@@ -310,7 +379,9 @@ class SimulatedLVLM:
                     f"images, got {len(images)} image(s)",
                     status=400,
                 )
-            verdicts = self.critic_verdicts(images[0].data, images[1].data)
+            verdicts = self.critic_verdicts(
+                images[0].data, images[1].data, sample=sample_key(request)
+            )
             if request.response_schema is None:
                 return write_critique(verdicts, key=images[0].sha256), None
             entries = [(v.color, "yes" if v.relevant else "no") for v in verdicts]
@@ -401,6 +472,6 @@ class SimulatedLVLM:
     def __repr__(self) -> str:
         return (
             f"SimulatedLVLM(simulation, verdict_accuracy={self.verdict_accuracy}, "
-            f"relevant_accuracy={self.relevant_accuracy}, "
-            f"faults={self.faults}, seed={self.seed})"
+            f"relevant_accuracy={self.relevant_accuracy}, errors={self.errors.name}, "
+            f"systematic={self.systematic}, faults={self.faults}, seed={self.seed})"
         )

@@ -173,6 +173,11 @@ class AlignmentPool:
             idx = torch.randint(size, (k,), generator=generator)
         return AlignmentBatch(images[idx], masks[idx], labels[idx])
 
+    def head(self, k: int) -> AlignmentBatch:
+        """The first `k` samples in the order they were added (all of them if fewer)."""
+        images, masks, labels = self._snapshot()
+        return AlignmentBatch(images[:k], masks[:k], labels[:k])
+
     def sample(self, k: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """`(images [k, C, H, W], masks [k, H, W])`, drawn as in `draw`."""
         batch = self.draw(k, generator)

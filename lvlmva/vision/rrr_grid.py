@@ -1,0 +1,192 @@
+"""RRR for several penalty weights at once: one copy of the start model per lambda, trained in
+lockstep on the same batches, so that the validation check that picks one compares models that
+differ only in lambda (common random numbers) and one pass over the data serves them all.
+
+The grid is given in units of a scale read off the start model, so that it does not depend on
+the input normalisation or the mask area (both change the penalty's size):
+
+    lambda0 = cross-entropy / (align_batch * penalty per sample)
+
+on the first (up to 64) alignment samples of the first stage, at the start model in evaluation
+mode: the weight at which the penalty of a batch starts as large as its cross-entropy. Each
+member trains with ``lambda = scale * lambda0`` (or with the lambdas given outright).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lvlmva.errors import ConfigError, DataError
+from lvlmva.progress import progress_bar
+from lvlmva.vision.datasets.base import ShortcutDataset
+from lvlmva.vision.rrr import RRRHistory, RRRTrainer, _cuda_devices, rrr_penalty
+from lvlmva.vision.schedule import ScheduledPool
+
+__all__ = ["GridMember", "LambdaGridTrainer", "penalty_scale"]
+
+SCALE_SAMPLES = 64
+
+
+@dataclass
+class GridMember:
+    """One lambda of the grid: its weight, its scale (None when given outright), the model it
+    trains and that model's per-epoch history."""
+
+    lam: float
+    scale: float | None
+    model: nn.Module
+    history: RRRHistory = field(default_factory=RRRHistory)
+
+
+def penalty_scale(
+    model: nn.Module, images: Tensor, masks: Tensor, labels: Tensor, batch: int
+) -> float:
+    """lambda0 of the module docstring for `model` on these alignment samples, in evaluation
+    mode (a freshly initialised batch norm is then the identity: in training mode its batch
+    statistics inflate the input gradients of a ResNet-18 at initialisation 2,000-fold, see
+    docs/robust.md). 1.0 when the masks give no penalty at all."""
+    probe = copy.deepcopy(model).eval()
+    device = next(probe.parameters()).device
+    ce = penalty = 0.0
+    for start in range(0, len(images), 8):
+        x = images[start : start + 8].to(device)
+        m = masks[start : start + 8].to(device)
+        y = labels[start : start + 8].to(device)
+        ce += float(F.cross_entropy(probe(x), y, reduction="sum").detach())
+        penalty += float(rrr_penalty(probe, x, m).detach())
+    n = len(images)
+    if penalty <= 0.0 or not math.isfinite(penalty):
+        return 1.0
+    return (ce / n) / (batch * penalty / n)
+
+
+class LambdaGridTrainer:
+    """Trains one copy of `model` per lambda on batches of `train_batch` ordinary samples and
+    `align_batch` samples of a `ScheduledPool` (scikit-learn style: `fit` returns self, the
+    trained members are `members_`, the scale `lambda0_`). Deterministic for a seed."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        scales: Sequence[float] = (),
+        lams: Sequence[float] = (),
+        gamma: float = 0.0,
+        align_batch: int = 8,
+        train_batch: int = 64,
+        epochs: int = 5,
+        lr: float = 1e-3,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> None:
+        if bool(scales) == bool(lams):
+            raise ConfigError("give the lambda grid either as scales of lambda0 or as lambdas")
+        for value in (*scales, *lams):
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"lambda values must be finite and >= 0, got {value}")
+        self.model = model
+        self.scales = tuple(float(s) for s in scales)
+        self.lams = tuple(float(v) for v in lams)
+        self.gamma = gamma
+        self.align_batch = align_batch
+        self.train_batch = train_batch
+        self.epochs = epochs
+        self.lr = lr
+        self.seed = seed
+        self.device = torch.device(device)
+        self.progress = progress
+        self._stop = threading.Event()
+        self.members_: list[GridMember] = []
+        self.lambda0_: float | None = None
+
+    def stop(self) -> None:
+        """Ask a running `fit` (in another thread) to return after its current step."""
+        self._stop.set()
+
+    def fit(self, train: ShortcutDataset, pool: ScheduledPool) -> LambdaGridTrainer:
+        if len(train) == 0:
+            raise DataError("the RRR training set is empty")
+        try:
+            first = pool.stage(0.0, self._stop)
+            if first is None:
+                return self
+            start = self.model.to(self.device)
+            if self.scales:
+                batch = first.head(SCALE_SAMPLES)
+                self.lambda0_ = penalty_scale(
+                    start, batch.images, batch.masks, batch.labels, self.align_batch
+                )
+                grid = [(s * self.lambda0_, s) for s in self.scales]
+            else:
+                grid = [(lam, None) for lam in self.lams]
+            self.members_ = [GridMember(lam, s, copy.deepcopy(start)) for lam, s in grid]
+            with torch.random.fork_rng(devices=_cuda_devices(self.device)):
+                torch.manual_seed(self.seed)
+                self._train(train, pool)
+        finally:
+            self._stop.clear()
+        return self
+
+    def _train(self, train: ShortcutDataset, pool: ScheduledPool) -> None:
+        generator = torch.Generator().manual_seed(self.seed)
+        steppers = [
+            RRRTrainer(m.model, lam=m.lam, gamma=self.gamma, align_batch=self.align_batch)
+            for m in self.members_
+        ]
+        optimizers = [torch.optim.Adam(m.model.parameters(), lr=self.lr) for m in self.members_]
+        n = len(train)
+        per_epoch = math.ceil(n / self.train_batch)
+        total = max(1, per_epoch * self.epochs)
+        for epoch in range(self.epochs):
+            for m in self.members_:
+                m.model.train()
+            order = torch.randperm(n, generator=generator)
+            sums = [[0.0, 0.0, 0.0] for _ in self.members_]
+            seconds, done = 0.0, 0
+            bar = progress_bar(
+                range(per_epoch),
+                desc=f"RRR epoch {epoch + 1}/{self.epochs} ({len(self.members_)} lambdas)",
+                disable=not self.progress,
+                leave=False,
+            )
+            for step in bar:
+                stage = pool.stage((epoch * per_epoch + step) / total, self._stop)
+                if stage is None or self._stop.is_set():
+                    break
+                idx = order[step * self.train_batch : (step + 1) * self.train_batch]
+                x, y = train.images[idx].to(self.device), train.labels[idx].to(self.device)
+                batch = stage.draw(self.align_batch, generator)
+                started = time.perf_counter()
+                for i, (m, stepper, opt) in enumerate(
+                    zip(self.members_, steppers, optimizers, strict=True)
+                ):
+                    result = stepper.step(m.model, opt, x, y, batch)
+                    for j, value in enumerate((result.loss, result.ce, result.penalty)):
+                        sums[i][j] += value
+                seconds += time.perf_counter() - started
+                done += 1
+            bar.close()
+            if done == 0 or stage is None:
+                break
+            for m, (loss, ce, penalty) in zip(self.members_, sums, strict=True):
+                h = m.history
+                h.steps += done
+                h.loss.append(loss / done)
+                h.ce.append(ce / done)
+                h.penalty.append(penalty / done)
+                h.step_time_s.append(seconds / done / len(self.members_))
+                h.pool_size.append(len(stage))
+            if self._stop.is_set():
+                break
+        for m in self.members_:
+            m.model.eval()
