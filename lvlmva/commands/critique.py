@@ -44,7 +44,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="the run folder (created, or resumed)")
+    _executor_arguments(p)
     p.set_defaults(handler=run)
+
+
+def _executor_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "where the vision stages run",
+        "explain, segment and render run in a thread here (local) or in actors on a Ray "
+        "cluster (ray; pip install -c constraints.txt -e '.[ray]'); the LVLM calls always "
+        "leave from this process, under one rate limit, budget and cache (docs/throughput.md)",
+    )
+    group.add_argument("--executor", default="local", help="local (default) | ray")
+    group.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, "
+                       "else a new local cluster)")
+    group.add_argument("--ray-workers", type=int,
+                       help="vision actors (default: as many as the cluster's CPUs/GPUs hold)")
+    group.add_argument("--ray-cpus", type=float, default=1.0,
+                       help="CPUs per vision actor (default 1)")
+    group.add_argument("--ray-gpus", type=float, default=0.0,
+                       help="GPUs per vision actor (default 0: CPU workers; 0.25: four per GPU)")
+
+
+def executor_settings(args: argparse.Namespace):
+    """The `ExecutorSettings` of the flags; ConfigError for an unknown --executor."""
+    from lvlmva.pipeline.executors import ExecutorSettings, get_executor
+
+    get_executor(args.executor)
+    return ExecutorSettings(
+        args.executor, address=args.ray_address, workers=args.ray_workers,
+        cpus_per_worker=args.ray_cpus, gpus_per_worker=args.ray_gpus,
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,9 +84,12 @@ def run(args: argparse.Namespace) -> int:
     from lvlmva.critics import get_critic
     from lvlmva.pipeline import CritiqueOptions
     from lvlmva.pipeline.critique_run import critique_run, file_sha256
+    from lvlmva.pipeline.executors import open_executor
 
     critic = critic_settings(args)
+    executor = executor_settings(args)
     print(get_critic(critic.kind).describe(critic), flush=True)
+    print(open_executor(executor).describe(), flush=True)
     device = resolve_device(args.device)
     checkpoint, splits = load_model_and_data(args, device)
     options = CritiqueOptions(
@@ -68,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             split=args.split, n=None if args.all else args.n, seed=args.seed, device=device,
             progress=not args.quiet, checkpoint_sha256=file_sha256(args.model),
             model_path=str(Path(args.model).resolve()), sync=not args.no_fsync,
+            executor=executor,
         )
     )  # fmt: skip
     print(result.summary(), flush=True)

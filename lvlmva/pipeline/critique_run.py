@@ -27,7 +27,7 @@ from lvlmva.engine.types import Provider
 from lvlmva.errors import ConfigError
 from lvlmva.pipeline.align import choose_alignment_indices, resolve_spec
 from lvlmva.pipeline.critique import critique_samples
-from lvlmva.pipeline.explain import rendered_samples
+from lvlmva.pipeline.executors import ExecutorSettings, open_executor
 from lvlmva.pipeline.options import CritiqueOptions
 from lvlmva.pipeline.records import CritiqueCounts, RenderedSample, SampleRecord
 from lvlmva.prompts import TaskSpec, load_prompt_set
@@ -234,10 +234,13 @@ async def critique_run(
     model_path: str | None = None,
     sync: bool = True,
     providers: tuple[Provider, Provider | None] | None = None,
+    executor: ExecutorSettings | None = None,
 ) -> CritiqueRunResult:
     """Explain, segment, render and critique the first `n` (None: all) samples of the seeded
     permutation of `split` with `model`, storing each in the run folder `out` (created, or
-    resumed and extended). `providers` (Critic, Judge) replace the critic's own connection."""
+    resumed and extended). `providers` (Critic, Judge) replace the critic's own connection;
+    `executor` says where the vision stages run (default: a thread of this process; the LVLM
+    calls always leave from here, through one engine)."""
     critic = critic or CriticSettings()
     options = critique or CritiqueOptions()
     if split not in SPLITS:
@@ -256,6 +259,7 @@ async def critique_run(
         raise ConfigError(
             f"the {split} split of {dataset.info.name} is empty; pick another --split"
         )
+    open_executor(executor).preflight()
     if providers is None:
         await backend.preflight(critic)
     device = torch.device(device)
@@ -275,7 +279,7 @@ async def critique_run(
             counts = await _critique_into(
                 run, model, dataset, spec, todo, critic, options, split,
                 seed=seed, device=device, progress=progress, providers=providers,
-                stored=stored, timings=timings,
+                stored=stored, timings=timings, executor=executor,
             )  # fmt: skip
         timings["total_s"] = time.perf_counter() - started
         return CritiqueRunResult(
@@ -299,28 +303,31 @@ async def _critique_into(
     providers: tuple[Provider, Provider | None] | None,
     stored: dict[str, int],
     timings: dict[str, float],
+    executor: ExecutorSettings | None = None,
 ) -> CritiqueCounts:
-    """Stages 1-6 over `todo`, each record stored as it completes; the engine's totals."""
+    """Stages 1-6 over `todo`, each record stored as it completes; the engine's totals. The
+    executor computes stages 1-3 wherever it runs; the records are made and stored here."""
     explained = copy.deepcopy(model).eval()  # the caller's model is left as it is
     part: ShortcutDataset = getattr(dataset, split)
-    session = await open_session(
-        get_critic(critic.kind), critic, spec.family, providers=providers, progress=progress
-    )
     pending: dict[int, RenderedSample] = {}
-    async with session:
-        samples = rendered_samples(
-            explained, part, todo, options, seed=seed, device=device, timings=timings
+    async with open_executor(executor) as vision:
+        session = await open_session(
+            get_critic(critic.kind), critic, spec.family, providers=providers, progress=progress
         )
-        records = critique_samples(
-            _tracked(samples, pending), session, spec, dataset,
-            soft_masks=options.soft_masks, total=len(todo), split_name=split,
-        )  # fmt: skip
-        async for record in records:
-            sample = pending.pop(record.index)
-            run_record, arrays = stored_sample(record, sample, split, part)
-            await asyncio.to_thread(run.add, run_record, arrays)
-            stored[run_record.status] = stored.get(run_record.status, 0) + 1
-        return CritiqueCounts.from_engine(session.engine.stats)
+        async with session:
+            samples = vision.rendered(
+                explained, part, todo, options, seed=seed, device=device, timings=timings
+            )
+            records = critique_samples(
+                _tracked(samples, pending), session, spec, dataset,
+                soft_masks=options.soft_masks, total=len(todo), split_name=split,
+            )  # fmt: skip
+            async for record in records:
+                sample = pending.pop(record.index)
+                run_record, arrays = stored_sample(record, sample, split, part)
+                await asyncio.to_thread(run.add, run_record, arrays)
+                stored[run_record.status] = stored.get(run_record.status, 0) + 1
+            return CritiqueCounts.from_engine(session.engine.stats)
 
 
 def manifest_critic(manifest: RunManifest) -> CriticSettings:
