@@ -9,6 +9,7 @@ evaluates before and after and returns an `AlignResult`.
 """
 
 from lvlmva.pipeline.align import align, align_sync, choose_alignment_indices, resolve_spec
+from lvlmva.pipeline.executors import ExecutorSettings
 from lvlmva.pipeline.options import CritiqueOptions, TrainOptions
 from lvlmva.pipeline.records import AlignResult, CritiqueCounts, RenderedSample, SampleRecord
 from lvlmva.pipeline.selection import Selection
@@ -17,6 +18,7 @@ __all__ = [
     "AlignResult",
     "CritiqueCounts",
     "CritiqueOptions",
+    "ExecutorSettings",
     "RenderedSample",
     "SampleRecord",
     "Selection",
