@@ -16,7 +16,7 @@ class HoldOnce(nn.Module):
     """`inner`, except that the first forward pass anywhere (the marker file is created
     atomically) writes its process id to `marker` and waits there to be killed."""
 
-    def __init__(self, inner: nn.Module, marker: str, hold_s: float = 60.0) -> None:
+    def __init__(self, inner: nn.Module, marker: str, hold_s: float = 300.0) -> None:
         super().__init__()
         self.inner, self.marker, self.hold_s = inner, marker, hold_s
 
@@ -32,9 +32,10 @@ class HoldOnce(nn.Module):
 
 
 class Killer(threading.Thread):
-    """Waits for `marker` to name a process, then SIGKILLs it; `killed` is its id."""
+    """Waits for `marker` to name a process, then SIGKILLs it; `killed` is its id. The wait is
+    generous: on a loaded machine starting the actors alone takes a minute or more."""
 
-    def __init__(self, marker: Path, timeout_s: float = 60.0) -> None:
+    def __init__(self, marker: Path, timeout_s: float = 300.0) -> None:
         super().__init__(daemon=True)
         self.marker, self.timeout_s, self.killed = marker, timeout_s, None
 
