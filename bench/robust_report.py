@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -202,7 +203,7 @@ def figure(name: str, draw: Callable[[Any], None], title: str) -> str:
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
     draw(ax)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 80), fontsize=9)  # long titles on two lines
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -283,6 +284,8 @@ def cost_figure(rows: list[dict]) -> str | None:
                 ax.scatter([usd], [gain], marker=marker, label=f"{mech} ({model})")
         ax.set_xlabel("USD per run, the simulated calls priced as GPT-4o's (sync)")
         ax.set_ylabel("points of test accuracy gained")
+        ax.ticklabel_format(useOffset=False)
+        ax.set_xlim(left=0)
 
     return figure("robust_cost_decoy-digits.png", draw,
                   "decoy-digits at verdict accuracy 0.87: gain vs cost per mechanism "
