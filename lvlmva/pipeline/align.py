@@ -271,6 +271,7 @@ async def _critique(
         async for split_name, sample, record in critique_stream(
             samples, session, spec, dataset, soft_masks=options.soft_masks, votes=options.votes,
             seed=seed, total=len(indices) + len(val_indices),
+            splits=("train", "val") if len(val_indices) else ("train",),
         ):  # fmt: skip
             split = getattr(dataset, split_name)
             entry = critiqued(sample, record, split.images[sample.index], options.n_clusters,
