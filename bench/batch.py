@@ -29,11 +29,9 @@ import io
 import json
 import re
 import resource
-import string
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -44,6 +42,7 @@ from lvlmva.engine.batch.options import BatchOptions
 from lvlmva.engine.engine import Engine, EngineConfig
 from lvlmva.engine.providers.openai_compat import OpenAICompatibleProvider
 from lvlmva.engine.types import ChatRequest, CritiqueJob, ImagePart, TextPart
+from lvlmva.prompts import PromptSet
 from lvlmva.simulation.answerers import FixedAnswerer
 from lvlmva.simulation.batch_api import BatchTiming
 from lvlmva.simulation.clock import FakeClock
@@ -54,26 +53,14 @@ COLORS = ("red", "blue", "green", "yellow")
 PRICES = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60)}  # list prices per 1M tokens
 
 
-@dataclass(frozen=True)
-class Template:
-    text: str
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    def render(self, variables):
-        return string.Template(self.text).substitute(variables)
-
-
-@dataclass(frozen=True)
-class Prompts:
-    critic_system: Template = Template("You critique the coloured clusters of an explanation.")
-    critic_user: Template = Template("job=$job colours: $colors")
-    judge_system: Template = Template("You turn a critique into one verdict per colour.")
-    judge_user: Template = Template("colours: $colors\ncritique: $critique")
-    fused_system: Template = Template("You critique and judge.")
-    fused_user: Template = Template("fused job=$job colours: $colors")
+PROMPTS = PromptSet.from_texts("batch-bench", {
+    "critic_system": "You critique the coloured clusters of an explanation.",
+    "critic_user": "job=$job colours: $colors",
+    "judge_system": "You turn a critique into one verdict per colour.",
+    "judge_user": "colours: $colors\ncritique: $critique",
+    "fused_system": "You critique and judge.",
+    "fused_user": "fused job=$job colours: $colors",
+})  # fmt: skip
 
 
 def _png(i: int, k: int) -> bytes:
@@ -117,7 +104,7 @@ def answerer(invalid: float) -> FixedAnswerer:
 
 
 def _config() -> EngineConfig:
-    return EngineConfig(critic_model="gpt-4o", judge_model="gpt-4o-mini", prompts=Prompts(),
+    return EngineConfig(critic_model="gpt-4o", judge_model="gpt-4o-mini", prompts=PROMPTS,
                         progress=False, max_in_flight=64)  # fmt: skip
 
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import re
-import string
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from standin_support import KEY, Served, png
@@ -21,30 +18,19 @@ from lvlmva.engine.batch.options import BatchOptions
 from lvlmva.engine.engine import Engine, EngineConfig
 from lvlmva.engine.providers.openai_compat import OpenAICompatibleProvider
 from lvlmva.engine.types import ChatRequest, CritiqueJob, ImagePart, TextPart
+from lvlmva.prompts import PromptSet
 
 COLORS = ("red", "blue", "green")
 
 
-@dataclass(frozen=True)
-class Template:
-    text: str
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    def render(self, variables):
-        return string.Template(self.text).substitute(variables)
-
-
-@dataclass(frozen=True)
-class Prompts:
-    critic_system: Template = Template("You critique clusters.")
-    critic_user: Template = Template("job=$job colours: $colors")
-    judge_system: Template = Template("You turn critiques into JSON.")
-    judge_user: Template = Template("colours: $colors\ncritique: $critique")
-    fused_system: Template = Template("You critique and judge.")
-    fused_user: Template = Template("fused job=$job colours: $colors")
+PROMPTS = PromptSet.from_texts("batch-test", {
+    "critic_system": "You critique clusters.",
+    "critic_user": "job=$job colours: $colors",
+    "judge_system": "You turn critiques into JSON.",
+    "judge_user": "colours: $colors\ncritique: $critique",
+    "fused_system": "You critique and judge.",
+    "fused_user": "fused job=$job colours: $colors",
+})  # fmt: skip
 
 
 def job(i: int) -> CritiqueJob:
@@ -83,7 +69,7 @@ def answer(request: ChatRequest) -> str:
 
 
 def engine_config(**overrides) -> EngineConfig:
-    values = {"critic_model": "gpt-4o", "judge_model": "gpt-4o-mini", "prompts": Prompts(),
+    values = {"critic_model": "gpt-4o", "judge_model": "gpt-4o-mini", "prompts": PROMPTS,
               "progress": False}  # fmt: skip
     return EngineConfig(**{**values, **overrides})
 

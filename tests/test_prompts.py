@@ -212,3 +212,15 @@ def test_the_examples_in_docs_specs_md_load(tmp_path):
         spec = load_spec(write(tmp_path, f"doc{i}.{kind}", body))
         assert spec.class_names == ("normal", "pneumonia")
         assert spec.notes
+
+
+def test_a_prompt_set_from_texts_needs_every_role_and_versions_them():
+    from lvlmva.prompts import ROLES, PromptSet
+
+    texts = {role: f"{role} $colors" for role in ROLES}
+    prompts = PromptSet.from_texts("t", texts)
+    assert prompts.critic_user.render({"colors": "red"}) == "critic_user red"
+    changed = PromptSet.from_texts("t", {**texts, "judge_user": "other $colors"})
+    assert changed.sha256 != prompts.sha256
+    with pytest.raises(ConfigError, match="fused_user"):
+        PromptSet.from_texts("t", {r: t for r, t in texts.items() if r != "fused_user"})

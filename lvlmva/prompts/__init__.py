@@ -109,6 +109,15 @@ class PromptSet:
     def templates(self) -> dict[str, PromptTemplate]:
         return {role: getattr(self, role) for role in ROLES}
 
+    @classmethod
+    def from_texts(cls, family: str, texts: Mapping[str, str]) -> PromptSet:
+        """A prompt set from one text per role (all six `ROLES`), e.g. for tests and benchmarks."""
+        missing = [role for role in ROLES if role not in texts]
+        if missing:
+            raise ConfigError(f"prompt set {family!r} has no {', '.join(missing)} template")
+        templates = {role: PromptTemplate(f"{family}.{role}", texts[role]) for role in ROLES}
+        return cls(family=family, **templates)
+
 
 def _builtin_dir() -> Path:
     return Path(str(resources.files("lvlmva.prompts").joinpath("templates")))
