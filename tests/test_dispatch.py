@@ -4,11 +4,8 @@ has nothing more to offer (as a Batch API one would), then answers them all at o
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
-import string
-from dataclasses import dataclass
 
 import pytest
 
@@ -18,30 +15,22 @@ from lvlmva.engine.dispatch import Call, Dispatcher, OnlineDispatcher
 from lvlmva.engine.engine import Engine, EngineConfig
 from lvlmva.engine.errors import BudgetReached, ServerError
 from lvlmva.engine.types import ChatResponse, CritiqueJob, ImagePart, JobStatus, TextPart, Usage
+from lvlmva.prompts import PromptSet
 
 COLORS = ("red", "blue", "green")
 
 
-@dataclass(frozen=True)
-class Template:
-    text: str
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    def render(self, variables):
-        return string.Template(self.text).substitute(variables)
-
-
-@dataclass(frozen=True)
-class Prompts:
-    critic_system: Template = Template("You critique clusters.")
-    critic_user: Template = Template("job=$job colours: $colors")
-    judge_system: Template = Template("You turn critiques into JSON.")
-    judge_user: Template = Template("colours: $colors\ncritique: $critique")
-    fused_system: Template = Template("You critique and judge.")
-    fused_user: Template = Template("job=$job colours: $colors")
+PROMPTS = PromptSet.from_texts(
+    "test",
+    {
+        "critic_system": "You critique clusters.",
+        "critic_user": "job=$job colours: $colors",
+        "judge_system": "You turn critiques into JSON.",
+        "judge_user": "colours: $colors\ncritique: $critique",
+        "fused_system": "You critique and judge.",
+        "fused_user": "job=$job colours: $colors",
+    },
+)
 
 
 class NeverCalled:
@@ -120,7 +109,7 @@ class DeferredDispatcher:
 
 
 def config(**overrides) -> EngineConfig:
-    defaults = {"critic_model": "m", "prompts": Prompts(), "progress": False}
+    defaults = {"critic_model": "m", "prompts": PROMPTS, "progress": False}
     return EngineConfig(**{**defaults, **overrides})
 
 

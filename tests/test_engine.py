@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
-import string
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -27,34 +25,25 @@ from lvlmva.engine.types import (
     Usage,
 )
 from lvlmva.errors import ConfigError
+from lvlmva.prompts import PromptSet
 
 COLORS = ("red", "blue", "green")
 PRICES = PriceTable({"fake-model": ModelPrice(1.0, 2.0)})
 
 
-@dataclass(frozen=True)
-class Template:
-    name: str
-    text: str
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    def render(self, variables):
-        return string.Template(self.text).substitute(variables)
-
-
-@dataclass(frozen=True)
-class Prompts:
-    critic_system: Template = Template("cs", "You critique clusters.")
-    critic_user: Template = Template(
-        "cu", "job=$job class $class_name; $n_clusters clusters: $colors; images $image_names"
-    )
-    judge_system: Template = Template("js", "You turn critiques into JSON.")
-    judge_user: Template = Template("ju", "colours: $colors\ncritique: $critique")
-    fused_system: Template = Template("fs", "You critique and judge.")
-    fused_user: Template = Template("fu", "job=$job colours: $colors")
+PROMPTS = PromptSet.from_texts(
+    "test",
+    {
+        "critic_system": "You critique clusters.",
+        "critic_user": (
+            "job=$job class $class_name; $n_clusters clusters: $colors; images $image_names"
+        ),
+        "judge_system": "You turn critiques into JSON.",
+        "judge_user": "colours: $colors\ncritique: $critique",
+        "fused_system": "You critique and judge.",
+        "fused_user": "job=$job colours: $colors",
+    },
+)
 
 
 def make_job(i: int, *, job_id: str | None = None, colors=COLORS) -> CritiqueJob:
@@ -138,7 +127,7 @@ def fingerprint(request: ChatRequest) -> str:
 def config(**overrides) -> EngineConfig:
     defaults = dict(
         critic_model="fake-model",
-        prompts=Prompts(),
+        prompts=PROMPTS,
         max_in_flight=8,
         retry=RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.005),
         progress=False,
