@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "data" / "robust" / "study.jsonl"
 MODELS = ROOT / "runs" / "robust" / "models"
 STAMP_DIR = ROOT / "runs" / "robust" / "stamp-task"
+PATCH_DIR = ROOT / "runs" / "robust" / "patch-task"
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 SEEDS = tuple(range(7))
 GPT4O = (2.50, 10.00)  # USD per 1M input / output tokens, the list price the bench assumes
 
@@ -84,6 +86,15 @@ TASKS = {
         {"csv": str(STAMP_DIR / "images.csv"), "image_size": 32},
         str(STAMP_DIR / "spec.yaml"),
     ),
+    "patch": Task(  # bench/make_patch_task.py: written after the defaults were fixed
+        "patch",
+        "image-folder",
+        "mlp",
+        1000,
+        "wga",
+        {"csv": str(PATCH_DIR / "images.csv"), "image_size": 28},
+        str(PATCH_DIR / "spec.yaml"),
+    ),
 }
 
 
@@ -102,9 +113,12 @@ class Cell:
     clusters: int = 7
     n_align: int | None = None  # None: the task's
     systematic: float = 0.5
+    start: str = "retrain"  # TrainOptions.start
 
     def key(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        """The cell's settings; `start` only where it is not the default (older rows keep
+        their ids)."""
+        return {k: v for k, v in self.__dict__.items() if k != "start" or v != "retrain"}
 
 
 MECHANISMS = {
@@ -145,6 +159,12 @@ def plan(name: str, tasks: list[str], seeds: list[int]) -> Iterator[Cell]:
                                 yield sim(task, seed, accuracy, model, **settings)
                 yield sim(task, seed, 0.87, "independent", votes=3, neighbours=0, systematic=0.0)
                 yield sim(task, seed, 0.87, "independent", votes=3, neighbours=0, systematic=1.0)
+    elif name == "start":  # fine-tune from the original instead of retraining
+        for seed in seeds:
+            for task in tasks:
+                yield Cell(task, seed, "ground-truth", start="finetune")
+                for model in ("independent", "ambiguity"):
+                    yield sim(task, seed, 0.87, model, start="finetune")
     elif name == "clusters":
         for seed in seeds[:3]:
             for j in (3, 5, 9):
@@ -169,11 +189,17 @@ def cell_id(cell: Cell) -> str:
 def load(task: Task, seed: int, data_dir: str | None):
     from lvlmva.vision.datasets import load_dataset
 
-    if task.dataset == "image-folder" and not Path(task.options["csv"]).exists():
+    if task.name == "stamp" and not Path(task.options["csv"]).exists():
         sys.path.insert(0, str(ROOT / "bench"))
         from make_stamp_task import write_task
 
         write_task(STAMP_DIR)
+    if task.name == "patch" and not Path(task.options["csv"]).exists():
+        sys.path.insert(0, str(ROOT / "bench"))
+        import make_patch_task
+
+        mnist = Path(data_dir) / "mnist" if data_dir else MNIST_DIR
+        make_patch_task.write_task(mnist, PATCH_DIR)
     return load_dataset(task.dataset, data_dir=data_dir, seed=seed, **task.options)
 
 
@@ -240,8 +266,8 @@ def run_cell(cell: Cell, task: Task, splits, model: torch.nn.Module) -> dict[str
         align(
             copy.deepcopy(model), splits, task.spec, critic=critic,
             n_align=cell.n_align or task.n_align, n_clusters=cell.clusters, votes=cell.votes,
-            neighbours=cell.neighbours, confidence=cell.confidence, seed=cell.seed,
-            progress=False,
+            neighbours=cell.neighbours, confidence=cell.confidence, start=cell.start,
+            seed=cell.seed, progress=False,
         )
     )  # fmt: skip
     seconds = time.perf_counter() - started
