@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from lvlmva.pipeline.executors import ExecutorSettings, open_executor
+from lvlmva.pipeline.executors import ExecutorSettings, VisionJob, open_executor
 from lvlmva.pipeline.options import CritiqueOptions
 from lvlmva.vision.datasets import load_dataset
 from lvlmva.vision.models import build_model
@@ -47,8 +47,8 @@ async def drain(settings: ExecutorSettings, model, split, n: int, batch: int) ->
     arrivals = []
     async with open_executor(settings) as executor:
         opened = time.perf_counter()
-        stream = executor.rendered(model, split, indices, options, seed=0,
-                                   device=torch.device("cpu"), timings=timings)  # fmt: skip
+        job = VisionJob(model, split, indices, options, seed=0, device=torch.device("cpu"))
+        stream = executor.rendered(job, timings)
         async for _ in stream:
             arrivals.append(time.perf_counter())
     workers = int(timings.get("vision_workers", 1))

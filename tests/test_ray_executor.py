@@ -24,7 +24,7 @@ from lvlmva.critics import CriticSettings  # noqa: E402
 from lvlmva.engine.ratelimit import RateLimiter  # noqa: E402
 from lvlmva.pipeline import CritiqueOptions  # noqa: E402
 from lvlmva.pipeline.critique_run import critique_run, sample_order  # noqa: E402
-from lvlmva.pipeline.executors import ExecutorSettings  # noqa: E402
+from lvlmva.pipeline.executors import ExecutorSettings, VisionJob  # noqa: E402
 from lvlmva.runs import CritiqueRun  # noqa: E402
 
 WINDOW_S, CAP = 3.0, 6
@@ -148,8 +148,9 @@ async def test_gpu_workers_on_a_cluster_without_gpus_are_refused_before_any_work
     from lvlmva.pipeline.executors import open_executor
 
     async with open_executor(ExecutorSettings("ray", gpus_per_worker=1.0)) as executor:
-        stream = executor.rendered(model, digits.train, torch.arange(4), CritiqueOptions(),
-                                   seed=0, device=torch.device("cpu"))  # fmt: skip
+        job = VisionJob(model, digits.train, torch.arange(4), CritiqueOptions(), seed=0,
+                        device=torch.device("cpu"))  # fmt: skip
+        stream = executor.rendered(job)
         with pytest.raises(ConfigError, match="0 GPUs, too few for one vision worker"):
             await anext(stream)
     assert ray.is_initialized()  # the caller's connection is left open

@@ -180,7 +180,7 @@ def test_train_command_on_an_image_csv(tmp_path, capsys):
     ("argv", "message"),
     [
         (["--dataset", "nope"], "unknown dataset 'nope'"),
-        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--epochs", "0"], "--epochs must be positive"),
         (["--dataset", "decoy-mnist", "--data-dir", "/nonexistent"], "MNIST files missing"),
     ],
 )

@@ -4,10 +4,11 @@ the data it fits, and training the original model. Heavy imports stay inside the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lvlmva.errors import ConfigError
 
@@ -280,6 +281,16 @@ def check_positive_flags(args: argparse.Namespace, *names: str) -> None:
             raise ConfigError(f"{flag} must be positive, got {value:g}")
 
 
+T = TypeVar("T")
+
+
+def from_flags(cls: type[T], args: argparse.Namespace, **values: Any) -> T:
+    """The dataclass `cls` with each field read from the flag of the same dest name, but those
+    given in `values` (a field with neither is a programming error: AttributeError)."""
+    read = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in values}
+    return cls(**read, **values)
+
+
 def critic_settings(args: argparse.Namespace) -> Any:
     """The `CriticSettings` of the parsed flags and the environment (keys stay in the
     environment: they are read by the providers and never copied into settings)."""
@@ -302,14 +313,7 @@ def critic_settings(args: argparse.Namespace) -> Any:
         cache_dir=None if args.no_cache else Path(args.cache_dir or default_cache_dir()),
         prices_file=args.prices,
         seed=args.seed,
-        limits=EngineLimits(
-            rpm=args.rpm,
-            tpm=args.tpm,
-            max_in_flight=args.max_in_flight,
-            budget_usd=args.budget_usd,
-            request_timeout=args.request_timeout,
-            max_response_bytes=int(args.max_response_mb * 2**20),
-        ),
+        limits=from_flags(EngineLimits, args, max_response_bytes=int(args.max_response_mb * 2**20)),
         request=RequestSettings(
             max_completion_tokens=args.max_completion_tokens,
             reasoning_effort=args.reasoning_effort,

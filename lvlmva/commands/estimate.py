@@ -13,7 +13,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 
-from lvlmva.commands.common import add_detail_argument
+from lvlmva.commands.common import add_detail_argument, from_flags
 
 VERDICT_TOKENS_PER_COLOR = 12  # {"color": "green", "verdict": "yes"}, roughly
 
@@ -73,22 +73,24 @@ class Estimate:
     batch_usd: float | None = None  # the same requests through the Batch API
 
 
-def estimate_run(
-    *,
-    jobs: int,
-    critic_model: str,
-    judge_model: str | None = None,
-    fused: bool = False,
-    image_size: int = 336,
-    clusters: int = 7,
-    spec: str = "decoy-digits",
-    critique_tokens: int = 400,
-    reasoning_tokens: int = 0,
-    detail: str | None = "fit",
-    prices=None,
-) -> Estimate:
-    """Tokens and USD of `jobs` Critic & Judge jobs (one attempt each, no re-asks), for the
-    requests the engine would build (`lvlmva.engine.requests`)."""
+@dataclass(frozen=True)
+class JobShape:
+    """What each Critic & Judge job of the estimate asks for (the fields are the flags')."""
+
+    critic_model: str
+    judge_model: str | None = None  # default: the critic model
+    fused: bool = False
+    image_size: int = 336
+    clusters: int = 7
+    spec: str = "decoy-digits"
+    critique_tokens: int = 400
+    reasoning_tokens: int = 0
+    detail: str | None = "fit"
+
+
+def estimate_run(shape: JobShape, *, jobs: int, prices=None) -> Estimate:
+    """Tokens and USD of `jobs` Critic & Judge jobs of `shape` (one attempt each, no re-asks),
+    for the requests the engine would build (`lvlmva.engine.requests`)."""
     from lvlmva.engine import requests
     from lvlmva.engine.cost import PriceTable, estimate_prompt_tokens
     from lvlmva.engine.model_params import rules_for
@@ -97,53 +99,53 @@ def estimate_run(
     from lvlmva.prompts import load_prompt_set, load_spec
     from lvlmva.vision.render import PALETTE
 
-    _check_inputs(jobs, image_size, clusters, reasoning_tokens)
-    if clusters > len(PALETTE):
+    _check_inputs(jobs, shape.image_size, shape.clusters, shape.reasoning_tokens)
+    if shape.clusters > len(PALETTE):
         raise ConfigError(f"--clusters must be at most {len(PALETTE)} (one colour each)")
     prices = prices or PriceTable()
-    task = load_spec(spec)
+    task = load_spec(shape.spec)
     prompts = load_prompt_set(task.family)
     job = CritiqueJob(  # a typical job: images of the given size (their bytes do not count)
         job_id="estimate",
         images=tuple(
-            ImagePart(name, b"", width=image_size, height=image_size)
+            ImagePart(name, b"", width=shape.image_size, height=shape.image_size)
             for name in ("original", "clusters", "overlay")
         ),
-        colors=tuple(list(PALETTE)[:clusters]),
+        colors=tuple(list(PALETTE)[: shape.clusters]),
         variables=task.variables(task.class_names[0]),
     )
-    sampling = requests.Sampling(image_detail=detail)
-    verdict_tokens = 8 + VERDICT_TOKENS_PER_COLOR * clusters
+    sampling = requests.Sampling(image_detail=shape.detail)
+    verdict_tokens = 8 + VERDICT_TOKENS_PER_COLOR * shape.clusters
 
     def call(request: ChatRequest, completion_tokens: int) -> CallEstimate:
         prompt = estimate_prompt_tokens(request)
         if rules_for(request.model).reasoning:
-            completion_tokens += reasoning_tokens
+            completion_tokens += shape.reasoning_tokens
         price = prices.lookup(request.model)
         usd = None if price is None else price.cost(Usage(prompt, completion_tokens))
         return CallEstimate(request.model, prompt, completion_tokens, usd)
 
-    if fused:
+    if shape.fused:
         fused_request = requests.fused_request(
-            prompts, job, model=critic_model, sampling=sampling, structured=True
+            prompts, job, model=shape.critic_model, sampling=sampling, structured=True
         )
         per_job = (call(fused_request, verdict_tokens),)
     else:
-        critic = requests.critic_request(prompts, job, model=critic_model, sampling=sampling)
+        critic = requests.critic_request(prompts, job, model=shape.critic_model, sampling=sampling)
         judge = requests.judge_request(
             prompts,
             job,
-            "x" * (4 * critique_tokens),  # a critique of the assumed length
-            model=judge_model or critic_model,
+            "x" * (4 * shape.critique_tokens),  # a critique of the assumed length
+            model=shape.judge_model or shape.critic_model,
             sampling=sampling,
             structured=True,
         )
-        per_job = (call(critic, critique_tokens), call(judge, verdict_tokens))
+        per_job = (call(critic, shape.critique_tokens), call(judge, verdict_tokens))
     unpriced = tuple(sorted({c.model for c in per_job if c.usd is None}))
     usd = None if unpriced else jobs * sum(c.usd or 0.0 for c in per_job)
     return Estimate(
         jobs=jobs,
-        fused=fused,
+        fused=shape.fused,
         per_job=per_job,
         prompt_tokens=jobs * sum(c.prompt_tokens for c in per_job),
         completion_tokens=jobs * sum(c.completion_tokens for c in per_job),
@@ -171,17 +173,7 @@ def run(args: argparse.Namespace) -> int:
     prices = PriceTable.from_file(args.prices) if args.prices else PriceTable()
     val_jobs = validation_count(args.jobs, args.val_jobs)
     est = estimate_run(
-        jobs=(args.jobs + val_jobs) * max(1, args.votes),
-        critic_model=args.critic_model,
-        judge_model=args.judge_model,
-        fused=args.fused,
-        image_size=args.image_size,
-        clusters=args.clusters,
-        spec=args.spec,
-        critique_tokens=args.critique_tokens,
-        reasoning_tokens=args.reasoning_tokens,
-        detail=args.detail,
-        prices=prices,
+        from_flags(JobShape, args), jobs=(args.jobs + val_jobs) * max(1, args.votes), prices=prices
     )
     if args.json:
         print(json.dumps(asdict(est)))

@@ -47,19 +47,14 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from lvlmva.commands.common import dataset_options, resolve_device
+    from lvlmva.commands.common import check_positive_flags, dataset_options, resolve_device
     from lvlmva.vision.checkpoint import save_checkpoint
     from lvlmva.vision.datasets import load_dataset
     from lvlmva.vision.metrics import evaluate
     from lvlmva.vision.models import build_model
     from lvlmva.vision.training import train_classifier
 
-    if args.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not args.lr > 0:
-        raise ConfigError(f"--lr must be positive, got {args.lr}")
+    check_positive_flags(args, "epochs", "batch_size", "lr")
     device = resolve_device(args.device)
     out = Path(args.out)
 

@@ -20,46 +20,25 @@ from __future__ import annotations
 
 from lvlmva.lazy_imports import lazy_exports
 
-_EXPORTS = {
-    "Engine": "lvlmva.engine.engine",
-    "EngineConfig": "lvlmva.engine.config",
-    "Breaker": "lvlmva.engine.breaker",
-    "StopReason": "lvlmva.engine.breaker",
-    "ModelRules": "lvlmva.engine.model_params",
-    "rules_for": "lvlmva.engine.model_params",
-    "RunStopped": "lvlmva.engine.errors",
-    "EngineStats": "lvlmva.engine.stats",
-    "Ledger": "lvlmva.engine.stats",
-    "Tally": "lvlmva.engine.types",
-    "Call": "lvlmva.engine.dispatch",
-    "Dispatcher": "lvlmva.engine.dispatch",
-    "OnlineDispatcher": "lvlmva.engine.dispatch",
-    "ProviderIdentity": "lvlmva.engine.keys",
-    "request_key": "lvlmva.engine.keys",
-    "Sampling": "lvlmva.engine.requests",
-    "ChatRequest": "lvlmva.engine.types",
-    "ChatResponse": "lvlmva.engine.types",
-    "CritiqueJob": "lvlmva.engine.types",
-    "ImagePart": "lvlmva.engine.types",
-    "JobResult": "lvlmva.engine.types",
-    "JobStatus": "lvlmva.engine.types",
-    "Message": "lvlmva.engine.types",
-    "Provider": "lvlmva.engine.types",
-    "TextPart": "lvlmva.engine.types",
-    "Usage": "lvlmva.engine.types",
-    "ProviderError": "lvlmva.engine.errors",
-    "BudgetReached": "lvlmva.engine.errors",
-    "RateLimiter": "lvlmva.engine.ratelimit",
-    "RetryPolicy": "lvlmva.engine.retry",
-    "CostMeter": "lvlmva.engine.cost",
-    "PriceTable": "lvlmva.engine.cost",
-    "estimate_request_tokens": "lvlmva.engine.cost",
-    "parse_verdicts": "lvlmva.engine.validation",
-    "verdict_schema": "lvlmva.engine.validation",
-    "VerdictValidationError": "lvlmva.engine.validation",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        "lvlmva.engine.engine": ("Engine",),
+        "lvlmva.engine.config": ("EngineConfig",),
+        "lvlmva.engine.breaker": ("Breaker", "StopReason"),
+        "lvlmva.engine.model_params": ("ModelRules", "rules_for"),
+        "lvlmva.engine.errors": ("RunStopped", "ProviderError", "BudgetReached"),
+        "lvlmva.engine.stats": ("EngineStats", "Ledger"),
+        "lvlmva.engine.types": (
+            "Tally", "ChatRequest", "ChatResponse", "CritiqueJob", "ImagePart", "JobResult",
+            "JobStatus", "Message", "Provider", "TextPart", "Usage",
+        ),
+        "lvlmva.engine.dispatch": ("Call", "Dispatcher", "OnlineDispatcher"),
+        "lvlmva.engine.keys": ("ProviderIdentity", "request_key"),
+        "lvlmva.engine.requests": ("Sampling",),
+        "lvlmva.engine.ratelimit": ("RateLimiter",),
+        "lvlmva.engine.retry": ("RetryPolicy",),
+        "lvlmva.engine.cost": ("CostMeter", "PriceTable", "estimate_request_tokens"),
+        "lvlmva.engine.validation": ("parse_verdicts", "verdict_schema", "VerdictValidationError"),
+    },
+)

@@ -27,7 +27,7 @@ from lvlmva.engine.types import Provider
 from lvlmva.errors import ConfigError
 from lvlmva.pipeline.align import choose_alignment_indices, resolve_spec
 from lvlmva.pipeline.critique import critique_samples
-from lvlmva.pipeline.executors import ExecutorSettings, open_executor
+from lvlmva.pipeline.executors import ExecutorSettings, VisionJob, open_executor
 from lvlmva.pipeline.options import CritiqueOptions
 from lvlmva.pipeline.records import CritiqueCounts, RenderedSample, SampleRecord
 from lvlmva.prompts import TaskSpec, load_prompt_set
@@ -315,9 +315,8 @@ async def _critique_into(
             get_critic(critic.kind), critic, spec.family, providers=providers, progress=progress
         )
         async with session:
-            samples = vision.rendered(
-                explained, part, todo, options, seed=seed, device=device, timings=timings
-            )
+            job = VisionJob(explained, part, todo, options, seed=seed, device=device)
+            samples = vision.rendered(job, timings)
             records = critique_samples(
                 _tracked(samples, pending), session, spec, dataset,
                 soft_masks=options.soft_masks, total=len(todo), split_name=split,

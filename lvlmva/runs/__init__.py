@@ -19,41 +19,22 @@ files written atomically (temporary name, fsync, rename) before the row that poi
     run.add(RunRecord(...), SampleArrays(images=..., labels=..., responsibilities=...))
     run.override(12, "red", False, reviewer="dr-lee")
     mask = run.effective_mask(12)
+
+The names below are imported lazily, so `import lvlmva.runs.files` stays light.
 """
 
-from lvlmva.runs.files import StoredArrays
-from lvlmva.runs.query import SORT_KEYS, RunQuery
-from lvlmva.runs.records import (
-    STATUSES,
-    STORE_VERSION,
-    AuditEntry,
-    ExportResult,
-    MissingSample,
-    Page,
-    ReviewedSample,
-    RunManifest,
-    RunRecord,
-    RunSummary,
-    SampleArrays,
-    public_settings,
-)
-from lvlmva.runs.store import CritiqueRun
+from lvlmva.lazy_imports import lazy_exports
 
-__all__ = [
-    "SORT_KEYS",
-    "STATUSES",
-    "STORE_VERSION",
-    "AuditEntry",
-    "CritiqueRun",
-    "ExportResult",
-    "MissingSample",
-    "Page",
-    "ReviewedSample",
-    "RunManifest",
-    "RunQuery",
-    "RunRecord",
-    "RunSummary",
-    "SampleArrays",
-    "StoredArrays",
-    "public_settings",
-]
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        "lvlmva.runs.files": ("StoredArrays",),
+        "lvlmva.runs.query": ("SORT_KEYS", "RunQuery"),
+        "lvlmva.runs.records": (
+            "STATUSES", "STORE_VERSION", "AuditEntry", "ExportResult", "MissingSample", "Page",
+            "ReviewedSample", "RunManifest", "RunRecord", "RunSummary", "SampleArrays",
+            "public_settings",
+        ),
+        "lvlmva.runs.store": ("CritiqueRun",),
+    },
+)

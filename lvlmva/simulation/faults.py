@@ -7,11 +7,18 @@ import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from lvlmva.errors import ConfigError
 
-__all__ = ["FaultRates", "check_shares", "draw_one", "spoil_json"]
+__all__ = [
+    "FaultRates",
+    "TransportFault",
+    "TransportRates",
+    "check_shares",
+    "draw_one",
+    "spoil_json",
+]
 
 T = TypeVar("T")
 
@@ -20,14 +27,29 @@ JsonFault = Literal["malformed", "schema", "colors"]
 
 
 @dataclass(frozen=True)
-class FaultRates:
-    """Per-request probabilities. The transport faults (429, 500, timeout) apply to every
-    request and together must not exceed 1; the JSON faults apply to answers that are JSON
-    (Judge and fused requests) that got through, and together must not exceed 1."""
+class TransportRates:
+    """Per-request probabilities of the transport faults (429, 500, timeout), which together
+    must not exceed 1."""
 
     rate_429: float = 0.0
     rate_500: float = 0.0
     rate_timeout: float = 0.0
+
+    TRANSPORT: ClassVar[tuple[str, str, str]] = ("rate_429", "rate_500", "rate_timeout")
+
+    def transport(self, rng: random.Random) -> TransportFault | None:
+        """The transport fault one draw of `rng` gives, or None."""
+        return draw_one(
+            rng, (("429", self.rate_429), ("500", self.rate_500), ("timeout", self.rate_timeout))
+        )
+
+
+@dataclass(frozen=True)
+class FaultRates(TransportRates):
+    """Per-request probabilities. The transport faults apply to every request; the JSON faults
+    apply to answers that are JSON (Judge and fused requests) that got through, and together
+    must not exceed 1."""
+
     rate_malformed_json: float = 0.0
     rate_schema_violation: float = 0.0
     rate_wrong_colors: float = 0.0
@@ -35,13 +57,8 @@ class FaultRates:
     def __post_init__(self) -> None:
         check_shares(
             vars(self),
-            ("rate_429", "rate_500", "rate_timeout"),
+            self.TRANSPORT,
             ("rate_malformed_json", "rate_schema_violation", "rate_wrong_colors"),
-        )
-
-    def transport(self, rng: random.Random) -> TransportFault | None:
-        return draw_one(
-            rng, (("429", self.rate_429), ("500", self.rate_500), ("timeout", self.rate_timeout))
         )
 
     def json(self, rng: random.Random) -> JsonFault | None:

@@ -14,15 +14,14 @@ import dataclasses
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from lvlmva.errors import ConfigError
-from lvlmva.simulation.faults import check_shares, draw_one
+from lvlmva.simulation.faults import TransportFault, TransportRates, check_shares, draw_one
 from lvlmva.simulation.openai_usage import AnswerShape
 
 __all__ = ["FaultDraw", "Faults", "draw_faults"]
 
-Transport = Literal["429", "500", "timeout"]
 _SHARES = (
     "rate_429", "rate_500", "rate_timeout", "truncate_share", "content_filter_share",
     "refusal_share", "oversize_share",
@@ -30,7 +29,7 @@ _SHARES = (
 
 
 @dataclass(frozen=True)
-class Faults:
+class Faults(TransportRates):
     """Injected faults. Counts are of successful synchronous chat answers so far:
     `revoke_key_after=3` answers three requests, then 401s every request (all routes);
     `quota_after=0` answers every chat and batch request 429 `insufficient_quota` at once.
@@ -41,9 +40,6 @@ class Faults:
     revoke_key_after: int | None = None
     quota_after: int | None = None
     missing_models: frozenset[str] = frozenset()
-    rate_429: float = 0.0
-    rate_500: float = 0.0
-    rate_timeout: float = 0.0
     retry_after_s: float = 1.0
     hang_s: float = 120.0
     truncate_share: float = 0.0
@@ -57,7 +53,7 @@ class Faults:
     def __post_init__(self) -> None:
         check_shares(
             {name: getattr(self, name) for name in _SHARES},
-            ("rate_429", "rate_500", "rate_timeout"),
+            self.TRANSPORT,
             ("truncate_share", "content_filter_share", "refusal_share"),
             label="fault ",
         )
@@ -94,7 +90,7 @@ class FaultDraw:
     """What one request meets: a transport fault or none, an answer shape, padding or not,
     and its latency in seconds."""
 
-    transport: Transport | None = None
+    transport: TransportFault | None = None
     shape: AnswerShape = "normal"
     oversize: bool = False
     delay_s: float = 0.0
@@ -103,9 +99,7 @@ class FaultDraw:
 def draw_faults(faults: Faults, rng: random.Random, *, synchronous: bool) -> FaultDraw:
     """Draw the faults of one request (the same number of draws whatever the settings, so a
     seed fixes the sequence)."""
-    transport = draw_one(
-        rng, (("429", faults.rate_429), ("500", faults.rate_500), ("timeout", faults.rate_timeout))
-    )
+    transport = faults.transport(rng)
     shape = draw_one(
         rng,
         (

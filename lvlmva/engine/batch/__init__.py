@@ -16,20 +16,14 @@ from __future__ import annotations
 
 from lvlmva.lazy_imports import lazy_exports
 
-_EXPORTS = {
-    "BatchOptions": "lvlmva.engine.batch.options",
-    "BatchStore": "lvlmva.engine.batch.store",
-    "ShardRecord": "lvlmva.engine.batch.store",
-    "Step": "lvlmva.engine.batch.store",
-    "BatchClient": "lvlmva.engine.batch.client",
-    "ShardPoller": "lvlmva.engine.batch.poller",
-    "BatchDispatcher": "lvlmva.engine.batch.dispatcher",
-    "BatchDetached": "lvlmva.engine.batch.dispatcher",
-    "open_dispatcher": "lvlmva.engine.batch.factory",
-    "manifest_dir": "lvlmva.engine.batch.factory",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        "lvlmva.engine.batch.options": ("BatchOptions",),
+        "lvlmva.engine.batch.store": ("BatchStore", "ShardRecord", "Step"),
+        "lvlmva.engine.batch.client": ("BatchClient",),
+        "lvlmva.engine.batch.poller": ("ShardPoller",),
+        "lvlmva.engine.batch.dispatcher": ("BatchDispatcher", "BatchDetached"),
+        "lvlmva.engine.batch.factory": ("open_dispatcher", "manifest_dir"),
+    },
+)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from lvlmva.engine.batch.client import BatchClient, BatchInfo
 from lvlmva.engine.batch.ingest import LineOutcome, read_outcomes, store_answers
@@ -138,10 +138,9 @@ class ShardPoller:
             info = await self._patiently(lambda: self.client.retrieve(batch_id))
             now = (info.status, info.completed, info.failed)
             if now != seen or record.step is Step.CREATED:
-                record = self.store.advance(
-                    record, step=Step.POLLED, status=info.status, completed=info.completed,
-                    failed=info.failed, expires_at=info.expires_at or record.expires_at,
-                )  # fmt: skip
+                record = self._progress(
+                    record, info, Step.POLLED, expires_at=info.expires_at or record.expires_at
+                )
                 wait = self.options.poll_s if now != seen else wait
                 seen = now
             self.reporter.shard(record)
@@ -165,16 +164,19 @@ class ShardPoller:
         for kind, content in files.items():
             self.store.write_file(record.id, kind, content)
         error = "; ".join(info.errors)[:2000] or None
+        return self._progress(
+            record, info, Step.DOWNLOADED, output_file_id=info.output_file_id,
+            error_file_id=info.error_file_id, error=error,
+        )  # fmt: skip
+
+    def _progress(
+        self, record: ShardRecord, info: BatchInfo, step: Step, **changes: Any
+    ) -> ShardRecord:
+        """Record `step` with the batch's status and line counts as `info` gives them."""
         return self.store.advance(
-            record,
-            step=Step.DOWNLOADED,
-            status=info.status,
-            completed=info.completed,
-            failed=info.failed,
-            output_file_id=info.output_file_id,
-            error_file_id=info.error_file_id,
-            error=error,
-        )
+            record, step=step, status=info.status, completed=info.completed, failed=info.failed,
+            **changes,
+        )  # fmt: skip
 
     async def _patiently(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()`, retried on transient errors with the poll backoff."""

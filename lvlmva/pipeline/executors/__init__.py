@@ -4,15 +4,20 @@ on a Ray cluster, docs/throughput.md). Adding one is a module and an entry here;
 `--executor` choices come from this table. Ray is imported only when a Ray executor opens.
 
     async with open_executor(ExecutorSettings("ray", address="auto")) as executor:
-        async for sample in executor.rendered(model, split, indices, options, seed=0,
-                                              device=torch.device("cpu")):
+        job = VisionJob(model, split, indices, options, seed=0, device=torch.device("cpu"))
+        async for sample in executor.rendered(job):
             ...
 """
 
 from __future__ import annotations
 
 from lvlmva.errors import ConfigError
-from lvlmva.pipeline.executors.base import ExecutorSettings, VisionExecutor, index_batches
+from lvlmva.pipeline.executors.base import (
+    ExecutorSettings,
+    VisionExecutor,
+    VisionJob,
+    index_batches,
+)
 from lvlmva.pipeline.executors.local import LocalExecutor
 from lvlmva.pipeline.executors.ray import RayExecutor
 
@@ -22,6 +27,7 @@ __all__ = [
     "LocalExecutor",
     "RayExecutor",
     "VisionExecutor",
+    "VisionJob",
     "get_executor",
     "index_batches",
     "open_executor",

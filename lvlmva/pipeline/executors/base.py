@@ -25,7 +25,7 @@ from lvlmva.pipeline.options import CritiqueOptions
 from lvlmva.pipeline.records import RenderedSample
 from lvlmva.vision.datasets.base import ShortcutDataset
 
-__all__ = ["ExecutorSettings", "VisionExecutor", "index_batches"]
+__all__ = ["ExecutorSettings", "VisionExecutor", "VisionJob", "index_batches"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,19 @@ class ExecutorSettings:
             raise ConfigError(f"max_restarts must be 0 or more, got {self.max_restarts}")
 
 
+@dataclass(frozen=True, eq=False)
+class VisionJob:
+    """Stages 1-3 of a critique run to compute: the samples `indices` of `split`, explained
+    with `model` (left as it is) under `options`, seeded with `seed`, on the driver's `device`."""
+
+    model: nn.Module
+    split: ShortcutDataset
+    indices: Tensor
+    options: CritiqueOptions
+    seed: int
+    device: torch.device
+
+
 def index_batches(indices: Tensor, size: int) -> list[Tensor]:
     """`indices` cut into consecutive batches of at most `size`."""
     return [indices[start : start + size] for start in range(0, len(indices), size)]
@@ -79,20 +92,11 @@ class VisionExecutor(ABC):
 
     @abstractmethod
     def rendered(
-        self,
-        model: nn.Module,
-        split: ShortcutDataset,
-        indices: Tensor,
-        options: CritiqueOptions,
-        *,
-        seed: int,
-        device: torch.device,
-        timings: dict[str, float] | None = None,
+        self, job: VisionJob, timings: dict[str, float] | None = None
     ) -> AsyncIterator[RenderedSample]:
-        """The samples `indices` of `split` explained with `model` (left as it is), in
-        completion order, each exactly once; the seconds spent computing them are added to
-        `timings["vision_s"]` (summed over workers). An error that cannot be retried ends the
-        stream with that error."""
+        """The samples of `job`, in completion order, each exactly once; the seconds spent
+        computing them are added to `timings["vision_s"]` (summed over workers). An error that
+        cannot be retried ends the stream with that error."""
 
     def describe(self) -> str:
         """One line for the log: where the vision stages run."""

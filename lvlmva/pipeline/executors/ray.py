@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from lvlmva.errors import ConfigError
-from lvlmva.pipeline.executors.base import VisionExecutor, index_batches
+from lvlmva.pipeline.executors.base import VisionExecutor, VisionJob, index_batches
 from lvlmva.pipeline.options import CritiqueOptions
 from lvlmva.pipeline.records import RenderedSample
 from lvlmva.vision.datasets.base import ShortcutDataset
@@ -156,19 +156,16 @@ class RayExecutor(VisionExecutor):
             )
         return int(min(fits, n_batches))
 
-    def _start_actors(
-        self, model: nn.Module, split: ShortcutDataset, options: CritiqueOptions, seed: int,
-        n: int,
-    ) -> list[Any]:  # fmt: skip
+    def _start_actors(self, job: VisionJob, n: int) -> list[Any]:
         ray, s = self._ray, self.settings
         for actor in self._actors:  # those of an earlier call
             ray.kill(actor, no_restart=True)
-        cpu_model = copy.deepcopy(model).cpu().eval()  # a CUDA driver's model loads anywhere
+        cpu_model = copy.deepcopy(job.model).cpu().eval()  # a CUDA driver's model loads anywhere
         # Put once, fetched once per actor (and again by a restarted one): held here until the
         # executor closes, and passed with each call, so no actor's constructor needs them.
         self._shipped = [
             ray.put(cpu_model),
-            ray.put(ShortcutDataset(split.images, split.labels)),  # the masks stay here
+            ray.put(ShortcutDataset(job.split.images, job.split.labels)),  # the masks stay here
         ]
         worker = ray.remote(VisionWorker).options(
             num_cpus=s.cpus_per_worker,
@@ -179,27 +176,19 @@ class RayExecutor(VisionExecutor):
         threads = max(1, int(s.cpus_per_worker))
         use_gpu = s.gpus_per_worker > 0
         self._actors = [
-            worker.remote(options, seed, threads, use_gpu) for _ in range(n)
+            worker.remote(job.options, job.seed, threads, use_gpu) for _ in range(n)
         ]
         return self._actors
 
     async def rendered(
-        self,
-        model: nn.Module,
-        split: ShortcutDataset,
-        indices: Tensor,
-        options: CritiqueOptions,
-        *,
-        seed: int,
-        device: torch.device,
-        timings: dict[str, float] | None = None,
+        self, job: VisionJob, timings: dict[str, float] | None = None
     ) -> AsyncIterator[RenderedSample]:
         if self._ray is None:
             raise RuntimeError("RayExecutor.rendered() before open(): use `async with`")
-        batches = index_batches(indices, options.explain_batch)
+        batches = index_batches(job.indices, job.options.explain_batch)
         if not batches:
             return
-        actors = self._start_actors(model, split, options, seed, self._worker_count(len(batches)))
+        actors = self._start_actors(job, self._worker_count(len(batches)))
         if timings is not None:
             timings["vision_workers"] = float(len(actors))
         async for sample in self._collect(actors, deque(batches), timings):
