@@ -279,7 +279,7 @@ def test_groups_count_only_when_some_class_has_two_big_ones():
     assert choose_criterion(mixed, can_critique=True)[0] == "wga"
 
 
-def test_counterfactual_images_take_the_flagged_pixels_of_another_class():
+def test_counterfactual_images_swap_the_flagged_regions_of_both_with_another_class():
     images = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 1, 2, 2).clone()
     val = ShortcutDataset(images, torch.tensor([0, 0, 0, 1, 1, 1]))
     mask = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
@@ -287,7 +287,12 @@ def test_counterfactual_images_take_the_flagged_pixels_of_another_class():
     assert cf.labels.tolist() == [0, 0, 1]
     assert cf.images[0, 0, 0, 0] == 3.0 and cf.images[1, 0, 0, 0] == 3.0  # the class-1 donor
     assert cf.images[0, 0, 1, 1] == 0.0 and cf.images[1, 0, 1, 1] == 1.0  # unflagged: kept
-    assert torch.equal(cf.images[2], images[3])  # nothing flagged: unchanged
+    # nothing flagged of its own: the donor's flagged region (with the donor's pixels) comes in
+    assert cf.images[2, 0, 0, 0] in (0.0, 1.0)
+    assert torch.equal(cf.images[2].flatten()[1:], images[3].flatten()[1:])
+    # no flagged region on either side: unchanged
+    cf = counterfactual_split(val, [0, 3], [torch.zeros(2, 2), torch.zeros(2, 2)], seed=0)
+    assert torch.equal(cf.images, images[[0, 3]])
 
 
 class _Constant(torch.nn.Module):

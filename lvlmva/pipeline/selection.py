@@ -9,9 +9,14 @@ Every candidate and the original are scored on the validation split by one crite
   split: every square's shade matches the label) measure nothing but class accuracy, which the
   shortcut itself earns, so they do not count.
 - ``counterfactual`` otherwise: accuracy on critiqued validation images whose flagged regions
-  (their robust masks) are replaced by the pixels of another validation image of another class
-  (``x' = x (1 - m) + donor m``). A model that reads the flagged feature loses what it read
-  (or reads the donor's, of the wrong class); a model that reads the rest keeps its accuracy.
+  and those of a donor (another validation image of another class) come from the donor:
+  ``x' = x (1 - M) + donor M`` with ``M = max(m, m_donor)`` (their robust masks). A model that
+  reads the flagged feature loses what it read and reads the donor's, of the wrong class; one
+  that reads its absence (the class without the patch) sees the donor's feature appear; a
+  model that reads the rest keeps its accuracy. With the image's own mask alone, a shortcut
+  carried by absence went unseen (bench/make_patch_task.py: 98% of one class have a patch,
+  the other none; the check kept the original for the true masks, test WGA 0.87, where the
+  aligned models reach 0.94).
   It needs no group label; it costs the validation images' Critic & Judge calls, counted with
   the run's.
 - ``none`` when neither is possible (no validation images): the middle of the grid, unchecked.
@@ -105,8 +110,10 @@ def validation_indices(n_val: int, n_align: int, wanted: int | None, seed: int) 
 def counterfactual_split(
     val: ShortcutDataset, indices: Sequence[int], masks: Sequence[Tensor], seed: int
 ) -> ShortcutDataset:
-    """The critiqued validation images with each flagged region replaced by another image's
-    pixels (a donor of another class where there is one; seeded)."""
+    """The critiqued validation images with the flagged regions of each and of its donor
+    (another critiqued image, of another class where there is one; seeded) taken from the
+    donor: the image loses its own flagged feature and gets the donor's, so a model that reads
+    a feature's presence or its absence is caught either way."""
     index = torch.as_tensor(list(indices), dtype=torch.long)
     images, labels = val.images[index], val.labels[index]
     order = torch.randperm(len(index), generator=torch.Generator().manual_seed(seed + 7))
@@ -116,7 +123,8 @@ def counterfactual_split(
         ring = torch.roll(order, -start)
         other = ring[labels[ring] != labels[i]]
         donors[i] = other[0] if len(other) else ring[0]
-    m = torch.stack(list(masks)).unsqueeze(1).to(images.dtype)
+    own = torch.stack(list(masks)).unsqueeze(1).to(images.dtype)
+    m = torch.maximum(own, own[donors])
     mixed = images * (1 - m) + images[donors] * m
     groups = None if val.groups is None else val.groups[index]
     return ShortcutDataset(mixed, labels, groups, None)
