@@ -11,6 +11,7 @@ import torch
 
 from lvlmva.engine.types import CritiqueJob, JobResult, JobStatus, Tally, Usage
 from lvlmva.pipeline.selection import (
+    chance_floor,
     choose_criterion,
     counterfactual_split,
     scored_groups,
@@ -307,9 +308,22 @@ class _Constant(torch.nn.Module):
         return out + 0 * self.weight
 
 
+class _Reader(torch.nn.Module):
+    """Predicts class 1 where the image is bright: right on the splits below."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        bright = x.flatten(1).mean(1)
+        return torch.stack([1.0 - bright, bright], 1) + 0 * self.weight
+
+
 def test_selection_keeps_the_original_unless_an_aligned_model_beats_it():
-    split = ShortcutDataset(torch.zeros(4, 1, 2, 2), torch.tensor([1, 1, 1, 0]))
-    good, bad = _Constant(1), _Constant(0)
+    labels = torch.tensor([1, 0] * 50)
+    split = ShortcutDataset(labels.float().view(-1, 1, 1, 1).expand(-1, 1, 2, 2), labels)
+    good, bad = _Reader(), _Constant(0)
     members = [
         SimpleNamespace(lam=0.1, scale=1.0, model=bad),
         SimpleNamespace(lam=1.0, scale=10.0, model=good),
@@ -329,3 +343,16 @@ def test_selection_keeps_the_original_unless_an_aligned_model_beats_it():
     assert chosen is bad and "anyway" in sel.warning
     chosen, sel = select(good, members, None, ("none", "no val"))
     assert chosen is bad and "not checked" in sel.warning  # the middle of the grid
+
+
+def test_counterfactual_check_keeps_the_original_when_no_member_is_above_chance():
+    labels = torch.tensor([1, 0] * 50)
+    split = ShortcutDataset(1.0 - labels.float().view(-1, 1, 1, 1).expand(-1, 1, 2, 2), labels)
+    wrong = _Reader()  # always wrong here: 0.0
+    members = [SimpleNamespace(lam=1.0, scale=1.0, model=_Constant(1))]  # chance: 0.5
+    assert chance_floor(split) == pytest.approx(0.5 + 2 * 0.05)
+
+    chosen, sel = select_model(wrong, members, split, ("counterfactual", "test"),
+                               keep_original=True, lambda0=None,
+                               device=torch.device("cpu"))  # fmt: skip
+    assert chosen is wrong and sel.kept_original and "above chance" in sel.warning

@@ -159,7 +159,8 @@ def _write_outputs(out: Path, result, arch: str, splits, original, args, device)
     )  # fmt: skip
     print(result.summary())
     if kept:
-        print("No aligned model beat the original on validation: model.pt is the ORIGINAL model.")
+        print("The model check kept the original (see the warning): model.pt is the ORIGINAL "
+              "model.")  # fmt: skip
     print(f"Wrote {out / 'model.pt'}, {out / 'metrics.json'} and {report}")
 
 

@@ -22,8 +22,10 @@ Every candidate and the original are scored on the validation split by one crite
 - ``none`` when neither is possible (no validation images): the middle of the grid, unchecked.
 
 The best score wins; ties go to the original, then to the smaller lambda. When no aligned
-model beats the original and `keep_original` is set, the original is returned and the result
-says so (`Selection.warning`).
+model beats the original, or (``counterfactual``) none is above chance on the counterfactual
+images (`chance_floor`: the critic flagged the class evidence itself, so the criterion would
+reward ignoring the object), and `keep_original` is set, the original is returned and the
+result says so (`Selection.warning`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "Candidate",
     "ModelCheck",
     "Selection",
+    "chance_floor",
     "choose_criterion",
     "counterfactual_split",
     "plan_check",
@@ -225,12 +228,8 @@ def select_model(
     scored += [Candidate(_label(m), m.lam, m.scale, score(m.model)) for m in members]
     best_member = max(range(len(members)), key=lambda i: (scored[i + 1].score, -members[i].lam))
     best = scored[best_member + 1]
-    warning = None
-    if best.score <= scored[0].score:
-        warning = (
-            f"no aligned model beats the original on validation (best {best.name}: "
-            f"{best.score:.4f} vs {scored[0].score:.4f})"
-        )
+    warning = _rejection(name, best, scored[0], split)
+    if warning is not None:
         if keep_original:
             warning += "; the ORIGINAL model is returned unchanged"
             return original, Selection(
@@ -241,6 +240,37 @@ def select_model(
     return chosen.model, Selection(
         name, reason, tuple(scored), best.name, chosen.lam, lambda0, n_val, warning
     )
+
+
+def chance_floor(split: ShortcutDataset) -> float:
+    """The counterfactual accuracy an aligned model must exceed to be trusted: the share of
+    the split's most frequent class (what a constant guess scores) plus two standard errors."""
+    share = float(torch.bincount(split.labels).max()) / len(split)
+    return share + 2.0 * math.sqrt(share * (1.0 - share) / len(split))
+
+
+def _rejection(
+    name: CriterionName, best: Candidate, original: Candidate, split: ShortcutDataset
+) -> str | None:
+    """Why the best aligned model must not be returned, or None. Besides not beating the
+    original: on the counterfactual images, no better than chance. A model that reads what
+    the spec says keeps its accuracy there; when none of them does, the flagged regions hold
+    the class evidence itself (the critic flagged the object), and the check cannot tell a
+    better model from a worse one."""
+    if best.score <= original.score:
+        return (
+            f"no aligned model beats the original on validation (best {best.name}: "
+            f"{best.score:.4f} vs {original.score:.4f})"
+        )
+    floor = chance_floor(split) if name == "counterfactual" else -math.inf
+    if best.score <= floor:
+        return (
+            f"no aligned model is above chance on the counterfactual validation images (best "
+            f"{best.name}: {best.score:.4f}, chance + 2 SE {floor:.4f}): the flagged regions "
+            "carry the class itself, so the critic's masks likely cover the object, and the "
+            "check cannot vouch for any aligned model"
+        )
+    return None
 
 
 def _label(member: Any) -> str:
