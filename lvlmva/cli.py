@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from lvlmva import __version__
 from lvlmva.commands import COMMANDS
@@ -28,8 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == f"lvlmva.commands.{name}":
                 continue  # command not built in this checkout
             raise
-        module.register(subparsers)
+        add_command(subparsers, module)
     return parser
+
+
+def add_command(subparsers: argparse._SubParsersAction, module: ModuleType) -> None:
+    """Create the parser of one command module (`lvlmva.commands`): from its `COMMAND`, with the
+    flags its `add_arguments` adds and `handler=run`."""
+    command = module.COMMAND
+    parser = subparsers.add_parser(command.name, help=command.help, description=command.description)
+    module.add_arguments(parser)
+    parser.set_defaults(handler=module.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import argparse
 import numpy as np
 import torch
 
+from lvlmva.cli import add_command
 from lvlmva.commands import serve_sim
 from lvlmva.simulation import image_key
 from lvlmva.vision.render import original_png, render_critic_images
@@ -15,7 +16,7 @@ from lvlmva.vision.render import original_png, render_critic_images
 
 def _args(**kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    serve_sim.register(parser.add_subparsers())
+    add_command(parser.add_subparsers(), serve_sim)
     return parser.parse_args(["serve-sim", *kw.pop("argv")])
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lvlmva.commands.common import (
+    Command,
     add_critic_arguments,
     add_dataset_arguments,
     add_robust_arguments,
@@ -18,15 +19,16 @@ from lvlmva.commands.common import (
     train_original,
 )
 
+COMMAND = Command(
+    "align",
+    help="align a model with an LVLM critic (the main job)",
+    description="Explain a model's decisions on training samples, let an LVLM Critic & "
+    "Judge mark spurious clusters, and retrain with the right-for-the-right-reasons penalty. "
+    "With no API configured the offline simulated LVLM is used, and the output says so.",
+)
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "align",
-        help="align a model with an LVLM critic (the main job)",
-        description="Explain a model's decisions on training samples, let an LVLM Critic & "
-        "Judge mark spurious clusters, and retrain with the right-for-the-right-reasons penalty. "
-        "With no API configured the offline simulated LVLM is used, and the output says so.",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_dataset_arguments(p, dataset_help="dataset name (default: the model's, else decoy-digits)")
     p.add_argument("--model", help="checkpoint to align (default: train the original model first)")
     p.add_argument(
@@ -75,7 +77,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,22 +6,25 @@ import argparse
 import json
 import time
 
+from lvlmva.commands.common import Command
 from lvlmva.errors import ConfigError
 
 METHODS = ("dfr", "jtt", "subg")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "baseline",
-        help="group-robustness baselines: DFR, JTT, SUBG (need group labels)",
-        description="Run a baseline that uses group labels and write DIR/model.pt and "
-        "DIR/metrics.json ({before, after, method, params}, like align's). DFR retrains the "
-        "last layer of the original model (--model) on a group-balanced half of the validation "
-        "split; JTT trains, upweights the training errors and retrains; SUBG subsamples every "
-        "group to the smallest and trains. Without --model the original model is trained first "
-        "(DIR/original.pt) to give the 'before' metrics.",
-    )
+COMMAND = Command(
+    "baseline",
+    help="group-robustness baselines: DFR, JTT, SUBG (need group labels)",
+    description="Run a baseline that uses group labels and write DIR/model.pt and "
+    "DIR/metrics.json ({before, after, method, params}, like align's). DFR retrains the "
+    "last layer of the original model (--model) on a group-balanced half of the validation "
+    "split; JTT trains, upweights the training errors and retrains; SUBG subsamples every "
+    "group to the smallest and trains. Without --model the original model is trained first "
+    "(DIR/original.pt) to give the 'before' metrics.",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("method", choices=METHODS, help="dfr | jtt | subg")
     p.add_argument("--dataset", help="dataset name (default: the model's)")
     p.add_argument("--data-dir", help="folder holding the data (or env LVLMVA_DATA_DIR)")
@@ -54,7 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(handler=run)
 
 
 def parse_list(text: str, kind: type, flag: str) -> list:

@@ -14,16 +14,20 @@ import argparse
 import dataclasses
 import json
 
+from lvlmva.commands.common import Command
+
 RECENT = 10  # finished shards `status` lists without --all
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "batch",
-        help="batch runs: status | cancel | export | ingest",
-        description="Look at, cancel, export or ingest the batch shards a `--batch` run keeps "
-        "in its cache directory (docs/batch.md).",
-    )
+COMMAND = Command(
+    "batch",
+    help="batch runs: status | cancel | export | ingest",
+    description="Look at, cancel, export or ingest the batch shards a `--batch` run keeps "
+    "in its cache directory (docs/batch.md).",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="batch_action", required=True, metavar="ACTION")
     status = actions.add_parser("status", help="shards and their batches")
     status.add_argument("--all", action="store_true", help="every shard, finished ones too")
@@ -44,7 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument(
             "--cache-dir", help="the run's cache (default: ~/.cache/lvlmva or LVLMVA_CACHE_DIR)"
         )
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,15 +6,18 @@ import argparse
 import json
 import sys
 
+from lvlmva.commands.common import Command
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "cache",
-        help="the verdict cache: stats | clear | export",
-        description="Inspect, empty or export the on-disk cache of Critic and Judge answers. "
-        "stats reads without creating anything; clear asks first unless --yes (and also "
-        "removes a damaged cache database).",
-    )
+COMMAND = Command(
+    "cache",
+    help="the verdict cache: stats | clear | export",
+    description="Inspect, empty or export the on-disk cache of Critic and Judge answers. "
+    "stats reads without creating anything; clear asks first unless --yes (and also "
+    "removes a damaged cache database).",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("stats", "clear", "export"))
     p.add_argument("path", nargs="?", help="export: the JSON-lines file to write")
     p.add_argument(
@@ -22,7 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="stats: print one JSON object")
     p.add_argument("--yes", "-y", action="store_true", help="clear: do not ask")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

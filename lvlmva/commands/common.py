@@ -13,6 +13,17 @@ from typing import Any, TypeVar
 from lvlmva.errors import ConfigError
 
 
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """What `lvlmva.cli` needs to create a subcommand's parser: the name typed on the command
+    line, the one-line help `lvlmva --help` lists, and the description `lvlmva NAME --help`
+    opens with."""
+
+    name: str
+    help: str
+    description: str
+
+
 def add_dataset_arguments(
     parser: argparse.ArgumentParser, *, dataset_help: str, image_folder: bool = True
 ) -> None:

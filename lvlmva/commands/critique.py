@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from lvlmva.commands.common import (
+    Command,
     add_critic_arguments,
     add_dataset_arguments,
     critic_settings,
@@ -13,18 +14,19 @@ from lvlmva.commands.common import (
     resolve_device,
 )
 
+COMMAND = Command(
+    "critique",
+    help="critique a model's explanations over a dataset split into a durable run folder",
+    description="Explain samples of a split with the model, segment and render them, and let "
+    "the LVLM Critic & Judge give a verdict per cluster; every sample is written to the run "
+    "folder as it completes (images, clusters, attribution, critique, verdicts, mask, cost). "
+    "The same command again resumes (stored samples are skipped, cached answers are not paid "
+    "again); a larger --n or --all appends. Review it with `lvlmva review RUN`, train from it "
+    "with `lvlmva align --critique RUN`.",
+)
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "critique",
-        help="critique a model's explanations over a dataset split into a durable run folder",
-        description="Explain samples of a split with the model, segment and render them, and let "
-        "the LVLM Critic & Judge give a verdict per cluster; every sample is written to the run "
-        "folder as it completes (images, clusters, attribution, critique, verdicts, mask, cost). "
-        "The same command again resumes (stored samples are skipped, cached answers are not paid "
-        "again); a larger --n or --all appends. Review it with `lvlmva review RUN`, train from it "
-        "with `lvlmva align --critique RUN`.",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint to explain (`lvlmva train`)")
     add_dataset_arguments(p, dataset_help="dataset name (default: the model's own)")
     p.add_argument("--spec", help="task spec file or built-in name (default: the dataset's task)")
@@ -45,7 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="the run folder (created, or resumed)")
     _executor_arguments(p)
-    p.set_defaults(handler=run)
 
 
 def _executor_arguments(p: argparse.ArgumentParser) -> None:

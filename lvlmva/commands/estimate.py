@@ -13,18 +13,20 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 
-from lvlmva.commands.common import add_detail_argument, from_flags
+from lvlmva.commands.common import Command, add_detail_argument, from_flags
 
 VERDICT_TOKENS_PER_COLOR = 12  # {"color": "green", "verdict": "yes"}, roughly
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "estimate",
-        help="dry-run token and cost estimate of a critique run",
-        description="Estimate the tokens and USD a Critic & Judge run will cost. No request is "
-        "sent; prices are list prices unless --prices overrides them.",
-    )
+COMMAND = Command(
+    "estimate",
+    help="dry-run token and cost estimate of a critique run",
+    description="Estimate the tokens and USD a Critic & Judge run will cost. No request is "
+    "sent; prices are list prices unless --prices overrides them.",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, required=True, help="samples to critique")
     p.add_argument("--critic-model", required=True)
     p.add_argument("--judge-model", help="default: the critic model")
@@ -50,7 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "max(100, jobs / 4); 0 when the validation split has usable groups)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(handler=run)
 
 
 @dataclass(frozen=True)

@@ -6,19 +6,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lvlmva.commands.common import Command
 from lvlmva.errors import ConfigError
 
 SPLITS = ("test", "train", "val")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "explain",
-        help="render a model's explanations as the Critic would see them",
-        description="Explain samples for their true class, segment the attributions with "
-        "PPEPS-WGM and write, per sample, the original, the cluster map and the overlay as "
-        "PNGs, plus contact_sheet.png with all of them.",
-    )
+COMMAND = Command(
+    "explain",
+    help="render a model's explanations as the Critic would see them",
+    description="Explain samples for their true class, segment the attributions with "
+    "PPEPS-WGM and write, per sample, the original, the cluster map and the overlay as "
+    "PNGs, plus contact_sheet.png with all of them.",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint written by `lvlmva train`")
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--data-dir", help="folder holding the data (or env LVLMVA_DATA_DIR)")
@@ -33,7 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample draw and explanations")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from lvlmva.commands.common import Command
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "review",
-        help="review a critique run in the browser: see every explanation, override verdicts",
-        description="Serve a local web app over a critique run: a filterable grid of samples, "
-        "each sample's images, critique and verdicts (a click toggles a verdict; the change is "
-        "saved at once with an audit entry), notes, a summary, and the export of the reviewed "
-        "verdicts and masks. Binds 127.0.0.1 unless --allow-remote.",
-    )
+COMMAND = Command(
+    "review",
+    help="review a critique run in the browser: see every explanation, override verdicts",
+    description="Serve a local web app over a critique run: a filterable grid of samples, "
+    "each sample's images, critique and verdicts (a click toggles a verdict; the change is "
+    "saved at once with an audit entry), notes, a summary, and the export of the reviewed "
+    "verdicts and masks. Binds 127.0.0.1 unless --allow-remote.",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="the critique run folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: a free one)")
@@ -29,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="only show the re-align command; without it the app's 'Run now' runs `lvlmva align "
         "--critique RUN` in a child process (output in RUN/aligned/<time>/)",
     )
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from lvlmva.commands.common import Command
+
 
 def _probability(text: str) -> float:
     value = float(text)
@@ -30,17 +32,19 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "serve-sim",
-        help="serve the simulated LVLM (not a model) on a local OpenAI-compatible endpoint",
-        description="Serve a SIMULATED LVLM on an OpenAI-compatible HTTP API. It answers from "
-        "ground-truth spurious masks with a chosen verdict accuracy, latency and failure rates; "
-        "it is a test and benchmark stand-in, never a model. By default it sits behind a strict "
-        "stand-in of the OpenAI API (chat completions, files, batches, with OpenAI's request "
-        "rules, usage and rate limits; admin routes under /stand-in/ and GET /sim/stats); "
-        "--lenient serves the older permissive server. See docs/openai_standin.md.",
-    )
+COMMAND = Command(
+    "serve-sim",
+    help="serve the simulated LVLM (not a model) on a local OpenAI-compatible endpoint",
+    description="Serve a SIMULATED LVLM on an OpenAI-compatible HTTP API. It answers from "
+    "ground-truth spurious masks with a chosen verdict accuracy, latency and failure rates; "
+    "it is a test and benchmark stand-in, never a model. By default it sits behind a strict "
+    "stand-in of the OpenAI API (chat completions, files, batches, with OpenAI's request "
+    "rules, usage and rate limits; admin routes under /stand-in/ and GET /sim/stats); "
+    "--lenient serves the older permissive server. See docs/openai_standin.md.",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     p.add_argument(
@@ -91,7 +95,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     _strict_arguments(p)
-    p.set_defaults(handler=run)
 
 
 def _oracle_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,19 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lvlmva.commands.common import Command
 from lvlmva.errors import ConfigError
 
 ARCH_CHOICES = ("mlp", "resnet18", "resnet50")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train the original model on a dataset",
-        description="Train a task model with cross-entropy and Adam (seeded), evaluate it on the "
-        "test split and write DIR/model.pt (a checkpoint the other commands reload) and "
-        "DIR/metrics.json (test accuracy; per-group accuracy, AGA and WGA where groups exist).",
-    )
+COMMAND = Command(
+    "train",
+    help="train the original model on a dataset",
+    description="Train a task model with cross-entropy and Adam (seeded), evaluate it on the "
+    "test split and write DIR/model.pt (a checkpoint the other commands reload) and "
+    "DIR/metrics.json (test accuracy; per-group accuracy, AGA and WGA where groups exist).",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="decoy-digits", help="dataset name (default decoy-digits)")
     p.add_argument("--data-dir", help="folder holding the data (or env LVLMVA_DATA_DIR)")
     p.add_argument("--csv", help="image-folder: CSV of path,label[,group][,mask_path][,split]")
@@ -30,7 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(handler=run)
 
 
 def metrics_json(metrics) -> dict:
