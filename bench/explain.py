@@ -13,7 +13,7 @@ pipeline's `explain_segment_render` over the same images in the pipeline's batch
 
 The reference is a plain forward + backward pass (the gradient of the explained class's score
 with respect to the input) over exactly the samples DeepLiftShap puts through the model: an
-input and a background for every (image, background) pair, in passes of the same size; a second
+input and a background for every (image, background) pair, in the same passes; a second
 reference also takes the parameters' gradients (the backward pass of a training step). Explain
 and references alternate `--repeats` times; the ratio is the median over the repeats of explain
 time / reference time (and the same of CPU time, user + system from `resource.getrusage`, which
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from lvlmva.pipeline.explain import explain_segment_render
 from lvlmva.pipeline.options import CritiqueOptions
-from lvlmva.vision.attribution import Explainer, draw_backgrounds, explain
+from lvlmva.vision.attribution import Explainer, draw_backgrounds, explain, mean_over_pairs
 from lvlmva.vision.batch_sizing import WORKING_SET_FACTOR, available_memory_bytes
 from lvlmva.vision.datasets import load_dataset
 from lvlmva.vision.models import build_model
@@ -116,19 +116,21 @@ def plain_forward_backward(
     parameters: bool = False,
 ) -> None:
     """Forward + backward over DeepLiftShap's samples (for every (image, background) pair the
-    image and the background, `samples_per_forward` per pass): the gradient of the explained
-    class's score with respect to the input, and with `parameters` also to every parameter
-    (the autograd work of a training step)."""
-    n, m = len(images), len(backgrounds)
-    pairs_per_pass = max(1, samples_per_forward // 2)
+    image and the background) in the passes `explain` makes (`mean_over_pairs` with
+    `samples_per_forward // 2` pairs per pass): the gradient of the explained class's score
+    with respect to the input, and with `parameters` also to every parameter (the autograd
+    work of a training step)."""
     wrt = [p for p in model.parameters() if p.requires_grad] if parameters else []
     model.eval()
-    for start in range(0, n * m, pairs_per_pass):
-        pair = torch.arange(start, min(start + pairs_per_pass, n * m), device=images.device)
-        x = torch.cat((images[pair // m], backgrounds[pair % m])).requires_grad_()
-        target = targets[pair // m].repeat(2)
-        score = model(x).gather(1, target[:, None]).sum()
-        torch.autograd.grad(score, [x, *wrt])
+
+    def pairs(image: Tensor, background: Tensor) -> Tensor:
+        x = torch.cat((images[image], backgrounds[background])).requires_grad_()
+        score = model(x).gather(1, targets[image].repeat(2)[:, None]).sum()
+        return torch.autograd.grad(score, [x, *wrt])[0][: len(image)]
+
+    mean_over_pairs(
+        pairs, len(images), len(backgrounds), max(1, samples_per_forward // 2), images.device
+    )
 
 
 def relative_difference(a: Tensor, b: Tensor) -> float:
