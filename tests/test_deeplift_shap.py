@@ -158,3 +158,19 @@ def test_a_module_used_twice_and_a_batch_of_the_wrong_size_are_refused(data):
     references = reference_activations(view, backgrounds)
     with paired_rules(references), pytest.raises(RuntimeError, match="7 references"):
         view(images)
+
+
+class _InPlaceAfterReLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu, self.fc = nn.ReLU(), nn.Linear(300, 2)
+
+    def forward(self, x):
+        h = self.relu(x.flatten(1))
+        return self.fc(h.mul_(2))
+
+
+def test_a_model_changing_a_rule_modules_output_in_place_is_refused(data):
+    _, _, backgrounds = data
+    with pytest.raises(RuntimeError, match="in place"):
+        reference_activations(rule_view(_InPlaceAfterReLU()), backgrounds)

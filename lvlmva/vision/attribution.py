@@ -309,9 +309,11 @@ class Explainer:
     for the call and restored after).
 
     The model is moved to `device`. Each forward/backward pass takes at most
-    `samples_per_forward` model samples (DeepLiftShap: two per (image, background) pair); None
-    sizes it for the model, input shape and device (`lvlmva.vision.batch_sizing.plan_batch`,
-    remembered; halved and retried after a CUDA out-of-memory error).
+    `samples_per_forward` model samples (DeepLiftShap: two per (image, background) pair, as
+    captum's DeepLift needs; `RescaleDeepLiftShap` puts the image alone through with gradients,
+    the backgrounds once per call without); None sizes it for the model, input shape and
+    device (`lvlmva.vision.batch_sizing.plan_batch`, remembered; halved and retried after a
+    CUDA out-of-memory error).
     """
 
     def __init__(

@@ -68,6 +68,7 @@ class ReferenceActivations:
     n: int
     kept: dict[nn.Module, tuple[Tensor, ...]] = field(default_factory=dict)
     recording: bool = True
+    versions: list[tuple[Tensor, int]] = field(default_factory=list, repr=False)
 
 
 _HALVES = object()  # captum's layout: a batch is the inputs, then as many references
@@ -95,7 +96,13 @@ def reference_activations(view: nn.Module, references: Tensor) -> ReferenceActiv
     kept = ReferenceActivations(len(references))
     with torch.no_grad(), _state(kept):
         view(references)
+    if any(t._version != version for t, version in kept.versions):
+        raise RuntimeError(
+            "the model changes the input or output of a ReLU or max-pool in place, which "
+            "DeepLift's rules need as they were; make that operation out of place"
+        )
     kept.recording = False
+    kept.versions.clear()
     return kept
 
 
@@ -115,6 +122,7 @@ def _keep(state: ReferenceActivations, module: nn.Module, tensors: tuple[Tensor,
             "nonlinearity module used once (lvlmva.vision.deeplift_safety.make_deeplift_safe)"
         )
     state.kept[module] = tensors
+    state.versions.extend((t, t._version) for t in tensors)
 
 
 def _kept(state: ReferenceActivations, module: nn.Module, x: Tensor) -> tuple[Tensor, ...]:
