@@ -102,12 +102,17 @@ class RescaleDeepLiftShap:
         """DeepLift maps [n, c, ...] of every input against every one of the c baselines of
         `chunk` (their activations in `references`), one forward/backward pass."""
         c = len(chunk)
-        x = inputs.repeat_interleave(c, 0).requires_grad_()
+        grad = self._gradients(inputs.repeat_interleave(c, 0), references, targets, c)
+        maps = inputs[:, None] - chunk[None]
+        return maps.mul_(grad.unflatten(0, (len(inputs), c)))
+
+    def _gradients(self, x: Tensor, references: ReferenceActivations, targets, c: int) -> Tensor:
+        """The gradients of the paired batch `x` (each input c times) under the rules."""
+        x.requires_grad_()
         with torch.enable_grad(), paired_rules(references):
             out = self.model(x)
             if targets is not None:
                 out = out.gather(1, targets.repeat_interleave(c)[:, None])
             elif out.numel() != len(x):
                 raise ValueError(f"the model gives {tuple(out.shape)} scores: name a target")
-            (grad,) = torch.autograd.grad(out.sum(), x)
-        return (inputs[:, None] - chunk[None]) * grad.unflatten(0, (len(inputs), c))
+            return torch.autograd.grad(out.sum(), x)[0]
