@@ -13,13 +13,13 @@ pipeline's `explain_segment_render` over the same images in the pipeline's batch
 
 The reference is a plain forward + backward pass (the gradient of the explained class's score
 with respect to the input) over exactly the samples DeepLiftShap puts through the model: an
-input and a background for every (image, background) pair, in passes of the same size; a second
+input and a background for every (image, background) pair, in the same passes; a second
 reference also takes the parameters' gradients (the backward pass of a training step). Explain
 and references alternate `--repeats` times; the ratio is the median over the repeats of explain
 time / reference time (and the same of CPU time, user + system from `resource.getrusage`, which
 a machine shared with other jobs disturbs less than wall time).
 `--old` also runs `explain(batch_size=64)`, the fixed default before the automatic size (skipped
-where its estimated working set exceeds half the RAM); `--tricks` times one DeepLift pass with
+where its estimated working set exceeds half the RAM); `--tricks` times one DeepLiftShap pass with
 channels_last, in bfloat16 and (`--compile`) compiled, and how far their maps are from float32.
 Also reported: the maps' completeness error (DeepLift's summation-to-delta). Prints a table and
 one JSON line per model; `--json` writes them all.
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from lvlmva.pipeline.explain import explain_segment_render
 from lvlmva.pipeline.options import CritiqueOptions
-from lvlmva.vision.attribution import Explainer, draw_backgrounds, explain
+from lvlmva.vision.attribution import Explainer, draw_backgrounds, explain, mean_over_pairs
 from lvlmva.vision.batch_sizing import WORKING_SET_FACTOR, available_memory_bytes
 from lvlmva.vision.datasets import load_dataset
 from lvlmva.vision.models import build_model
@@ -116,19 +116,21 @@ def plain_forward_backward(
     parameters: bool = False,
 ) -> None:
     """Forward + backward over DeepLiftShap's samples (for every (image, background) pair the
-    image and the background, `samples_per_forward` per pass): the gradient of the explained
-    class's score with respect to the input, and with `parameters` also to every parameter
-    (the autograd work of a training step)."""
-    n, m = len(images), len(backgrounds)
-    pairs_per_pass = max(1, samples_per_forward // 2)
+    image and the background) in the passes `explain` makes (`mean_over_pairs` with
+    `samples_per_forward // 2` pairs per pass): the gradient of the explained class's score
+    with respect to the input, and with `parameters` also to every parameter (the autograd
+    work of a training step)."""
     wrt = [p for p in model.parameters() if p.requires_grad] if parameters else []
     model.eval()
-    for start in range(0, n * m, pairs_per_pass):
-        pair = torch.arange(start, min(start + pairs_per_pass, n * m), device=images.device)
-        x = torch.cat((images[pair // m], backgrounds[pair % m])).requires_grad_()
-        target = targets[pair // m].repeat(2)
-        score = model(x).gather(1, target[:, None]).sum()
-        torch.autograd.grad(score, [x, *wrt])
+
+    def pairs(image: Tensor, background: Tensor) -> Tensor:
+        x = torch.cat((images[image], backgrounds[background])).requires_grad_()
+        score = model(x).gather(1, targets[image].repeat(2)[:, None]).sum()
+        return torch.autograd.grad(score, [x, *wrt])[0][: len(image)]
+
+    mean_over_pairs(
+        pairs, len(images), len(backgrounds), max(1, samples_per_forward // 2), images.device
+    )
 
 
 def relative_difference(a: Tensor, b: Tensor) -> float:
@@ -294,34 +296,32 @@ def trick_variants(model, x: Tensor, b: Tensor, compile_: bool) -> dict:
 
 
 def tricks(model, train, images, labels, device: torch.device, args) -> dict:
-    """One DeepLift pass of the planned size and the plain pass over its samples for every
+    """One DeepLiftShap pass of the planned size as `explain` runs it (`RescaleDeepLiftShap`:
+    k images against c backgrounds) and the plain pass over its 2 k c samples for every
     `trick_variants` entry: median times, and the relative L2 distance of its maps from
     float32's."""
-    from captum.attr import DeepLift
-
-    from lvlmva.vision.attribution import summed_gradients
-    from lvlmva.vision.deeplift_rules import deeplift_rules, rule_view
+    from lvlmva.vision.deeplift_rules import rule_view
+    from lvlmva.vision.deeplift_shap import RescaleDeepLiftShap
 
     plan = Explainer(model, baselines=train.images, device=device).plan()
-    pairs = max(1, min(plan.samples_per_forward // 2, len(images) * N_BASELINES))
-    backgrounds = draw_backgrounds(train.images, N_BASELINES, images.shape[1:], seed=0)
-    x = images.repeat_interleave(N_BASELINES, 0)[:pairs].to(device)
-    b = backgrounds.repeat(len(images), 1, 1, 1)[:pairs].to(device)
-    t = labels.repeat_interleave(N_BASELINES)[:pairs].to(device)
+    pairs = max(1, plan.samples_per_forward // 2)
+    c = min(pairs, N_BASELINES)
+    k = max(1, min(pairs // c, len(images)))
+    x = images[:k].to(device)
+    b = draw_backgrounds(train.images, N_BASELINES, images.shape[1:], seed=0)[:c].to(device)
+    t = labels[:k].to(device)
 
-    def deeplift(m, xx, bb) -> Tensor:  # as explain runs it: captum's DeepLift, our rules
-        method = DeepLift(m)
-        method.gradient_func = summed_gradients
-        with deeplift_rules():
-            return method.attribute(xx.clone().requires_grad_(), bb.clone().requires_grad_(), t)
+    def deeplift(m, xx, bb) -> Tensor:
+        return RescaleDeepLiftShap(m).attribute(xx, bb, t)
 
     def plain(m, xx, bb) -> None:
-        z = torch.cat((xx, bb)).requires_grad_()
-        torch.autograd.grad(m(z).gather(1, t.repeat(2)[:, None]).float().sum(), z)
+        z = torch.cat((xx.repeat_interleave(c, 0), bb.repeat(k, 1, 1, 1))).requires_grad_()
+        score = m(z).gather(1, t.repeat_interleave(c).repeat(2)[:, None]).float().sum()
+        torch.autograd.grad(score, z)
 
     variants = trick_variants(rule_view(model), x, b, args.compile)
     reference = deeplift(*variants["float32"]).detach().float()
-    out: dict = {"pairs_per_pass": pairs}
+    out: dict = {"pairs_per_pass": k * c}
     for name, variant in variants.items():
         first = timed(functools.partial(deeplift, *variant), device)[1].wall_s  # compiles
         maps = deeplift(*variant).detach().float()
@@ -337,18 +337,17 @@ def tricks(model, train, images, labels, device: torch.device, args) -> dict:
             "deeplift_s": median_timing([r[0] for r in runs]).wall_s,
             "plain_s": median_timing([r[1] for r in runs]).wall_s,
             "relative_l2_vs_float32": float((maps - reference).norm() / reference.norm()),
-            "completeness_error_pairs": pair_completeness(variant[0], maps, variant[1:], t),
+            "completeness_error": shap_completeness(variant[0], maps, x, b, t),
         }
     return out
 
 
-def pair_completeness(model, maps: Tensor, pair: tuple[Tensor, Tensor], target: Tensor) -> float:
-    """`completeness_error` of per-pair DeepLift maps against their own reference."""
-    x, b = (t.float() for t in pair)
-    if next(model.parameters()).dtype != torch.float32:
-        model = copy.deepcopy(model).float()
+def shap_completeness(model, maps: Tensor, x: Tensor, b: Tensor, target: Tensor) -> float:
+    """`completeness_error` of DeepLiftShap maps of `x` against the backgrounds `b`."""
+    model = copy.deepcopy(model).float()
     with torch.no_grad():
-        delta = (model(x) - model(b)).gather(1, target[:, None])[:, 0].cpu()
+        reference = model(b)[:, target].mean(0)
+        delta = (model(x).gather(1, target[:, None])[:, 0] - reference).cpu()
     return float((maps.flatten(1).sum(1).cpu() - delta).abs().mean() / delta.abs().mean())
 
 

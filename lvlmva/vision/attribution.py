@@ -27,8 +27,9 @@ from torch import Tensor, nn
 
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.batch_sizing import BatchPlan, plan_batch, shrink_plan
-from lvlmva.vision.deeplift_rules import deeplift_rules, rule_view
+from lvlmva.vision.deeplift_rules import covers_every_nonlinearity, deeplift_rules, rule_view
 from lvlmva.vision.deeplift_safety import ensure_deeplift_safe
+from lvlmva.vision.deeplift_shap import RescaleDeepLiftShap
 from lvlmva.vision.modes import eval_mode
 
 __all__ = [
@@ -174,9 +175,15 @@ def mean_over_pairs(
 
 
 def _run_deeplift_shap(method: Any, work: AttributionWork, spec: AttributionMethod) -> Tensor:
-    """DeepLiftShap: captum's DeepLift of every (image, background) pair, averaged over the
-    backgrounds (what captum's DeepLiftShap computes), two model samples per pair; ReLU and
-    max-pooling apply `lvlmva.vision.deeplift_rules` (the model is a `rule_view`)."""
+    """DeepLiftShap: DeepLift of every (image, background) pair, averaged over the backgrounds
+    (what captum's DeepLiftShap computes); ReLU and max-pooling apply
+    `lvlmva.vision.deeplift_rules` (the model is a `rule_view`). Where those are all the
+    model's nonlinearities, `RescaleDeepLiftShap` (the images' passes only, each background
+    forward once); else captum's DeepLift on the pairs, two model samples each."""
+    pairs_per_pass = max(1, work.samples_per_forward // 2)
+    if covers_every_nonlinearity(method.model):
+        lean = RescaleDeepLiftShap(method.model, pairs_per_pass=pairs_per_pass)
+        return lean.attribute(work.inputs, work.backgrounds, work.targets)
 
     def pairs(images: Tensor, backgrounds: Tensor) -> Tensor:
         # fresh leaf copies that require gradients, as captum's DeepLiftShap expands them
@@ -186,11 +193,7 @@ def _run_deeplift_shap(method: Any, work: AttributionWork, spec: AttributionMeth
 
     with deeplift_rules():
         return mean_over_pairs(
-            pairs,
-            len(work.inputs),
-            len(work.backgrounds),
-            max(1, work.samples_per_forward // 2),
-            work.inputs.device,
+            pairs, len(work.inputs), len(work.backgrounds), pairs_per_pass, work.inputs.device
         )
 
 
@@ -306,9 +309,11 @@ class Explainer:
     for the call and restored after).
 
     The model is moved to `device`. Each forward/backward pass takes at most
-    `samples_per_forward` model samples (DeepLiftShap: two per (image, background) pair); None
-    sizes it for the model, input shape and device (`lvlmva.vision.batch_sizing.plan_batch`,
-    remembered; halved and retried after a CUDA out-of-memory error).
+    `samples_per_forward` model samples (DeepLiftShap: two per (image, background) pair, as
+    captum's DeepLift needs; `RescaleDeepLiftShap` puts the image alone through with gradients,
+    the backgrounds once per call without); None sizes it for the model, input shape and
+    device (`lvlmva.vision.batch_sizing.plan_batch`, remembered; halved and retried after a
+    CUDA out-of-memory error).
     """
 
     def __init__(

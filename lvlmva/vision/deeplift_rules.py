@@ -21,6 +21,15 @@ them). With x, r an input and its reference (eps = captum's 1e-10):
 
 On models without max-pooling the maps equal captum's; with it they sum to the output
 difference, which captum's do not.
+
+The rules also run without captum and without the references' backward pass, which DeepLift
+does not need (its maps are the inputs' gradients; the references only set the multipliers):
+`reference_activations(view, references)` runs the references through the view once, without
+gradients, and keeps every rule module's input (and output); within `paired_rules(those)` the
+rule modules take a batch of inputs paired, in order, with the references again and again
+(sample k with reference k mod n), and save multipliers computed against the kept
+activations (see `lvlmva.vision.deeplift_shap`). The input's own gradient is the fallback
+where |x - r| < eps, as in captum's rule.
 """
 
 from __future__ import annotations
@@ -29,26 +38,103 @@ import contextlib
 import contextvars
 import copy
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["EPS", "RescaleMaxPool2d", "RescaleReLU", "deeplift_rules", "rule_view"]
+__all__ = [
+    "EPS",
+    "ReferenceActivations",
+    "RescaleMaxPool2d",
+    "RescaleReLU",
+    "covers_every_nonlinearity",
+    "deeplift_rules",
+    "paired_rules",
+    "reference_activations",
+    "rule_view",
+]
 
 EPS = 1e-10
-_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("deeplift_rules", default=False)
+
+
+@dataclass(eq=False)
+class ReferenceActivations:
+    """What `n` references put into (and got out of) every rule module of a view, without
+    gradients: `kept[module]` is (input, output) for a ReLU, (input, output, arg-max indices)
+    for a max-pool, each [n, ...]. Filled by `reference_activations`."""
+
+    n: int
+    kept: dict[nn.Module, tuple[Tensor, ...]] = field(default_factory=dict)
+    recording: bool = True
+    versions: list[tuple[Tensor, int]] = field(default_factory=list, repr=False)
+
+
+_HALVES = object()  # captum's layout: a batch is the inputs, then as many references
+_STATE: contextvars.ContextVar[object] = contextvars.ContextVar("deeplift_rules", default=None)
 
 
 @contextlib.contextmanager
-def deeplift_rules() -> Iterator[None]:
-    """The rule modules of `rule_view` apply DeepLift's rules within the block (this thread or
-    task only)."""
-    token = _ACTIVE.set(True)
+def _state(state: object) -> Iterator[None]:
+    token = _STATE.set(state)
     try:
         yield
     finally:
-        _ACTIVE.reset(token)
+        _STATE.reset(token)
+
+
+def deeplift_rules() -> contextlib.AbstractContextManager[None]:
+    """The rule modules of `rule_view` apply DeepLift's rules within the block (this thread or
+    task only) to batches of inputs then as many references (captum's DeepLift)."""
+    return _state(_HALVES)
+
+
+def reference_activations(view: nn.Module, references: Tensor) -> ReferenceActivations:
+    """`references` [n, ...] through the `rule_view` `view` without gradients, keeping what
+    every rule module got and gave (for `paired_rules`)."""
+    kept = ReferenceActivations(len(references))
+    with torch.no_grad(), _state(kept):
+        view(references)
+    if any(t._version != version for t, version in kept.versions):
+        raise RuntimeError(
+            "the model changes the input or output of a ReLU or max-pool in place, which "
+            "DeepLift's rules need as they were; make that operation out of place"
+        )
+    kept.recording = False
+    kept.versions.clear()
+    return kept
+
+
+def paired_rules(references: ReferenceActivations) -> contextlib.AbstractContextManager[None]:
+    """Within the block the rule modules take batches whose sample k is an input paired with
+    reference k mod n of `references` (the batch size a multiple of n) and apply DeepLift's
+    rules against them; the backward pass is the inputs' alone."""
+    if references.recording:
+        raise RuntimeError("the reference activations are incomplete")
+    return _state(references)
+
+
+def _keep(state: ReferenceActivations, module: nn.Module, tensors: tuple[Tensor, ...]) -> None:
+    if module in state.kept:
+        raise RuntimeError(
+            f"{type(module).__name__} ran twice in one forward pass; DeepLift needs every "
+            "nonlinearity module used once (lvlmva.vision.deeplift_safety.make_deeplift_safe)"
+        )
+    state.kept[module] = tensors
+    state.versions.extend((t, t._version) for t in tensors)
+
+
+def _kept(state: ReferenceActivations, module: nn.Module, x: Tensor) -> tuple[Tensor, ...]:
+    tensors = state.kept.get(module)
+    if tensors is None:
+        raise RuntimeError(f"{type(module).__name__} did not run on the references")
+    if x.shape[0] % state.n or x.shape[1:] != tensors[0].shape[1:]:
+        raise RuntimeError(
+            f"a paired DeepLift batch holds inputs for each of {state.n} references of shape "
+            f"{tuple(tensors[0].shape[1:])}, got {tuple(x.shape)}"
+        )
+    return tensors
 
 
 def _halves(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,21 +210,108 @@ class _RescaleMaxPool2d(torch.autograd.Function):
         return new, None, None, None, None, None
 
 
+def _paired(x: Tensor, n: int) -> Tensor:
+    """[k * n, ...] as [k, n, ...]: sample j of group i is paired with reference j."""
+    return x.unflatten(0, (-1, n))
+
+
+def _needs_fallback(small: Tensor) -> bool:
+    """Whether `small` holds a True; always on a GPU, which saves the check's synchronisation."""
+    return small.device.type != "cpu" or bool(small.any())
+
+
+def _with_fallback(small: Tensor, fallback, ratio: Tensor) -> Tensor:
+    """`ratio` with `fallback()` where `small` (in place)."""
+    if _needs_fallback(small):
+        return torch.where(small, fallback(), ratio, out=ratio)
+    return ratio
+
+
+class _PairedRescaleReLU(torch.autograd.Function):
+    """The rescale rule against kept reference activations: saves one multiplier per pair."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, x_ref: Tensor, y_ref: Tensor) -> Tensor:
+        y = torch.relu(x)
+        x_in = _paired(x, len(x_ref))
+        delta = x_in - x_ref
+        ratio = (_paired(y, len(x_ref)) - y_ref).div_(delta)
+        ratio = _with_fallback(delta.abs_() < EPS, lambda: x_in > 0, ratio)
+        ctx.save_for_backward(ratio)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (multiplier,) = ctx.saved_tensors
+        return (grad.reshape(multiplier.shape) * multiplier).view(grad.shape), None, None
+
+
+class _PairedRescaleMaxPool2d(torch.autograd.Function):
+    """The max-pool rule against kept reference activations (the inputs' half of
+    `_RescaleMaxPool2d`: both halves' gradients are the inputs' where the multipliers are
+    shared)."""
+
+    @staticmethod
+    def forward(
+        ctx, x: Tensor, x_ref, y_ref, indices_ref, kernel, stride, padding, dilation, ceil_mode
+    ) -> Tensor:
+        y, indices = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, True)
+        ctx.save_for_backward(x, y, indices, x_ref, y_ref, indices_ref)
+        ctx.pool = (kernel, stride, padding, dilation, ceil_mode)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, y, indices, x_ref, y_ref, indices_ref = ctx.saved_tensors
+        n = len(x_ref)
+
+        def spread(values: Tensor, where: Tensor) -> Tensor:  # to every window's arg-max, summed
+            return torch.ops.aten.max_pool2d_with_indices_backward(
+                values.reshape(y.shape), x, *ctx.pool, where.reshape(y.shape)
+            )
+
+        g, y_in = _paired(grad, n), _paired(y, n)
+        top = torch.maximum(y_in, y_ref)
+        parts = spread(g * (top - y_ref), indices)
+        parts += spread(g * (y_in - top), indices_ref.expand(y_in.shape))
+        x_in = _paired(x, n)
+        delta = x_in - x_ref
+        ratio = _paired(parts, n).div_(delta)
+        ratio = _with_fallback(delta.abs_() < EPS, lambda: _paired(spread(grad, indices), n), ratio)
+        return ratio.view(x.shape), *([None] * 8)
+
+
 class RescaleReLU(nn.ReLU):
     """`nn.ReLU` that applies DeepLift's rescale rule under `deeplift_rules()`."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return _RescaleReLU.apply(x) if _ACTIVE.get() else super().forward(x)
+        state = _STATE.get()
+        if state is None:
+            return super().forward(x)
+        if state is _HALVES:
+            return _RescaleReLU.apply(x)
+        if state.recording:
+            y = torch.relu(x)
+            _keep(state, self, (x, y))
+            return y
+        return _PairedRescaleReLU.apply(x, *_kept(state, self, x))
 
 
 class RescaleMaxPool2d(nn.MaxPool2d):
     """`nn.MaxPool2d` that applies DeepLift's max-pooling rule under `deeplift_rules()`."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not _ACTIVE.get() or self.return_indices:
+        state = _STATE.get()
+        if state is None or self.return_indices:
             return super().forward(x)
         pool = (self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
-        return _RescaleMaxPool2d.apply(x, *pool)
+        if state is _HALVES:
+            return _RescaleMaxPool2d.apply(x, *pool)
+        if state.recording:
+            y, indices = F.max_pool2d(x, *pool, True)
+            _keep(state, self, (x, y, indices))
+            return y
+        return _PairedRescaleMaxPool2d.apply(x, *_kept(state, self, x), *pool)
 
 
 def _rule_module(module: nn.Module) -> nn.Module | None:
@@ -168,3 +341,15 @@ def rule_view(model: nn.Module) -> nn.Module:
             if rule is not None:
                 setattr(parent, name, rule)
     return view
+
+
+def covers_every_nonlinearity(view: nn.Module) -> bool:
+    """Whether the rule modules are all the nonlinearities captum's DeepLift would hook in
+    `view` (then `paired_rules` gives its maps without captum)."""
+    from lvlmva.vision.deeplift_safety import nonlinear_types
+
+    hooked = nonlinear_types()
+    return not any(
+        type(m) in hooked or (isinstance(m, RescaleMaxPool2d) and m.return_indices)
+        for m in view.modules()
+    )
