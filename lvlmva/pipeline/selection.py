@@ -91,8 +91,9 @@ def choose_criterion(val: ShortcutDataset, *, can_critique: bool) -> tuple[Crite
     why = "no groups" if val.groups is None else "no class with two groups of"
     detail = "" if val.groups is None else f" at least {MIN_GROUP} samples"
     return "counterfactual", (
-        f"validation accuracy with the critic-flagged regions replaced ({why}{detail} in the "
-        "validation split, so group accuracy would reward the shortcut)"
+        "validation accuracy with the critic-flagged regions swapped with an image of another "
+        f"class ({why}{detail} in the validation split, so group accuracy would reward the "
+        "shortcut)"
     )
 
 
