@@ -15,10 +15,9 @@ Every candidate and the original are scored on the validation split by one crite
   that reads its absence (the class without the patch) sees the donor's feature appear; a
   model that reads the rest keeps its accuracy. With the image's own mask alone, a shortcut
   carried by absence went unseen (bench/make_patch_task.py: 98% of one class have a patch,
-  the other none; the check kept the original for the true masks, test WGA 0.87, where the
-  aligned models reach 0.94).
-  It needs no group label; it costs the validation images' Critic & Judge calls, counted with
-  the run's.
+  the other none; with the true masks that check kept the original, test WGA 0.871, where
+  the member this one chooses reaches 0.959). It needs no group label; it costs the
+  validation images' Critic & Judge calls, counted with the run's.
 - ``none`` when neither is possible (no validation images): the middle of the grid, unchecked.
 
 The best score wins; ties go to the original, then to the smaller lambda. When no aligned
