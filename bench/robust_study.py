@@ -17,11 +17,12 @@ price, the simulation's token estimates; Batch API at 50%).
 Tasks and models (`TASKS`): every task with the reference MLP (`lvlmva align`'s default
 architecture) and `align`'s default 1,000 alignment samples (all 600 training images of the
 synthetic benchmarks): decoy-digits, decoy-mnist, synth-lesions and synth-knee (40 px,
-600 / 400 / 600 images, the size of bench/groups.py), and the study's own image-folder task
-(bench/make_stamp_task.py: PNGs, CSV and spec YAML, loaded only through `--dataset
-image-folder`). ResNet-18 is left out: with the five-member lambda grid one synth-knee cell took
-20 minutes on the shared cores (70 cells: a day). Every original model trains 5 epochs; every
-alignment retrains 5 epochs with the default lambda grid and model check.
+600 / 400 / 600 images, the size of bench/groups.py), and the study's own image-folder tasks
+(bench/make_stamp_task.py and bench/make_patch_task.py: PNGs, CSV and spec YAML, loaded only
+through `--dataset image-folder`). ResNet-18 is left out: with the five-member lambda grid
+one synth-knee cell took 20 minutes on the shared cores (70 cells: a day). Every original
+model trains 5 epochs; every alignment retrains 5 epochs with the default lambda grid and
+model check.
 
 Stages 1-3 (explain, segment, render) depend on the seed's model and data only, not on the
 critic: within a process they are computed once per (seed, split, samples, J) and reused by the
