@@ -351,7 +351,7 @@ def render(out: Path) -> None:
                                 n_variants, "alignment samples (None = 1,000)",
                                 "decoy-digits vs alignment samples (ground truth and simulated "
                                 "LVLM at 0.87, independent errors)"))  # fmt: skip
-    figures.append(cost_figure(rows))
+    figures.append(cost_figure(secondary))
     parts += ["## Figures", ""] + [f for f in figures if f] + ["", END]
     text = DOC.read_text() if DOC.exists() else f"# Robust alignment\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
