@@ -23,12 +23,14 @@ file, test images from its test file.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_stamp_task import write_listing  # a sibling script, not a package
 
 SIZE = 28
 PATCH = 4
@@ -115,13 +117,7 @@ def write_task(mnist: Path, out: Path, seed: int = 0) -> Path:
                 mask_path = f"masks/{name}"
             group = f"{label}/{'patch' if mask is not None else 'no patch'}"
             rows.append([f"images/{name}", label, group, mask_path, split])
-    csv_path = out / "images.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "group", "mask_path", "split"])
-        writer.writerows(rows)
-    (out / "spec.yaml").write_text(SPEC)
-    return csv_path
+    return write_listing(out, rows, SPEC)
 
 
 def main() -> None:

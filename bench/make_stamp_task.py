@@ -129,12 +129,18 @@ def write_task(out: Path, seed: int = 0, sizes: dict[str, int] | None = None) ->
             Image.fromarray((image * 255).round().astype(np.uint8)).save(out / "images" / name)
             Image.fromarray(stamp.astype(np.uint8) * 255).save(out / "masks" / name)
             rows.append([f"images/{name}", label, f"{label}/{ink}", f"masks/{name}", split])
+    return write_listing(out, rows, SPEC)
+
+
+def write_listing(out: Path, rows: list[list[str]], spec: str) -> Path:
+    """Write `out`/images.csv (path, label, group, mask_path, split per row) and
+    `out`/spec.yaml; returns the CSV path."""
     csv_path = out / "images.csv"
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "group", "mask_path", "split"])
         writer.writerows(rows)
-    (out / "spec.yaml").write_text(SPEC)
+    (out / "spec.yaml").write_text(spec)
     return csv_path
 
 
