@@ -26,7 +26,7 @@ from lvlmva.vision.consensus import (
 )
 from lvlmva.vision.datasets.base import ShortcutDataset
 from lvlmva.vision.masks import mask_from_verdicts
-from lvlmva.vision.rrr_grid import LambdaGridTrainer, penalty_scale
+from lvlmva.vision.rrr_grid import LambdaGridTrainer, RRRSettings, penalty_scale
 from lvlmva.vision.schedule import ScheduledPool
 
 # -- votes -------------------------------------------------------------------------------------
@@ -228,9 +228,8 @@ def _toy_pool(train):
 def test_the_grid_trains_members_on_the_same_batches_deterministically():
     train = _toy()
     def fit():
-        grid = LambdaGridTrainer(
-            _toy_model(), lams=(0.5, 0.5, 0.0), epochs=2, train_batch=16, progress=False
-        )
+        settings = RRRSettings(epochs=2, train_batch=16, progress=False)
+        grid = LambdaGridTrainer(_toy_model(), lams=(0.5, 0.5, 0.0), settings=settings)
         return grid.fit(train, _toy_pool(train))
 
     fits = [fit(), fit()]
@@ -253,7 +252,8 @@ def test_the_grid_in_units_of_lambda0():
     scale = penalty_scale(model, train.images[:8], masks, train.labels[:8], batch=8)
     assert scale > 0
     assert penalty_scale(model, train.images[:8], torch.zeros(8, 4, 4), train.labels[:8], 8) == 1.0
-    fit = LambdaGridTrainer(model, scales=(0.1, 1.0), epochs=1, progress=False).fit(
+    settings = RRRSettings(epochs=1, progress=False)
+    fit = LambdaGridTrainer(model, scales=(0.1, 1.0), settings=settings).fit(
         train, _toy_pool(train)
     )
     head = torch.stack([masks[0]] * 16)  # the first stage: half of the 32 positions

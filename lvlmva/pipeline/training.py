@@ -23,7 +23,7 @@ from lvlmva.errors import DataError
 from lvlmva.pipeline.masking import CritiquedSample, RobustMasks
 from lvlmva.pipeline.options import TrainOptions
 from lvlmva.vision.datasets.base import ShortcutDataset
-from lvlmva.vision.rrr_grid import GridMember, LambdaGridTrainer
+from lvlmva.vision.rrr_grid import GridMember, LambdaGridTrainer, RRRSettings
 from lvlmva.vision.schedule import ScheduledPool
 
 __all__ = ["AlignmentTraining"]
@@ -62,12 +62,14 @@ class AlignmentTraining:
             model,
             scales=() if fixed else options.lam_scales,
             lams=(options.lam,) if fixed else (),
-            gamma=options.gamma,
-            epochs=options.epochs,
-            lr=options.lr,
-            seed=seed,
-            device=device,
-            progress=progress,
+            settings=RRRSettings(
+                gamma=options.gamma,
+                epochs=options.epochs,
+                lr=options.lr,
+                seed=seed,
+                device=device,
+                progress=progress,
+            ),
         )
         self._task: asyncio.Future[LambdaGridTrainer] | None = None
 

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -207,6 +207,19 @@ class RRRHistory:
     pool_size: list[int] = field(default_factory=list)
     steps: int = 0
 
+    def add_epoch(
+        self, steps: int, totals: Sequence[float], step_time_s: float, pool_size: int
+    ) -> None:
+        """Record an epoch of `steps` steps: `totals` are the summed (loss, ce, penalty) of its
+        steps, `step_time_s` their summed wall time, `pool_size` the pool at its end."""
+        loss, ce, penalty = totals
+        self.steps += steps
+        self.loss.append(loss / steps)
+        self.ce.append(ce / steps)
+        self.penalty.append(penalty / steps)
+        self.step_time_s.append(step_time_s / steps)
+        self.pool_size.append(pool_size)
+
 
 @dataclass(frozen=True)
 class StepResult:
@@ -356,12 +369,7 @@ class RRRTrainer:
             totals = [0.0, 0.0, 0.0]
             step_time = 0.0
             done = 0
-            bar = progress_bar(
-                range(steps_per_epoch),
-                desc=f"RRR epoch {epoch + 1}/{self.epochs}",
-                disable=not self.progress,
-                leave=False,
-            )
+            bar = epoch_bar(steps_per_epoch, f"RRR epoch {epoch + 1}/{self.epochs}", self.progress)
             for step in bar:
                 if self._stop.is_set():
                     break
@@ -387,20 +395,14 @@ class RRRTrainer:
             bar.close()
             if done == 0:
                 break
-            h = self.history_
-            h.steps += done
-            h.loss.append(totals[0] / done)
-            h.ce.append(totals[1] / done)
-            h.penalty.append(totals[2] / done)
-            h.step_time_s.append(step_time / done)
-            h.pool_size.append(len(pool))
+            self.history_.add_epoch(done, totals, step_time, len(pool))
             if val is not None:
                 from lvlmva.vision.metrics import evaluate
 
                 metrics = evaluate(model, val, self.info, device=device)
-                h.val_accuracy.append(metrics.test_accuracy)
+                self.history_.val_accuracy.append(metrics.test_accuracy)
                 if metrics.wga is not None:
-                    h.val_wga.append(metrics.wga)
+                    self.history_.val_wga.append(metrics.wga)
             if self._stop.is_set():
                 break
         model.eval()
@@ -452,6 +454,11 @@ class RRRTrainer:
     def predict(self, images: Tensor, batch_size: int = 256) -> Tensor:
         """Predicted class indices [N] of the trained model."""
         return self.predict_proba(images, batch_size).argmax(dim=1)
+
+
+def epoch_bar(steps: int, desc: str, show: bool) -> Any:
+    """A progress bar over the `steps` steps of one epoch that clears itself when done."""
+    return progress_bar(range(steps), desc=desc, disable=not show, leave=False)
 
 
 def _cuda_devices(device: torch.device) -> list[int]:

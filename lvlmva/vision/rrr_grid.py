@@ -26,14 +26,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lvlmva.errors import ConfigError, DataError
-from lvlmva.progress import progress_bar
 from lvlmva.vision.datasets.base import ShortcutDataset
-from lvlmva.vision.rrr import RRRHistory, RRRTrainer, _cuda_devices, rrr_penalty
+from lvlmva.vision.rrr import (
+    RRRHistory,
+    RRRTrainer,
+    _cuda_devices,
+    epoch_bar,
+    rrr_penalty,
+)
 from lvlmva.vision.schedule import ScheduledPool
 
-__all__ = ["GridMember", "LambdaGridTrainer", "penalty_scale"]
+__all__ = ["GridMember", "LambdaGridTrainer", "RRRSettings", "penalty_scale"]
 
 SCALE_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class RRRSettings:
+    """How every member of the grid is optimised (the settings `RRRTrainer` takes as keywords,
+    but `lam`): weight decay `gamma`, alignment and ordinary samples per step, epochs, Adam's
+    learning rate, the seed, the device and whether progress bars show."""
+
+    gamma: float = 0.0
+    align_batch: int = 8
+    train_batch: int = 64
+    epochs: int = 5
+    lr: float = 1e-3
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    progress: bool = True
 
 
 @dataclass
@@ -70,9 +91,9 @@ def penalty_scale(
 
 
 class LambdaGridTrainer:
-    """Trains one copy of `model` per lambda on batches of `train_batch` ordinary samples and
-    `align_batch` samples of a `ScheduledPool` (scikit-learn style: `fit` returns self, the
-    trained members are `members_`, the scale `lambda0_`). Deterministic for a seed."""
+    """Trains one copy of `model` per lambda on batches of `settings.train_batch` ordinary samples
+    and `settings.align_batch` samples of a `ScheduledPool` (scikit-learn style: `fit` returns
+    self, the trained members are `members_`, the scale `lambda0_`). Deterministic for a seed."""
 
     def __init__(
         self,
@@ -80,14 +101,7 @@ class LambdaGridTrainer:
         *,
         scales: Sequence[float] = (),
         lams: Sequence[float] = (),
-        gamma: float = 0.0,
-        align_batch: int = 8,
-        train_batch: int = 64,
-        epochs: int = 5,
-        lr: float = 1e-3,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        progress: bool = True,
+        settings: RRRSettings | None = None,
     ) -> None:
         if bool(scales) == bool(lams):
             raise ConfigError("give the lambda grid either as scales of lambda0 or as lambdas")
@@ -97,14 +111,8 @@ class LambdaGridTrainer:
         self.model = model
         self.scales = tuple(float(s) for s in scales)
         self.lams = tuple(float(v) for v in lams)
-        self.gamma = gamma
-        self.align_batch = align_batch
-        self.train_batch = train_batch
-        self.epochs = epochs
-        self.lr = lr
-        self.seed = seed
-        self.device = torch.device(device)
-        self.progress = progress
+        self.settings = RRRSettings() if settings is None else settings
+        self.device = torch.device(self.settings.device)
         self._stop = threading.Event()
         self.members_: list[GridMember] = []
         self.lambda0_: float | None = None
@@ -124,48 +132,45 @@ class LambdaGridTrainer:
             if self.scales:
                 batch = first.head(SCALE_SAMPLES)
                 self.lambda0_ = penalty_scale(
-                    start, batch.images, batch.masks, batch.labels, self.align_batch
+                    start, batch.images, batch.masks, batch.labels, self.settings.align_batch
                 )
                 grid = [(s * self.lambda0_, s) for s in self.scales]
             else:
                 grid = [(lam, None) for lam in self.lams]
             self.members_ = [GridMember(lam, s, copy.deepcopy(start)) for lam, s in grid]
             with torch.random.fork_rng(devices=_cuda_devices(self.device)):
-                torch.manual_seed(self.seed)
+                torch.manual_seed(self.settings.seed)
                 self._train(train, pool)
         finally:
             self._stop.clear()
         return self
 
     def _train(self, train: ShortcutDataset, pool: ScheduledPool) -> None:
-        generator = torch.Generator().manual_seed(self.seed)
+        s = self.settings
+        generator = torch.Generator().manual_seed(s.seed)
         steppers = [
-            RRRTrainer(m.model, lam=m.lam, gamma=self.gamma, align_batch=self.align_batch)
+            RRRTrainer(m.model, lam=m.lam, gamma=s.gamma, align_batch=s.align_batch)
             for m in self.members_
         ]
-        optimizers = [torch.optim.Adam(m.model.parameters(), lr=self.lr) for m in self.members_]
+        optimizers = [torch.optim.Adam(m.model.parameters(), lr=s.lr) for m in self.members_]
         n = len(train)
-        per_epoch = math.ceil(n / self.train_batch)
-        total = max(1, per_epoch * self.epochs)
-        for epoch in range(self.epochs):
+        per_epoch = math.ceil(n / s.train_batch)
+        total = max(1, per_epoch * s.epochs)
+        for epoch in range(s.epochs):
             for m in self.members_:
                 m.model.train()
             order = torch.randperm(n, generator=generator)
             sums = [[0.0, 0.0, 0.0] for _ in self.members_]
             seconds, done = 0.0, 0
-            bar = progress_bar(
-                range(per_epoch),
-                desc=f"RRR epoch {epoch + 1}/{self.epochs} ({len(self.members_)} lambdas)",
-                disable=not self.progress,
-                leave=False,
-            )
+            desc = f"RRR epoch {epoch + 1}/{s.epochs} ({len(self.members_)} lambdas)"
+            bar = epoch_bar(per_epoch, desc, s.progress)
             for step in bar:
                 stage = pool.stage((epoch * per_epoch + step) / total, self._stop)
                 if stage is None or self._stop.is_set():
                     break
-                idx = order[step * self.train_batch : (step + 1) * self.train_batch]
+                idx = order[step * s.train_batch : (step + 1) * s.train_batch]
                 x, y = train.images[idx].to(self.device), train.labels[idx].to(self.device)
-                batch = stage.draw(self.align_batch, generator)
+                batch = stage.draw(s.align_batch, generator)
                 started = time.perf_counter()
                 for i, (m, stepper, opt) in enumerate(
                     zip(self.members_, steppers, optimizers, strict=True)
@@ -178,14 +183,8 @@ class LambdaGridTrainer:
             bar.close()
             if done == 0 or stage is None:
                 break
-            for m, (loss, ce, penalty) in zip(self.members_, sums, strict=True):
-                h = m.history
-                h.steps += done
-                h.loss.append(loss / done)
-                h.ce.append(ce / done)
-                h.penalty.append(penalty / done)
-                h.step_time_s.append(seconds / done / len(self.members_))
-                h.pool_size.append(len(stage))
+            for m, totals in zip(self.members_, sums, strict=True):
+                m.history.add_epoch(done, totals, seconds / len(self.members_), len(stage))
             if self._stop.is_set():
                 break
         for m in self.members_:
