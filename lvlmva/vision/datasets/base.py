@@ -1,5 +1,6 @@
 """In-memory datasets whose samples carry a label, a group and a ground-truth spurious mask, and
-the normalisation statistics (`channel_stats`) every dataset computes on its training split."""
+the normalisation statistics (`channel_stats`) every dataset computes on its training split
+(`describe_splits` puts them in the splits' `DatasetInfo`)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,26 @@ def channel_stats(
         return tuple(float(v) if decimals is None else round(float(v), decimals) for v in stat)
 
     return values(mean), values(std)
+
+
+def describe_splits(
+    train: ShortcutDataset,
+    val: ShortcutDataset,
+    test: ShortcutDataset,
+    *,
+    name: str,
+    class_names: tuple[str, ...],
+    task: str,
+    group_names: tuple[str, ...] | None,
+    options: dict,
+    decimals: int | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> DatasetSplits:
+    """The splits with their `DatasetInfo`: channel count, image size and normalisation
+    (`channel_stats` with `decimals` and `dtype`) read off the training images."""
+    mean, std = channel_stats(train.images, decimals=decimals, dtype=dtype)
+    _, channels, _, size = train.images.shape
+    info = DatasetInfo(
+        name, class_names, channels, size, task, mean, std, group_names, options=dict(options)
+    )
+    return DatasetSplits(info, train, val, test)

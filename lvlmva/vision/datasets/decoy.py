@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lvlmva.vision.datasets.base import DatasetInfo, DatasetSplits, ShortcutDataset, channel_stats
+from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset, describe_splits
 
 DECOY_SIZE = 4
 TASK = "decoy-digits"
@@ -83,20 +83,15 @@ def build_decoy_splits(
         _decoy_split(images, labels.long(), generator, random_shade=name_ == "test")
         for name_, (images, labels) in (("train", train), ("val", val), ("test", test))
     ]
-    mean, std = channel_stats(splits[0].images)
     class_names = tuple(str(d) for d in range(10))
     group_names = tuple(
         f"{digit}/decoy-{kind}" for digit in class_names for kind in ("random", "matches")
     )
-    info = DatasetInfo(
+    return describe_splits(
+        *splits,
         name=name,
         class_names=class_names,
-        channels=train[0].shape[1],
-        image_size=train[0].shape[-1],
         task=TASK,
-        mean=mean,
-        std=std,
         group_names=group_names,
-        options=dict(options),
+        options=options,
     )
-    return DatasetSplits(info, *splits)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lvlmva.errors import ConfigError, DataError
-from lvlmva.vision.datasets.base import DatasetInfo, DatasetSplits, ShortcutDataset, channel_stats
+from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset, describe_splits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 REQUIRED_COLUMNS = ("path", "label")
@@ -240,15 +240,13 @@ def load_image_folder(
     train, val, test = (full.subset(idx) for idx in _split_indices(records, seed))
     if len(train) == 0:
         raise DataError("image-folder: the train split is empty; mark some CSV rows split=train")
-    mean, std = channel_stats(train.images)
-    info = DatasetInfo(
+    return describe_splits(
+        train,
+        val,
+        test,
         name="image-folder",
         class_names=class_names,
-        channels=channels,
-        image_size=image_size,
         task=task,
-        mean=mean,
-        std=std,
         group_names=group_names,
         options={
             "seed": seed,
@@ -258,7 +256,6 @@ def load_image_folder(
             "channels": channels,
         },
     )
-    return DatasetSplits(info, train, val, test)
 
 
 def find_records(

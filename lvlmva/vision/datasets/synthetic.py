@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from lvlmva.errors import ConfigError
-from lvlmva.vision.datasets.base import DatasetInfo, DatasetSplits, ShortcutDataset, channel_stats
+from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset, describe_splits
 
 __all__ = [
     "CHUNK",
@@ -80,16 +80,12 @@ def build_synthetic_splits(
         )
         for k, n in enumerate(sizes)
     ]
-    mean, std = channel_stats(splits[0].images, decimals=STAT_DECIMALS, dtype=torch.float32)
     n_train, n_val, n_test = sizes
-    info = DatasetInfo(
+    return describe_splits(
+        *splits,
         name=spec.name,
         class_names=spec.class_names,
-        channels=spec.channels,
-        image_size=image_size,
         task=spec.task,
-        mean=mean,
-        std=std,
         group_names=spec.group_names,
         options={
             "seed": seed,
@@ -99,8 +95,9 @@ def build_synthetic_splits(
             "n_test": n_test,
             spec.rate_option: list(rate),
         },
+        decimals=STAT_DECIMALS,
+        dtype=torch.float32,
     )
-    return DatasetSplits(info, *splits)
 
 
 def generate_split(
