@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lvlmva.commands.common import Command
+from lvlmva.commands.common import Command, add_dataset_arguments
 from lvlmva.errors import ConfigError
 
 SPLITS = ("test", "train", "val")
@@ -23,8 +23,11 @@ COMMAND = Command(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint written by `lvlmva train`")
-    p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
-    p.add_argument("--data-dir", help="folder holding the data (or env LVLMVA_DATA_DIR)")
+    add_dataset_arguments(
+        p,
+        dataset_help="dataset name (default: the one the model was trained on)",
+        image_folder=False,
+    )
     p.add_argument("--n", type=int, default=16, help="samples to explain (default 16)")
     p.add_argument("--clusters", type=int, default=7, help="PPEPS-WGM clusters per image")
     p.add_argument(
