@@ -14,7 +14,10 @@ the alignment samples (soft masks, after the neighbour consensus where `neighbou
   (the true masks give 1.0);
 - ``other_masked``: mean over samples of the mask's mean over the foreground pixels outside the
   spurious region (relevant or irrelevant, the dataset does not say which), the share of the
-  rest that RRR is told to ignore (the true masks give 0.0).
+  rest that RRR is told to ignore (the true masks give 0.0);
+- ``spurious_in_foreground``: mean over samples with a spurious region of the share of its
+  pixels that the segmentation keeps as foreground at all (what any verdicts could mask: the
+  ceiling of ``spurious_covered``).
 
 Training does not change the masks, so each `align` trains one epoch only.
 """
@@ -38,21 +41,24 @@ import robust_study as study
 def mask_quality(samples, train) -> dict[str, float]:
     """`spurious_covered` and `other_masked` (module docstring) of an `align` result's records
     against the training split's true masks."""
-    covered, other, n_spurious, n = 0.0, 0.0, 0, 0
+    covered, other, inside, n_spurious, n = 0.0, 0.0, 0.0, 0, 0
     for record in samples:
         if record.mask is None:
             continue
         truth = train.spurious_masks[record.index].float()
         mask = record.mask.float()
-        rest = (record.cluster_labels >= 0).float() * (1.0 - truth)
+        foreground = (record.cluster_labels >= 0).float()
+        rest = foreground * (1.0 - truth)
         if truth.sum() > 0:
             covered += float((mask * truth).sum() / truth.sum())
+            inside += float((foreground * truth).sum() / truth.sum())
             n_spurious += 1
         other += float((mask * rest).sum() / rest.sum().clamp_min(1.0))
         n += 1
     return {
         "spurious_covered": round(covered / max(n_spurious, 1), 3),
         "other_masked": round(other / max(n, 1), 3),
+        "spurious_in_foreground": round(inside / max(n_spurious, 1), 3),
         "samples": n,
     }
 
