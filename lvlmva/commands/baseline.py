@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from lvlmva.commands.common import Command
+from lvlmva.commands.common import Command, add_dataset_arguments
 from lvlmva.errors import ConfigError
 
 METHODS = ("dfr", "jtt", "subg")
@@ -26,10 +26,7 @@ COMMAND = Command(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("method", choices=METHODS, help="dfr | jtt | subg")
-    p.add_argument("--dataset", help="dataset name (default: the model's)")
-    p.add_argument("--data-dir", help="folder holding the data (or env LVLMVA_DATA_DIR)")
-    p.add_argument("--csv", help="image-folder: CSV of path,label,group[,mask_path][,split]")
-    p.add_argument("--image-size", type=int, help="image-folder: resize images to this size")
+    add_dataset_arguments(p, dataset_help="dataset name (default: the model's)", needs_groups=True)
     p.add_argument(
         "--dataset-option",
         action="append",

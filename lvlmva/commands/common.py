@@ -25,16 +25,24 @@ class Command:
 
 
 def add_dataset_arguments(
-    parser: argparse.ArgumentParser, *, dataset_help: str, image_folder: bool = True
+    parser: argparse.ArgumentParser,
+    *,
+    dataset_help: str,
+    image_folder: bool = True,
+    needs_groups: bool = False,
 ) -> None:
-    """--dataset, --data-dir and (for the image-folder dataset) --csv and --image-size."""
+    """--dataset, --data-dir and (for the image-folder dataset) --csv and --image-size;
+    `needs_groups`: the command needs the CSV's group column."""
     parser.add_argument("--dataset", help=dataset_help)
     parser.add_argument("--data-dir", help="folder holding the data (or env LVLMVA_DATA_DIR)")
     if image_folder:
+        group = ",group" if needs_groups else "[,group]"
         parser.add_argument(
-            "--csv", help="image-folder: CSV of path,label[,group][,mask_path][,split]"
+            "--csv", help=f"image-folder: CSV of path,label{group}[,mask_path][,split]"
         )
-        parser.add_argument("--image-size", type=int, help="image-folder: resize images to this")
+        parser.add_argument(
+            "--image-size", type=int, help="image-folder: resize images to this size"
+        )
 
 
 def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
