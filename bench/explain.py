@@ -80,15 +80,18 @@ OLD_BATCH = 64
 
 @dataclass(frozen=True)
 class Timing:
-    """Wall, user and system seconds of one stage (the repeat with the median wall time)."""
+    """Wall, user and system seconds and minor page faults of one stage (the repeat with the
+    median wall time)."""
 
     wall_s: float
     user_s: float
     sys_s: float
+    minor_faults: int = 0
 
 
 def timed(fn, device: torch.device) -> tuple[object, Timing]:
-    """`fn()`'s result and its wall / user / system time (after a device sync)."""
+    """`fn()`'s result and its wall / user / system time and minor faults (after a device
+    sync)."""
     start_usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     result = fn()
@@ -97,7 +100,10 @@ def timed(fn, device: torch.device) -> tuple[object, Timing]:
     wall = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return result, Timing(
-        wall, usage.ru_utime - start_usage.ru_utime, usage.ru_stime - start_usage.ru_stime
+        wall,
+        usage.ru_utime - start_usage.ru_utime,
+        usage.ru_stime - start_usage.ru_stime,
+        usage.ru_minflt - start_usage.ru_minflt,
     )
 
 
@@ -154,6 +160,7 @@ def _per_image(timing: Timing, n: int) -> dict:
         "user_s": timing.user_s,
         "sys_s": timing.sys_s,
         "sys_over_user": timing.sys_s / timing.user_s if timing.user_s > 0 else 0.0,
+        "minor_faults": timing.minor_faults,
     }
 
 
