@@ -21,8 +21,9 @@ a machine shared with other jobs disturbs less than wall time).
 `--old` also runs `explain(batch_size=64)`, the fixed default before the automatic size (skipped
 where its estimated working set exceeds half the RAM); `--tricks` times one DeepLiftShap pass with
 channels_last, in bfloat16 and (`--compile`) compiled, and how far their maps are from float32.
-Also reported: the maps' completeness error (DeepLift's summation-to-delta). Prints a table and
-one JSON line per model; `--json` writes them all.
+Also reported: the maps' completeness error (DeepLift's summation-to-delta), and every stage's
+minor page faults (`ru_minflt`; for explain also per repeat, with its system / user time).
+Prints a table and one JSON line per model; `--json` writes them all.
 """
 
 from __future__ import annotations
@@ -199,6 +200,8 @@ def explain_vs_plain(model, train, images, labels, device, repeats: int) -> tupl
         "plain_with_parameter_gradients": _per_image(t_full, n),
         "explain_over_plain": statistics.median(ratios),
         "explain_over_plain_each": ratios,
+        "explain_sys_over_user_each": [t.sys_s / t.user_s if t.user_s else 0.0 for t in explained],
+        "explain_minor_faults_each": [t.minor_faults for t in explained],
         "explain_over_plain_cpu_time": statistics.median(cpu_ratios),
         "explain_over_plain_with_parameters": statistics.median(
             e.wall_s / f.wall_s for e, f in zip(explained, full, strict=True)
