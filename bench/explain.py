@@ -18,9 +18,11 @@ reference also takes the parameters' gradients (the backward pass of a training 
 and references alternate `--repeats` times; the ratio is the median over the repeats of explain
 time / reference time (and the same of CPU time, user + system from `resource.getrusage`, which
 a machine shared with other jobs disturbs less than wall time).
-`--old` also runs `explain(batch_size=64)`, the fixed default before the automatic size (skipped
-where its estimated working set exceeds half the RAM); `--tricks` times one DeepLiftShap pass with
-channels_last, in bfloat16 and (`--compile`) compiled, and how far their maps are from float32.
+`--no-trim-size` plans the CPU pass as before its trim-size bound (the largest activation within
+the allocator's reuse size only). `--old` also runs `explain(batch_size=64)`, the fixed default
+before the automatic size (skipped where its estimated working set exceeds half the RAM);
+`--tricks` times one DeepLiftShap pass with channels_last, in bfloat16 and (`--compile`)
+compiled, and how far their maps are from float32.
 Also reported: the maps' completeness error (DeepLift's summation-to-delta), and every stage's
 minor page faults (`ru_minflt`; for explain also per repeat, with its system / user time).
 Prints a table and one JSON line per model; `--json` writes them all.
@@ -47,6 +49,7 @@ from torch import Tensor, nn
 
 from lvlmva.pipeline.explain import explain_segment_render
 from lvlmva.pipeline.options import CritiqueOptions
+from lvlmva.vision import batch_sizing
 from lvlmva.vision.attribution import Explainer, draw_backgrounds, explain, mean_over_pairs
 from lvlmva.vision.batch_sizing import WORKING_SET_FACTOR, available_memory_bytes
 from lvlmva.vision.datasets import load_dataset
@@ -393,8 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--old", action="store_true", help="also run batch_size=64")
     parser.add_argument("--tricks", action="store_true", help="channels_last, bfloat16 passes")
     parser.add_argument("--compile", action="store_true", help="with --tricks: torch.compile")
+    parser.add_argument(
+        "--no-trim-size", action="store_true", help="CPU plan without its trim-size bound (before)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.no_trim_size:
+        batch_sizing.CPU_TRIM_BYTES = 1 << 62
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
