@@ -74,7 +74,7 @@ def test_a_shallow_model_keeps_its_working_set_within_the_trim_threshold():
     assert plan.profile.output_bytes == output
     assert CPU_REUSE_BYTES // plan.profile.largest_bytes == 10699
     assert plan.bound == "trim size"
-    assert plan.samples_per_forward == CPU_TRIM_BYTES // (WORKING_SET_FACTOR * output) == 2675
+    assert plan.samples_per_forward == CPU_TRIM_BYTES // (WORKING_SET_FACTOR * output) == 1337
     assert plan.samples_per_forward * WORKING_SET_FACTOR * output <= CPU_TRIM_BYTES
 
 

@@ -12,26 +12,28 @@ Linux):
   mmap'ed block freed, up to `CPU_REUSE_BYTES` (32 MiB, DEFAULT_MMAP_THRESHOLD_MAX); a block
   above that is always mmap'ed (measured: ResNet-18 at 64 px with 3,200 samples per pass had
   more system time than user time);
-- the trim threshold, twice the mmap threshold (at most `CPU_TRIM_BYTES`, 64 MiB): when a free
-  leaves more than this unused at the top of the heap, glibc gives it back to the kernel, and
-  the next pass faults it in again. A pass whose working set exceeds it does that once it
-  ends, whenever its tensors were the last on the heap (measured, one thread, the MLP on 28 px
-  digits, 10,699 samples per pass, about 370 MB of working set: explain's system time 0.24 to
-  0.37 of its user time; the plain reference beside it, twice the samples per pair, faulted
-  its 100 to 130 MB in on nearly every call).
+- the trim threshold, twice the mmap threshold: when a free leaves more than this unused at the
+  top of the heap, glibc gives it back to the kernel, and the next pass faults it in again. It
+  follows the mmap threshold, which in a process that has loaded its data has risen to 16 to
+  24 MiB (measured with `malloc` probes in bench/explain.py's process), so it is 32 MiB or
+  more. A pass whose working set exceeds it gives memory back whenever its tensors were the
+  last on the heap (measured, one thread, the MLP on 28 px digits, 10,699 samples per pass,
+  an estimated 370 MB: 4,000 to 16,000 minor faults in 7 of 10 explain calls, system time
+  up to 0.39 of user time; at 1,945 samples, 64 MiB, faults in 5 of 20 calls; at 972, 32 MiB,
+  none in 20).
 
 `plan_batch` runs one forward/backward of `PROBE_SAMPLES` samples, records per sample the
 largest tensor a module outputs, the sum of all module outputs and, on CUDA, the peak memory
 allocated, and sizes the batch:
 
 - CPU: the largest activation within `CPU_REUSE_BYTES` ("reuse size"); the working set
-  (`WORKING_SET_FACTOR` times the outputs) within `CPU_TRIM_BYTES` ("trim size"), except that
-  this bound never cuts a pass below `MIN_TRIM_SAMPLES`: a model whose working set is above
-  128 KiB a sample (every convolutional net on images) needs its batch for the convolutions
-  (measured, ResNet-18 at 64 px: 0.29 s an image at 64 pairs a pass, 0.40 s at 8, 0.54 s at
-  4) and its passes, compute-bound, refault little of it (system time 0.006 of user time), so
-  it keeps the reuse-size bound; and the working set within `RAM_SHARE` of the available
-  memory ("memory");
+  (`WORKING_SET_FACTOR` times the outputs) within `CPU_TRIM_BYTES` ("trim size", 32 MiB, also
+  the L3 cache of our EPYC hosts), but this bound never cuts a pass below `MIN_TRIM_SAMPLES`:
+  a model with more than 64 KiB of working set a sample (every convolutional net on images)
+  needs its batch for the convolutions (measured, ResNet-18 at 64 px: 0.29 s an image at 64
+  pairs a pass, 0.40 s at 8, 0.54 s at 4), and its compute-bound passes refault little (system
+  time at most 0.03 of user time), so it keeps the reuse-size bound; and the working set within
+  `RAM_SHARE` of the available memory ("memory");
 - CUDA: `WORKING_SET_FACTOR` times the measured peak within `CUDA_SHARE` of the free memory;
 
 and at most `MAX_SAMPLES` ("cap": beyond that a batch only adds latency). The CPU bounds are
@@ -70,7 +72,8 @@ __all__ = [
 
 PROBE_SAMPLES = 2
 CPU_REUSE_BYTES = 32 << 20  # glibc: 4 * 1024 * 1024 * sizeof(long), DEFAULT_MMAP_THRESHOLD_MAX
-CPU_TRIM_BYTES = 2 * CPU_REUSE_BYTES  # glibc: the trim threshold follows at 2 x the mmap one
+# glibc: the trim threshold is twice the mmap threshold, which loading the data raises to 16 MiB
+CPU_TRIM_BYTES = 32 << 20
 # below this a pass's fixed cost shows (the MLP at 28 px: 2,300 images/s at 972 to 5,349
 # samples a pass, 1,740 at 486)
 MIN_TRIM_SAMPLES = 512
