@@ -17,10 +17,10 @@ Linux):
   follows the mmap threshold, which in a process that has loaded its data has risen to 16 to
   24 MiB (measured with `malloc` probes in bench/explain.py's process), so it is 32 MiB or
   more. A pass whose working set exceeds it gives memory back whenever its tensors were the
-  last on the heap (measured, one thread, the MLP on 28 px digits, 10,699 samples per pass,
-  an estimated 370 MB: 4,000 to 16,000 minor faults in 7 of 10 explain calls, system time
-  up to 0.39 of user time; at 1,945 samples, 64 MiB, faults in 5 of 20 calls; at 972, 32 MiB,
-  none in 20).
+  last on the heap (measured in bench/explain.py, one thread, the MLP on 28 px digits: at
+  10,699 samples per pass, an estimated 370 MB, 3,500 to 16,000 minor faults in 20 of 30
+  explain calls, system time up to 0.5 of user time; at 1,945 samples, 64 MiB, in 6 of 25;
+  at 972, 32 MiB, in 2 of 25).
 
 `plan_batch` runs one forward/backward of `PROBE_SAMPLES` samples, records per sample the
 largest tensor a module outputs, the sum of all module outputs and, on CUDA, the peak memory
