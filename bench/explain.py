@@ -18,11 +18,14 @@ reference also takes the parameters' gradients (the backward pass of a training 
 and references alternate `--repeats` times; the ratio is the median over the repeats of explain
 time / reference time (and the same of CPU time, user + system from `resource.getrusage`, which
 a machine shared with other jobs disturbs less than wall time).
-`--old` also runs `explain(batch_size=64)`, the fixed default before the automatic size (skipped
-where its estimated working set exceeds half the RAM); `--tricks` times one DeepLiftShap pass with
-channels_last, in bfloat16 and (`--compile`) compiled, and how far their maps are from float32.
-Also reported: the maps' completeness error (DeepLift's summation-to-delta). Prints a table and
-one JSON line per model; `--json` writes them all.
+`--no-trim-size` plans the CPU pass as before its trim-size bound (the largest activation within
+the allocator's reuse size only). `--old` also runs `explain(batch_size=64)`, the fixed default
+before the automatic size (skipped where its estimated working set exceeds half the RAM);
+`--tricks` times one DeepLiftShap pass with channels_last, in bfloat16 and (`--compile`)
+compiled, and how far their maps are from float32.
+Also reported: the maps' completeness error (DeepLift's summation-to-delta), and every stage's
+minor page faults (`ru_minflt`; for explain also per repeat, with its system / user time).
+Prints a table and one JSON line per model; `--json` writes them all.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from torch import Tensor, nn
 
 from lvlmva.pipeline.explain import explain_segment_render
 from lvlmva.pipeline.options import CritiqueOptions
+from lvlmva.vision import batch_sizing
 from lvlmva.vision.attribution import Explainer, draw_backgrounds, explain, mean_over_pairs
 from lvlmva.vision.batch_sizing import WORKING_SET_FACTOR, available_memory_bytes
 from lvlmva.vision.datasets import load_dataset
@@ -80,15 +84,18 @@ OLD_BATCH = 64
 
 @dataclass(frozen=True)
 class Timing:
-    """Wall, user and system seconds of one stage (the repeat with the median wall time)."""
+    """Wall, user and system seconds and minor page faults of one stage (the repeat with the
+    median wall time)."""
 
     wall_s: float
     user_s: float
     sys_s: float
+    minor_faults: int = 0
 
 
 def timed(fn, device: torch.device) -> tuple[object, Timing]:
-    """`fn()`'s result and its wall / user / system time (after a device sync)."""
+    """`fn()`'s result and its wall / user / system time and minor faults (after a device
+    sync)."""
     start_usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     result = fn()
@@ -97,7 +104,10 @@ def timed(fn, device: torch.device) -> tuple[object, Timing]:
     wall = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return result, Timing(
-        wall, usage.ru_utime - start_usage.ru_utime, usage.ru_stime - start_usage.ru_stime
+        wall,
+        usage.ru_utime - start_usage.ru_utime,
+        usage.ru_stime - start_usage.ru_stime,
+        usage.ru_minflt - start_usage.ru_minflt,
     )
 
 
@@ -154,6 +164,7 @@ def _per_image(timing: Timing, n: int) -> dict:
         "user_s": timing.user_s,
         "sys_s": timing.sys_s,
         "sys_over_user": timing.sys_s / timing.user_s if timing.user_s > 0 else 0.0,
+        "minor_faults": timing.minor_faults,
     }
 
 
@@ -192,6 +203,8 @@ def explain_vs_plain(model, train, images, labels, device, repeats: int) -> tupl
         "plain_with_parameter_gradients": _per_image(t_full, n),
         "explain_over_plain": statistics.median(ratios),
         "explain_over_plain_each": ratios,
+        "explain_sys_over_user_each": [t.sys_s / t.user_s if t.user_s else 0.0 for t in explained],
+        "explain_minor_faults_each": [t.minor_faults for t in explained],
         "explain_over_plain_cpu_time": statistics.median(cpu_ratios),
         "explain_over_plain_with_parameters": statistics.median(
             e.wall_s / f.wall_s for e, f in zip(explained, full, strict=True)
@@ -383,8 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--old", action="store_true", help="also run batch_size=64")
     parser.add_argument("--tricks", action="store_true", help="channels_last, bfloat16 passes")
     parser.add_argument("--compile", action="store_true", help="with --tricks: torch.compile")
+    parser.add_argument(
+        "--no-trim-size", action="store_true", help="CPU plan without its trim-size bound (before)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.no_trim_size:
+        batch_sizing.CPU_TRIM_BYTES = 1 << 62
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -11,7 +11,11 @@ from lvlmva.vision import attribution, batch_sizing
 from lvlmva.vision.attribution import Explainer, explain
 from lvlmva.vision.batch_sizing import (
     CPU_REUSE_BYTES,
+    CPU_TRIM_BYTES,
     MAX_SAMPLES,
+    MIN_TRIM_SAMPLES,
+    WORKING_SET_FACTOR,
+    ActivationProfile,
     architecture_key,
     forget_plans,
     plan_batch,
@@ -51,6 +55,48 @@ def test_on_the_cpu_the_largest_activation_stays_within_the_allocator_reuse_size
     assert plan.bound == "reuse size" and plan.device == "cpu"
     tiny = plan_batch(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), (1, 2, 2), "cpu")
     assert tiny.samples_per_forward == MAX_SAMPLES and tiny.bound == "cap"
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def _cpu_plan(largest: int, output: int) -> batch_sizing.BatchPlan:
+    """The CPU plan for a probe that measured `largest` and `output` bytes per sample."""
+    return batch_sizing._plan_from(ActivationProfile(largest, output, None), torch.device("cpu"))
+
+
+def test_a_shallow_model_keeps_its_working_set_within_the_trim_threshold():
+    # per sample: 3,136 bytes of input; its largest activation alone would allow 10,699
+    plan = plan_batch(_mlp(), (1, 28, 28), "cpu")
+    output = (784 + 784 + 256 + 256 + 10) * 4  # input, flatten, linear, ReLU, logits
+    assert plan.profile.output_bytes == output
+    assert CPU_REUSE_BYTES // plan.profile.largest_bytes == 10699
+    assert plan.bound == "trim size"
+    assert plan.samples_per_forward == CPU_TRIM_BYTES // (WORKING_SET_FACTOR * output) == 1337
+    assert plan.samples_per_forward * WORKING_SET_FACTOR * output <= CPU_TRIM_BYTES
+
+
+def test_the_trim_bound_never_cuts_a_pass_below_its_floor():
+    # a convolutional net's working set: far above the trim threshold's share per sample
+    deep = _cpu_plan(256 << 10, 2_500_000)
+    assert deep.bound == "reuse size" and deep.samples_per_forward == 128
+    # between: the floor binds, below the reuse size
+    middle = _cpu_plan(4096, 100_000)
+    assert CPU_TRIM_BYTES // (WORKING_SET_FACTOR * 100_000) < MIN_TRIM_SAMPLES
+    assert middle.bound == "trim size" and middle.samples_per_forward == MIN_TRIM_SAMPLES
+    # the same profile, the same plan (no timing and no load in the rule)
+    again = _cpu_plan(4096, 100_000)
+    assert (again.samples_per_forward, again.bound) == (middle.samples_per_forward, middle.bound)
+
+
+def test_the_rule_is_monotone_in_the_working_set():
+    counts = [
+        _cpu_plan(1024, w).samples_per_forward for w in (1_000, 10_000, 40_000, 100_000, 10**6)
+    ]
+    assert counts == sorted(counts, reverse=True)
+    assert all(MIN_TRIM_SAMPLES <= c <= MAX_SAMPLES for c in counts)
 
 
 def test_the_plan_is_probed_once_per_architecture_shape_and_device(monkeypatch):

@@ -3,21 +3,42 @@ shape and device, sized from a probe of the model's activation memory.
 
 An attribution is forward and backward passes over many samples (DeepLiftShap: an input and a
 background per (image, background) pair, 50 per image with 25 backgrounds). Beyond a point a
-bigger batch only costs: on the CPU, glibc's malloc gives every block larger than its largest
-reuse size (`CPU_REUSE_BYTES`, 32 MiB, the ceiling of its dynamic mmap threshold) back to the
-kernel when it is freed, so every batch page-faults its activations in afresh; measured on
-ResNet-18 at 64 px with 64 images per pass (3,200 samples), the system time exceeded the user
-time. On a GPU the batch must fit the free memory.
+bigger batch only costs. On a GPU the batch must fit the free memory. On the CPU the cost is
+page faults, from two limits of glibc's malloc (the default allocator of CPython and PyTorch on
+Linux):
+
+- the mmap threshold: a block at least this large is mmap'ed and unmapped when freed, so it
+  is faulted in afresh on every use. It starts at 128 KiB and rises to the size of every
+  mmap'ed block freed, up to `CPU_REUSE_BYTES` (32 MiB, DEFAULT_MMAP_THRESHOLD_MAX); a block
+  above that is always mmap'ed (measured: ResNet-18 at 64 px with 3,200 samples per pass had
+  more system time than user time);
+- the trim threshold, twice the mmap threshold: when a free leaves more than this unused at the
+  top of the heap, glibc gives it back to the kernel, and the next pass faults it in again. It
+  follows the mmap threshold, which in a process that has loaded its data has risen to 16 to
+  24 MiB (measured with `malloc` probes in bench/explain.py's process), so it is 32 MiB or
+  more. A pass whose working set exceeds it gives memory back whenever its tensors were the
+  last on the heap (measured in bench/explain.py, one thread, the MLP on 28 px digits: at
+  10,699 samples per pass, an estimated 370 MB, 3,500 to 16,000 minor faults in 20 of 30
+  explain calls, system time up to 0.5 of user time; at 1,945 samples, 64 MiB, in 6 of 25;
+  at 972, 32 MiB, in 2 of 25).
 
 `plan_batch` runs one forward/backward of `PROBE_SAMPLES` samples, records per sample the
 largest tensor a module outputs, the sum of all module outputs and, on CUDA, the peak memory
 allocated, and sizes the batch:
 
-- CPU: the largest activation within `CPU_REUSE_BYTES` (no page-fault storm) and the working
-  set (`WORKING_SET_FACTOR` times the outputs) within `RAM_SHARE` of the available memory;
+- CPU: the largest activation within `CPU_REUSE_BYTES` ("reuse size"); the working set
+  (`WORKING_SET_FACTOR` times the outputs) within `CPU_TRIM_BYTES` ("trim size", 32 MiB, also
+  the L3 cache of our EPYC hosts), but this bound never cuts a pass below `MIN_TRIM_SAMPLES`:
+  a model with more than 64 KiB of working set a sample (every convolutional net on images)
+  needs its batch for the convolutions (measured, ResNet-18 at 64 px: 0.29 s an image at 64
+  pairs a pass, 0.40 s at 8, 0.54 s at 4), and its compute-bound passes refault little (system
+  time at most 0.03 of user time), so it keeps the reuse-size bound; and the working set within
+  `RAM_SHARE` of the available memory ("memory");
 - CUDA: `WORKING_SET_FACTOR` times the measured peak within `CUDA_SHARE` of the free memory;
 
-and at most `MAX_SAMPLES` (beyond that a batch only adds latency). Plans are remembered per
+and at most `MAX_SAMPLES` ("cap": beyond that a batch only adds latency). The CPU bounds are
+sizes of the model alone, so its plan is the same in every run (the memory bound aside, which
+binds only for a model whose pass needs a quarter of the RAM). Plans are remembered per
 (architecture, input shape, device), so a retrained model of the same architecture reuses its
 original's plan; `forget_plans` clears them.
 """
@@ -37,7 +58,9 @@ from lvlmva.vision.modes import eval_mode
 
 __all__ = [
     "CPU_REUSE_BYTES",
+    "CPU_TRIM_BYTES",
     "MAX_SAMPLES",
+    "MIN_TRIM_SAMPLES",
     "ActivationProfile",
     "BatchPlan",
     "architecture_key",
@@ -49,6 +72,11 @@ __all__ = [
 
 PROBE_SAMPLES = 2
 CPU_REUSE_BYTES = 32 << 20  # glibc: 4 * 1024 * 1024 * sizeof(long), DEFAULT_MMAP_THRESHOLD_MAX
+# glibc: the trim threshold is twice the mmap threshold, which loading the data raises to 16 MiB
+CPU_TRIM_BYTES = 32 << 20
+# below this a pass's fixed cost shows (the MLP at 28 px: 2,300 images/s at 972 to 5,349
+# samples a pass, 1,740 at 486)
+MIN_TRIM_SAMPLES = 512
 RAM_SHARE = 0.25
 CUDA_SHARE = 0.5
 # autograd's saved outputs, the gradients of the backward pass, and captum's copies of every
@@ -73,7 +101,7 @@ class ActivationProfile:
 class BatchPlan:
     """`samples_per_forward` model samples per forward/backward pass on `device`, derived from
     `profile` and a memory budget of `budget_bytes`; `bound` says what set it ("reuse size",
-    "memory", "cap" or "out of memory" after a CUDA out-of-memory error)."""
+    "trim size", "memory", "cap" or "out of memory" after a CUDA out-of-memory error)."""
 
     samples_per_forward: int
     device: str
@@ -211,9 +239,11 @@ def _plan_from(profile: ActivationProfile, device: torch.device) -> BatchPlan:
         candidates = {"memory": budget // max(per_sample, 1)}
     else:
         budget = int(RAM_SHARE * available_memory_bytes())
+        working_set = max(WORKING_SET_FACTOR * profile.output_bytes, 1)
         candidates = {
             "reuse size": CPU_REUSE_BYTES // max(profile.largest_bytes, 1),
-            "memory": budget // max(WORKING_SET_FACTOR * profile.output_bytes, 1),
+            "trim size": max(CPU_TRIM_BYTES // working_set, MIN_TRIM_SAMPLES),
+            "memory": budget // working_set,
         }
     candidates["cap"] = MAX_SAMPLES
     bound = min(candidates, key=candidates.get)
