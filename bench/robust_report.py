@@ -335,9 +335,9 @@ def render(out: Path) -> None:
                                                                           "ambiguity")]
     parts += ["## J (clusters per image), decoy-digits", "", *note]
     parts += sweep_table(secondary, "clusters", (3, 5, 7, 9), "decoy-digits", j_variants)
-    note = ("Expected verdict accuracy of the ambiguity model by J (no sampling; "
-            "`bench/ambiguity_reference.py --check`):")  # fmt: skip
-    parts += [note, "", *jcheck_table(folder)]
+    jcheck = ("Expected verdict accuracy of the ambiguity model by J (no sampling; "
+              "`bench/ambiguity_reference.py --check`):")  # fmt: skip
+    parts += [jcheck, "", *jcheck_table(folder)]
     n_variants = [("ground truth", {"critic": "ground-truth"}),
                   ("simulated 0.87, independent", {"critic": "simulated", "accuracy": 0.87,
                                                    "error_model": "independent"})]
