@@ -17,7 +17,12 @@ the model check is wrapped to record, per candidate,
 - ``val``: the check's own score (counterfactual accuracy with one donor pairing, or WGA);
 - ``val8``: for the counterfactual check, accuracy, mean true-class probability and Brier
   score averaged over 8 donor pairings of the same critiqued images (lower-variance variants of
-  the same check, scored here only).
+  the same check, scored here only);
+- ``val_hard``: the counterfactual accuracy with the masks made 0/1 (above 0.5) for the swap,
+  so that a flagged feature is replaced, not blended (scored here only).
+
+`--accuracy A --confidence --votes K` run the simulated cells at another verdict accuracy or
+with a non-default robust mechanism (the rows say which).
 
 `--summary` prints, per task and critic, the mean test metric of the check's choice, of the
 variants' choices and of the best candidate on test (the oracle), each as a share of the
@@ -92,8 +97,11 @@ def install_recorder(state: dict) -> None:
                 selection.counterfactual_split(self.val, index, chosen_masks, self.seed + 1000 * j)
                 for j in range(PAIRINGS)
             ]
+            hard = [(m > 0.5).to(m.dtype) for m in chosen_masks]
+            hard_split = selection.counterfactual_split(self.val, index, hard, self.seed)
             for name, candidate in candidates.items():
                 each = [_scores(candidate, s, []) for s in splits8]
+                record[name]["val_hard"] = _scores(candidate, hard_split, [])["acc"]
                 record[name]["val"] = each[0]["acc"]
                 record[name]["val8"] = {k: statistics.mean(e[k] for e in each) for k in each[0]}
         state["candidates"], state["chosen"] = record, chosen.chosen
@@ -102,7 +110,9 @@ def install_recorder(state: dict) -> None:
     selection.ModelCheck.select = select
 
 
-def run(tasks: list[str], seeds: list[int], data_dir: str | None, out: Path) -> None:
+def run(
+    tasks: list[str], seeds: list[int], data_dir: str | None, out: Path, mechanism: dict
+) -> None:
     state: dict = {}
     install_recorder(state)
     study._memoised_renders()
@@ -113,6 +123,8 @@ def run(tasks: list[str], seeds: list[int], data_dir: str | None, out: Path) -> 
         task = study.TASKS[name]
         for seed in seeds:
             todo = [c for c in CRITICS if (name, seed, c[0]) not in done]
+            if mechanism["accuracy"] != 0.87 or mechanism["settings"]:
+                todo = [c for c in todo if c[0] != "ground-truth"]
             if not todo:
                 continue
             study._MEMO.clear()
@@ -123,9 +135,14 @@ def run(tasks: list[str], seeds: list[int], data_dir: str | None, out: Path) -> 
                 if critic == "ground-truth":
                     cell = study.Cell(name, seed, "ground-truth")
                 else:
-                    cell = study.sim(name, seed, accuracy, critic)
+                    cell = study.sim(
+                        name, seed, mechanism["accuracy"], critic, **mechanism["settings"]
+                    )
                 study.run_cell(cell, task, splits, model)
+                if critic != "ground-truth":
+                    accuracy = mechanism["accuracy"]
                 row = {"task": name, "seed": seed, "critic": critic, "accuracy": accuracy,
+                       "settings": mechanism["settings"],
                        "metric": task.metric, "chosen": state["chosen"],
                        "candidates": state["candidates"]}  # fmt: skip
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +171,9 @@ def summary(path: Path) -> None:
         metric = next(r["metric"] for r in rows if r["task"] == task)
         by = {(r["critic"], r["seed"]): r for r in rows if r["task"] == task}
         seeds = sorted({s for c, s in by if all((k, s) in by for k, _ in CRITICS)})
+        if not seeds:
+            print(f"{task}: no seed with every critic (ground truth included); no summary")
+            continue
         print(f"{task} ({len(seeds)} seeds, test {metric})")
         for label, rule in rules.items():
             picked = {}
@@ -186,12 +206,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("docs/data/robust/oracle.jsonl"))
     p.add_argument("--summary", type=Path, help="only print the summary of this JSONL")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--accuracy", type=float, default=0.87, help="the simulated critic's")
+    p.add_argument("--confidence", action="store_true", help="confidence weights (not default)")
+    p.add_argument("--votes", type=int, default=1, help="Critic samples per image")
     args = p.parse_args(argv)
     if args.summary:
         summary(args.summary)
         return
     torch.set_num_threads(args.threads)
-    run(args.tasks, args.seeds, args.data_dir, args.out)
+    settings = {"confidence": True} if args.confidence else {}
+    if args.votes != 1:
+        settings["votes"] = args.votes
+    run(args.tasks, args.seeds, args.data_dir, args.out,
+        {"accuracy": args.accuracy, "settings": settings})  # fmt: skip
     summary(args.out)
 
 
