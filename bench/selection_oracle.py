@@ -116,13 +116,22 @@ def run(
     state: dict = {}
     install_recorder(state)
     study._memoised_renders()
+    def key(name: str, seed: int, critic: str, accuracy: float | None, settings: dict) -> tuple:
+        """What makes a row: ground-truth rows do not depend on the critic's settings."""
+        if critic == "ground-truth":
+            return name, seed, critic
+        return name, seed, critic, accuracy, json.dumps(settings, sort_keys=True)
+
     done = set()
     if out.exists():
-        done = {(r["task"], r["seed"], r["critic"]) for r in map(json.loads, out.open())}
+        done = {key(r["task"], r["seed"], r["critic"], r["accuracy"], r.get("settings", {}))
+                for r in map(json.loads, out.open())}  # fmt: skip
     for name in tasks:
         task = study.TASKS[name]
         for seed in seeds:
-            todo = [c for c in CRITICS if (name, seed, c[0]) not in done]
+            todo = [c for c in CRITICS
+                    if key(name, seed, c[0], mechanism["accuracy"], mechanism["settings"])
+                    not in done]  # fmt: skip
             if mechanism["accuracy"] != 0.87 or mechanism["settings"]:
                 todo = [c for c in todo if c[0] != "ground-truth"]
             if not todo:
