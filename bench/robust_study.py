@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import dataclasses
 import hashlib
 import json
 import os
@@ -116,13 +115,11 @@ class Cell:
     n_align: int | None = None  # None: the task's
     systematic: float = 0.5
     start: str = "retrain"  # TrainOptions.start
-    grid: str = "full"  # "halving": TrainOptions.halving (successive halving over the grid)
 
     def key(self) -> dict[str, Any]:
-        """The cell's settings; `start` and `grid` only where they are not the values the
-        older rows ran with (those rows keep their ids)."""
-        older = {"start": "retrain", "grid": "full"}
-        return {k: v for k, v in self.__dict__.items() if older.get(k, object()) != v}
+        """The cell's settings; `start` only where it is not the default (older rows keep
+        their ids)."""
+        return {k: v for k, v in self.__dict__.items() if k != "start" or v != "retrain"}
 
 
 MECHANISMS = {
@@ -271,7 +268,7 @@ def run_cell(cell: Cell, task: Task, splits, model: torch.nn.Module) -> dict[str
             copy.deepcopy(model), splits, task.spec, critic=critic,
             n_align=cell.n_align or task.n_align, n_clusters=cell.clusters, votes=cell.votes,
             neighbours=cell.neighbours, confidence=cell.confidence, start=cell.start,
-            halving=cell.grid == "halving", seed=cell.seed, progress=False,
+            seed=cell.seed, progress=False,
         )
     )  # fmt: skip
     seconds = time.perf_counter() - started
@@ -327,8 +324,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--grid", choices=("full", "halving"), default="full",
-                   help="train every member every epoch, or with successive halving")
     p.add_argument("--render", action="store_true", help="only write the tables and figures")
     args = p.parse_args(argv)
     if args.render:
@@ -341,7 +336,6 @@ def main(argv: list[str] | None = None) -> None:
     _memoised_renders()
     done = done_ids(args.out)
     cells = [c for name in args.plans for c in plan(name, args.tasks, args.seeds)]
-    cells = [dataclasses.replace(c, grid=args.grid) for c in cells]
     cells = [c for c in cells if c.task in args.tasks and cell_id(c) not in done]
     print(f"{len(cells)} cells to run ({len(done)} done) on {platform.node()}", flush=True)
     current = None

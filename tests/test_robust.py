@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from lvlmva.engine.types import CritiqueJob, JobResult, JobStatus, Tally, Usage
-from lvlmva.errors import ConfigError
 from lvlmva.pipeline.selection import (
     chance_floor,
     choose_criterion,
@@ -27,12 +26,7 @@ from lvlmva.vision.consensus import (
 )
 from lvlmva.vision.datasets.base import ShortcutDataset
 from lvlmva.vision.masks import mask_from_verdicts
-from lvlmva.vision.rrr_grid import (
-    LambdaGridTrainer,
-    RRRSettings,
-    halving_schedule,
-    penalty_scale,
-)
+from lvlmva.vision.rrr_grid import LambdaGridTrainer, RRRSettings, penalty_scale
 from lvlmva.vision.schedule import ScheduledPool
 
 # -- votes -------------------------------------------------------------------------------------
@@ -248,43 +242,6 @@ def test_the_grid_trains_members_on_the_same_batches_deterministically():
         assert torch.equal(p, q)
     assert a.history.steps == 2 * 4 and len(a.history.penalty) == 2
     assert free.history.penalty[-1] == 0.0 < a.history.penalty[-1]  # lambda 0: not computed
-
-
-def test_the_halving_schedule():
-    assert halving_schedule(5, 5, 2) == [5, 3, 2, 1, 1]  # 12 member-epochs of 25
-    assert halving_schedule(5, 5, 3) == [5, 2, 1, 1, 1]
-    assert halving_schedule(5, 3, 1) == [5, 5, 5]
-    assert halving_schedule(1, 3, 2) == [1, 1, 1]
-    with pytest.raises(ConfigError, match="reduction_factor"):
-        RRRSettings(reduction_factor=0)
-
-
-def test_successive_halving_keeps_the_best_scored_members_and_stops_the_others():
-    train = _toy()
-    lams = (0.0, 0.25, 0.5, 0.75, 1.0)
-    calls = []
-
-    def scorer(models):  # the member with lambda 0.5 scores best, then its neighbours (tied)
-        calls.append(len(models))
-        lam_of = {id(m.model): m.lam for m in grid.members_}
-        return [-abs(lam_of[id(model)] - 0.5) for model in models]
-
-    settings = RRRSettings(epochs=4, train_batch=16, progress=False, reduction_factor=2)
-    grid = LambdaGridTrainer(_toy_model(), lams=lams, settings=settings)
-    grid.fit(train, _toy_pool(train), scorer)
-    assert calls == [5, 3, 2]  # after epochs 1-3, not after the last
-    assert [m.lam for m in grid.survivors_] == [0.5]
-    pruned = {m.lam: m.pruned_after for m in grid.members_}
-    assert pruned == {0.0: 1, 1.0: 1, 0.75: 2, 0.25: 3, 0.5: None}  # ties: the smaller lambda
-    for m in grid.members_:
-        epochs = m.pruned_after or 4
-        assert len(m.history.penalty) == epochs and len(m.rung_scores) == min(epochs, 3)
-    # Without a scorer (or one that declines) every member trains every epoch.
-    for declined in (None, lambda models: None):
-        grid = LambdaGridTrainer(_toy_model(), lams=lams, settings=settings)
-        grid.fit(train, _toy_pool(train), declined)
-        assert len(grid.survivors_) == 5
-        assert all(len(m.history.penalty) == 4 for m in grid.members_)
 
 
 def test_the_grid_in_units_of_lambda0():

@@ -67,13 +67,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
-        "--halving",
-        action="store_true",
-        help="successive halving over the lambda grid: after each epoch the weaker half of the "
-        "models stops (about half the training time; it chose worse on noisy validation "
-        "splits, docs/robust.md)",
-    )
-    p.add_argument(
         "--no-streaming",
         action="store_true",
         help="critique every sample before training starts: slower, but the same result every "
@@ -114,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
     training = TrainOptions(
         lam=args.lam, start=args.start, epochs=args.epochs, lr=args.lr,
         streaming=not args.no_streaming, keep_original=not args.keep_aligned,
-        halving=args.halving,
     )  # fmt: skip
     spec = resolve_spec(args.spec, splits) if backend.uses_llm else None
     asyncio.run(backend.preflight(critic))
@@ -194,7 +186,7 @@ def _run_from_critique(args: argparse.Namespace) -> int:
         print(f"Aligning {args.model} from the reviewed critique run {args.critique} "
               f"({run.count()} samples; no LVLM call)", flush=True)
         training = TrainOptions(lam=args.lam, start=args.start, epochs=args.epochs, lr=args.lr,
-                                streaming=False, halving=args.halving)
+                                streaming=False)
         result = asyncio.run(
             align_from_run(
                 checkpoint.model, splits, run, training=training,

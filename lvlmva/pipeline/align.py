@@ -130,15 +130,13 @@ async def align(
             records, val_entries = _given_masks(dataset, indices, check.indices, records, run)
             counts = CritiqueCounts()
         timings["critique_s"] = time.perf_counter() - started
-        run.use_scorer(check.scorer(masks, val_entries, device))  # successive halving's rungs
         members = await run.finish()
     except BaseException:
         await run.abort()
         raise
-    pruned = [m for m in run.trainer.members_ if m.pruned_after is not None]
     chosen, selection = await asyncio.to_thread(  # the model check
         check.select, model, members, masks, val_entries, keep_original=how.keep_original,
-        lambda0=run.trainer.lambda0_, device=device, pruned=pruned)  # fmt: skip
+        lambda0=run.trainer.lambda0_, device=device)  # fmt: skip
     timings["total_s"] = time.perf_counter() - started
     after = await asyncio.to_thread(_evaluate, chosen, dataset)
     member = next((m for m in members if m.model is chosen), None)

@@ -64,11 +64,7 @@ class TrainOptions:
     `"finetune"` continues from the original weights. `streaming` starts training once
     `min_pool_fraction` of the masks exist; either way the trainer draws from a prefix of the
     alignment order that grows on a fixed schedule (`lvlmva.vision.schedule`), so streamed and
-    sequential runs give the same model (bit-reproducible on CPU). `halving`: successive halving
-    over the grid (`lvlmva.vision.rrr_grid`): after each epoch but the last, the weaker half of
-    the members on the model check's validation criterion stops training (12 member-epochs of
-    25 with the default grid). Off by default: early validation scores of half-trained models
-    chose worse on the noisier tasks of the study (docs/robust.md)."""
+    sequential runs give the same model (bit-reproducible on CPU)."""
 
     lam: float | None = None
     start: Literal["retrain", "finetune"] = "retrain"
@@ -79,7 +75,6 @@ class TrainOptions:
     streaming: bool = True
     lam_scales: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     keep_original: bool = True
-    halving: bool = False
 
     def __post_init__(self) -> None:
         if self.start not in ("retrain", "finetune"):

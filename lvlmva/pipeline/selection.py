@@ -30,7 +30,7 @@ result says so (`Selection.warning`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -178,13 +178,6 @@ class Selection:
     def describe(self) -> str:
         scores = ", ".join(f"{c.name} {c.score:.4f}" for c in self.candidates)
         text = f"Model choice by {self.reason}: {scores}; chose {self.chosen}."
-        pruned = self.extra.get("pruned") or {}
-        if pruned:
-            listed = ", ".join(
-                f"{name} after epoch {p['after_epoch']} ({p['score']:.4f})"
-                for name, p in pruned.items()
-            )
-            text += f" Dropped earlier by successive halving: {listed}."
         if self.lambda0 is not None:
             text += f" (Grid in units of lambda0 = {self.lambda0:.4g}.)"
         return text + (f" WARNING: {self.warning}" if self.warning else "")
@@ -304,49 +297,24 @@ class ModelCheck:
         keep_original: bool,
         lambda0: float | None,
         device: torch.device,
-        pruned: Sequence[Any] = (),
     ) -> tuple[nn.Module, Selection]:
         """Score `members` and `original` (see `select_model`); the critiqued validation
-        samples get their robust masks with the alignment samples as neighbours first.
-        `pruned`: the members successive halving dropped, listed in `Selection.extra`."""
-        split, n_val = self.split(masks, val_entries)
-        model, selection = select_model(
-            original, members, split, self.criterion, keep_original=keep_original,
-            lambda0=lambda0, device=device, n_val=n_val,
-        )  # fmt: skip
-        if pruned:
-            selection.extra["pruned"] = {
-                _label(m): {"after_epoch": m.pruned_after, "score": round(m.rung_scores[-1], 4)}
-                for m in pruned
-            }
-        return model, selection
-
-    def split(
-        self, masks: RobustMasks, val_entries: Sequence[CritiquedSample]
-    ) -> tuple[ShortcutDataset | None, int]:
-        """The validation split the criterion scores on, and its size (None, 0: nothing)."""
+        samples get their robust masks with the alignment samples as neighbours first."""
+        split, n_val = None, 0
         if self.criterion[0] == "wga":
-            return self.val, len(self.val)
-        if self.criterion[0] == "counterfactual":
+            split, n_val = self.val, len(self.val)
+        elif self.criterion[0] == "counterfactual":
             flagged = masks.masks_for(val_entries)
             pairs = zip(val_entries, flagged, strict=True)
             kept = [(e.record.index, m) for e, m in pairs if m is not None]
+            n_val = len(kept)
             if kept:
                 index, chosen = zip(*kept, strict=True)
-                return counterfactual_split(self.val, index, chosen, self.seed), len(kept)
-        return None, 0
-
-    def scorer(
-        self, masks: RobustMasks, val_entries: Sequence[CritiquedSample], device: torch.device
-    ) -> Callable[[Sequence[nn.Module]], list[float]] | None:
-        """The criterion as a function of models (successive halving's rungs), or None when
-        nothing can be scored."""
-        split, _ = self.split(masks, val_entries)
-        name = self.criterion[0]
-        if name == "none" or split is None or len(split) == 0:
-            return None
-        groups = scored_groups(split) if name == "wga" else []
-        return lambda models: [criterion_score(m, split, name, groups, device) for m in models]
+                split = counterfactual_split(self.val, index, chosen, self.seed)
+        return select_model(
+            original, members, split, self.criterion, keep_original=keep_original,
+            lambda0=lambda0, device=device, n_val=n_val,
+        )  # fmt: skip
 
 
 def plan_check(

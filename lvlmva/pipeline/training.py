@@ -9,17 +9,12 @@ sequential run, whatever order the answers arrive in.
 
 There is no per-dataset table of lambdas: the grid is `TrainOptions.lam_scales` in units of
 lambda0, the start model's own cross-entropy / penalty ratio (`lvlmva.vision.rrr_grid`), and
-`lvlmva.pipeline.selection` picks a member (or the original) on validation. With
-`TrainOptions.halving` the grid is pruned after each epoch by the same validation criterion
-(`use_scorer`): the trainer waits at its first rung until the scorer is given, which for the
-counterfactual check is once the validation images are critiqued.
+`lvlmva.pipeline.selection` picks a member (or the original) on validation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -32,8 +27,6 @@ from lvlmva.vision.rrr_grid import GridMember, LambdaGridTrainer, RRRSettings
 from lvlmva.vision.schedule import ScheduledPool
 
 __all__ = ["AlignmentTraining"]
-
-REDUCTION_FACTOR = 2  # successive halving: half the members (rounded up) go on at each rung
 
 
 class AlignmentTraining:
@@ -76,31 +69,15 @@ class AlignmentTraining:
                 seed=seed,
                 device=device,
                 progress=progress,
-                reduction_factor=REDUCTION_FACTOR if options.halving and not fixed else 1,
             ),
         )
         self._task: asyncio.Future[LambdaGridTrainer] | None = None
-        self._scorer: Callable[[Sequence[nn.Module]], list[float]] | None = None
-        self._scorer_given = threading.Event()
-        self._closed = threading.Event()
-
-    def use_scorer(self, scorer: Callable[[Sequence[nn.Module]], list[float]] | None) -> None:
-        """The validation scorer of the halving rungs (None: no pruning); the trainer waits
-        for it at its first rung."""
-        self._scorer = scorer
-        self._scorer_given.set()
-
-    def _score(self, models: Sequence[nn.Module]) -> list[float] | None:
-        while not self._scorer_given.wait(0.2):
-            if self._closed.is_set():  # aborted: no scorer will come
-                return None
-        return None if self._scorer is None else self._scorer(models)
 
     def start(self) -> None:
         """Start training in a worker thread (streaming only)."""
         if self.options.streaming and self._task is None:
             self._task = asyncio.ensure_future(
-                asyncio.to_thread(self.trainer.fit, self.train, self.pool, self._score)
+                asyncio.to_thread(self.trainer.fit, self.train, self.pool)
             )
 
     def add(self, position: int, entry: CritiquedSample) -> None:
@@ -113,8 +90,6 @@ class AlignmentTraining:
         masks into the records and return the trained members. DataError when no mask was
         produced at all."""
         self.pool.close()
-        if not self._scorer_given.is_set():
-            self.use_scorer(None)
         if not any(e.voted or e.record.mask is not None for e in self.masks.entries()):
             await self.abort()
             raise DataError(
@@ -122,16 +97,15 @@ class AlignmentTraining:
                 "see the per-sample errors, check the endpoint and budget, and rerun"
             )
         if self._task is None:
-            await asyncio.to_thread(self.trainer.fit, self.train, self.pool, self._score)
+            await asyncio.to_thread(self.trainer.fit, self.train, self.pool)
         else:
             await self._task
         await asyncio.to_thread(self.masks.finalize)
-        return self.trainer.survivors_
+        return self.trainer.members_
 
     async def abort(self) -> None:
         """Stop a streaming run (after an error or a cancellation) and wait for its thread."""
         self.pool.close()
-        self._closed.set()
         if self._task is not None:
             self.trainer.stop()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -10,14 +10,6 @@ the input normalisation or the mask area (both change the penalty's size):
 on the first (up to 64) alignment samples of the first stage, at the start model in evaluation
 mode: the weight at which the penalty of a batch starts as large as its cross-entropy. Each
 member trains with ``lambda = scale * lambda0`` (or with the lambdas given outright).
-
-Successive halving (Jamieson & Talwalkar, 2016; `reduction_factor`, as in Ray Tune's ASHA):
-given a `scorer` (the validation criterion that will choose among the members in the end),
-after every epoch but the last the members are scored and only the best
-``ceil(alive / reduction_factor)`` train on; with 5 members, 5 epochs and a factor of 2 that is
-5 + 3 + 2 + 1 + 1 = 12 member-epochs instead of 25. Ties go to the smaller lambda. A pruned
-member keeps the weights it had when it was dropped, with `pruned_after` (its last epoch) and
-`rung_scores` saying when and why.
 """
 
 from __future__ import annotations
@@ -26,7 +18,7 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -44,10 +36,7 @@ from lvlmva.vision.rrr import (
 )
 from lvlmva.vision.schedule import ScheduledPool
 
-__all__ = ["GridMember", "LambdaGridTrainer", "RRRSettings", "halving_schedule", "penalty_scale"]
-
-Scorer = Callable[[Sequence[nn.Module]], Sequence[float] | None]
-"""Scores models on validation (higher is better), or None to prune none this time."""
+__all__ = ["GridMember", "LambdaGridTrainer", "RRRSettings", "penalty_scale"]
 
 SCALE_SAMPLES = 64
 
@@ -56,8 +45,7 @@ SCALE_SAMPLES = 64
 class RRRSettings:
     """How every member of the grid is optimised (the settings `RRRTrainer` takes as keywords,
     but `lam`): weight decay `gamma`, alignment and ordinary samples per step, epochs, Adam's
-    learning rate, the seed, the device, whether progress bars show, and the successive-halving
-    `reduction_factor` (1: every member trains every epoch)."""
+    learning rate, the seed, the device and whether progress bars show."""
 
     gamma: float = 0.0
     align_batch: int = 8
@@ -67,21 +55,6 @@ class RRRSettings:
     seed: int = 0
     device: str | torch.device = "cpu"
     progress: bool = True
-    reduction_factor: int = 1
-
-    def __post_init__(self) -> None:
-        if self.reduction_factor < 1:
-            raise ConfigError(f"reduction_factor must be 1 or more, got {self.reduction_factor}")
-
-
-def halving_schedule(members: int, epochs: int, reduction_factor: int) -> list[int]:
-    """How many members train in each epoch: all in the first, then after every epoch but the
-    last ``ceil(alive / reduction_factor)`` of them (at least one)."""
-    alive, out = members, []
-    for _ in range(epochs):
-        out.append(alive)
-        alive = max(1, math.ceil(alive / reduction_factor))
-    return out
 
 
 @dataclass
@@ -93,8 +66,6 @@ class GridMember:
     scale: float | None
     model: nn.Module
     history: RRRHistory = field(default_factory=RRRHistory)
-    rung_scores: list[float] = field(default_factory=list)  # validation, after each rung
-    pruned_after: int | None = None  # the last epoch it trained, when halving dropped it
 
 
 def penalty_scale(
@@ -150,15 +121,7 @@ class LambdaGridTrainer:
         """Ask a running `fit` (in another thread) to return after its current step."""
         self._stop.set()
 
-    @property
-    def survivors_(self) -> list[GridMember]:
-        """The members that trained every epoch (all of them without halving)."""
-        return [m for m in self.members_ if m.pruned_after is None]
-
-    def fit(
-        self, train: ShortcutDataset, pool: ScheduledPool, scorer: Scorer | None = None
-    ) -> LambdaGridTrainer:
-        """Train every member (`scorer`: see the module docstring on successive halving)."""
+    def fit(self, train: ShortcutDataset, pool: ScheduledPool) -> LambdaGridTrainer:
         if len(train) == 0:
             raise DataError("the RRR training set is empty")
         try:
@@ -177,29 +140,29 @@ class LambdaGridTrainer:
             self.members_ = [GridMember(lam, s, copy.deepcopy(start)) for lam, s in grid]
             with torch.random.fork_rng(devices=_cuda_devices(self.device)):
                 torch.manual_seed(self.settings.seed)
-                self._train(train, pool, scorer)
+                self._train(train, pool)
         finally:
             self._stop.clear()
         return self
 
-    def _train(self, train: ShortcutDataset, pool: ScheduledPool, scorer: Scorer | None) -> None:
+    def _train(self, train: ShortcutDataset, pool: ScheduledPool) -> None:
         s = self.settings
         generator = torch.Generator().manual_seed(s.seed)
-        trainers = [
-            (m, RRRTrainer(m.model, lam=m.lam, gamma=s.gamma, align_batch=s.align_batch),
-             torch.optim.Adam(m.model.parameters(), lr=s.lr))
+        steppers = [
+            RRRTrainer(m.model, lam=m.lam, gamma=s.gamma, align_batch=s.align_batch)
             for m in self.members_
-        ]  # fmt: skip
+        ]
+        optimizers = [torch.optim.Adam(m.model.parameters(), lr=s.lr) for m in self.members_]
         n = len(train)
         per_epoch = math.ceil(n / s.train_batch)
         total = max(1, per_epoch * s.epochs)
         for epoch in range(s.epochs):
-            for m, _, _ in trainers:
+            for m in self.members_:
                 m.model.train()
             order = torch.randperm(n, generator=generator)
-            sums = [[0.0, 0.0, 0.0] for _ in trainers]
+            sums = [[0.0, 0.0, 0.0] for _ in self.members_]
             seconds, done = 0.0, 0
-            desc = f"RRR epoch {epoch + 1}/{s.epochs} ({len(trainers)} lambdas)"
+            desc = f"RRR epoch {epoch + 1}/{s.epochs} ({len(self.members_)} lambdas)"
             bar = epoch_bar(per_epoch, desc, s.progress)
             for step in bar:
                 stage = pool.stage((epoch * per_epoch + step) / total, self._stop)
@@ -209,7 +172,9 @@ class LambdaGridTrainer:
                 x, y = train.images[idx].to(self.device), train.labels[idx].to(self.device)
                 batch = stage.draw(s.align_batch, generator)
                 started = time.perf_counter()
-                for i, (m, stepper, opt) in enumerate(trainers):
+                for i, (m, stepper, opt) in enumerate(
+                    zip(self.members_, steppers, optimizers, strict=True)
+                ):
                     result = stepper.step(m.model, opt, x, y, batch)
                     for j, value in enumerate((result.loss, result.ce, result.penalty)):
                         sums[i][j] += value
@@ -218,29 +183,9 @@ class LambdaGridTrainer:
             bar.close()
             if done == 0 or stage is None:
                 break
-            for (m, _, _), totals in zip(trainers, sums, strict=True):
-                m.history.add_epoch(done, totals, seconds / len(trainers), len(stage))
+            for m, totals in zip(self.members_, sums, strict=True):
+                m.history.add_epoch(done, totals, seconds / len(self.members_), len(stage))
             if self._stop.is_set():
                 break
-            if epoch < s.epochs - 1:
-                trainers = self._rung(trainers, epoch, scorer)
         for m in self.members_:
             m.model.eval()
-
-    def _rung(self, trainers: list, epoch: int, scorer: Scorer | None) -> list:
-        """Successive halving after `epoch`: the best ``ceil(alive / factor)`` go on."""
-        keep = max(1, math.ceil(len(trainers) / self.settings.reduction_factor))
-        if scorer is None or keep >= len(trainers):
-            return trainers
-        for m, _, _ in trainers:
-            m.model.eval()
-        scores = scorer([m.model for m, _, _ in trainers])
-        if scores is None:
-            return trainers
-        for (m, _, _), score in zip(trainers, scores, strict=True):
-            m.rung_scores.append(float(score))
-        ranked = sorted(range(len(trainers)), key=lambda i: (-scores[i], trainers[i][0].lam))
-        kept = sorted(ranked[:keep])
-        for i in ranked[keep:]:
-            trainers[i][0].pruned_after = epoch + 1
-        return [trainers[i] for i in kept]
