@@ -115,11 +115,13 @@ class Cell:
     n_align: int | None = None  # None: the task's
     systematic: float = 0.5
     start: str = "retrain"  # TrainOptions.start
+    val_samples: int | None = None  # CritiqueOptions.val_samples (None: the default count)
 
     def key(self) -> dict[str, Any]:
-        """The cell's settings; `start` only where it is not the default (older rows keep
-        their ids)."""
-        return {k: v for k, v in self.__dict__.items() if k != "start" or v != "retrain"}
+        """The cell's settings; `start` and `val_samples` only where they are not the default
+        (older rows keep their ids)."""
+        default = {"start": "retrain", "val_samples": None}
+        return {k: v for k, v in self.__dict__.items() if default.get(k, object()) != v}
 
 
 MECHANISMS = {
@@ -166,6 +168,12 @@ def plan(name: str, tasks: list[str], seeds: list[int]) -> Iterator[Cell]:
                 yield Cell(task, seed, "ground-truth", start="finetune")
                 for model in ("independent", "ambiguity"):
                     yield sim(task, seed, 0.87, model, start="finetune")
+    elif name == "val-samples":  # the model check with more critiqued validation images
+        for seed in seeds:
+            for n in (500, 800):
+                yield Cell("patch", seed, "ground-truth", val_samples=n)
+                for model in ("independent", "ambiguity"):
+                    yield sim("patch", seed, 0.87, model, val_samples=n)
     elif name == "clusters":
         for seed in seeds[:3]:
             for j in (3, 5, 9):
@@ -268,7 +276,7 @@ def run_cell(cell: Cell, task: Task, splits, model: torch.nn.Module) -> dict[str
             copy.deepcopy(model), splits, task.spec, critic=critic,
             n_align=cell.n_align or task.n_align, n_clusters=cell.clusters, votes=cell.votes,
             neighbours=cell.neighbours, confidence=cell.confidence, start=cell.start,
-            seed=cell.seed, progress=False,
+            val_samples=cell.val_samples, seed=cell.seed, progress=False,
         )
     )  # fmt: skip
     seconds = time.perf_counter() - started
