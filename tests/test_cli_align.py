@@ -125,3 +125,27 @@ def test_the_original_model_is_the_same_for_the_same_seed(tmp_path):
         assert proc.returncode == 0, proc.stderr
         befores.append(json.loads((tmp_path / run / "metrics.json").read_text())["before"])
     assert befores[0] == befores[1]
+
+
+@pytest.mark.parametrize("critic", ["simulated", "ground-truth"])
+def test_a_critic_that_needs_true_masks_is_refused_before_any_training(critic, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from lvlmva.cli import main
+
+    rows = ["path,label"]
+    for i in range(20):
+        pixels = np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8)
+        Image.fromarray(pixels, "L").save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'ab'[i % 2]}")
+    (tmp_path / "x.csv").write_text("\n".join(rows) + "\n")
+    out_dir = tmp_path / "o"
+    args = ["align", "--critic", critic, "--dataset", "image-folder", "--csv",
+            str(tmp_path / "x.csv"), "--quiet", "--out", str(out_dir)]  # fmt: skip
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"the {critic} critic answers from ground-truth" in lines[0]
+    assert "mask_path" in lines[0] and "'image-folder'" in lines[0]
+    assert "Training" not in out and not (out_dir / "original.pt").exists()

@@ -25,7 +25,7 @@ from lvlmva.critics import CriticSettings, get_critic, open_session
 from lvlmva.engine.errors import RunStopped
 from lvlmva.engine.types import Provider
 from lvlmva.errors import ConfigError, DataError
-from lvlmva.pipeline.critique import critique_stream, ground_truth_records
+from lvlmva.pipeline.critique import check_truth, critique_stream, ground_truth_records
 from lvlmva.pipeline.explain import rendered_samples
 from lvlmva.pipeline.masking import (
     CritiquedSample,
@@ -103,6 +103,8 @@ async def align(
     what, how = split_options(critique, training, options)
     backend = get_critic(critic.kind)
     device, started, timings = torch.device(device), time.perf_counter(), {}
+    if records is None and backend.answers_from_ground_truth:
+        check_truth(backend.name, dataset)
     if records is not None:
         how = dataclasses.replace(how, streaming=False)
     elif backend.uses_llm:

@@ -17,9 +17,30 @@ from lvlmva.prompts import TaskSpec
 from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
 from lvlmva.vision.masks import mask_from_verdicts
 
-__all__ = ["critique_samples", "critique_stream", "ground_truth_records", "job_for", "record_for"]
+__all__ = [
+    "check_truth",
+    "critique_samples",
+    "critique_stream",
+    "ground_truth_records",
+    "job_for",
+    "record_for",
+]
 
 IMAGE_NAMES = ("original", "clusters", "overlay")
+
+
+def check_truth(
+    critic_name: str, dataset: DatasetSplits, splits: tuple[str, ...] = ("train",)
+) -> None:
+    """A critic that answers from the ground truth (the simulation, the true masks) needs the
+    spurious masks of every split it critiques: a DataError naming the dataset otherwise."""
+    missing = [s for s in splits if getattr(dataset, s).spurious_masks is None]
+    if missing:
+        raise DataError(
+            f"the {critic_name} critic answers from ground-truth spurious masks, and dataset "
+            f"{dataset.info.name!r} has none ({', '.join(missing)} split); give the image-folder "
+            "CSV a mask_path column, or use a real LVLM (--critic openai or litellm)"
+        )
 
 
 def job_for(sample: RenderedSample, job_id: str, spec: TaskSpec, class_name: str) -> CritiqueJob:
@@ -108,11 +129,8 @@ async def critique_stream(
     record's `votes` holds the share of "no" per colour when there were several samples.
     `splits` names the splits the samples may come from (checked for ground truth up front)."""
     info = dataset.info
-    if session.needs_truth and any(getattr(dataset, s).spurious_masks is None for s in splits):
-        raise DataError(
-            f"the simulated critic answers from ground-truth spurious masks, and dataset "
-            f"{info.name!r} has none; use --critic openai or litellm"
-        )
+    if session.needs_truth:
+        check_truth("simulated", dataset, splits)
     pending: dict[str, tuple[str, RenderedSample]] = {}
     collector = VoteCollector(votes)
 
