@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -116,11 +117,12 @@ class Cell:
     systematic: float = 0.5
     start: str = "retrain"  # TrainOptions.start
     val_samples: int | None = None  # CritiqueOptions.val_samples (None: the default count)
+    masks: str = "soft"  # CritiqueOptions.soft_masks: "soft" or "hard"
 
     def key(self) -> dict[str, Any]:
-        """The cell's settings; `start` and `val_samples` only where they are not the default
-        (older rows keep their ids)."""
-        default = {"start": "retrain", "val_samples": None}
+        """The cell's settings; `start`, `val_samples` and `masks` only where they are not the
+        default (older rows keep their ids)."""
+        default = {"start": "retrain", "val_samples": None, "masks": "soft"}
         return {k: v for k, v in self.__dict__.items() if default.get(k, object()) != v}
 
 
@@ -174,6 +176,10 @@ def plan(name: str, tasks: list[str], seeds: list[int]) -> Iterator[Cell]:
                 yield Cell("patch", seed, "ground-truth", val_samples=n)
                 for model in ("independent", "ambiguity"):
                     yield sim("patch", seed, 0.87, model, val_samples=n)
+    elif name == "hard-masks":  # the main plan's critic cells with 0/1 masks (the true
+        for cell in plan("main", tasks, seeds):  # masks do not depend on the mask rule)
+            if cell.critic != "ground-truth":
+                yield dataclasses.replace(cell, masks="hard")
     elif name == "clusters":
         for seed in seeds[:3]:
             for j in (3, 5, 9):
@@ -276,7 +282,8 @@ def run_cell(cell: Cell, task: Task, splits, model: torch.nn.Module) -> dict[str
             copy.deepcopy(model), splits, task.spec, critic=critic,
             n_align=cell.n_align or task.n_align, n_clusters=cell.clusters, votes=cell.votes,
             neighbours=cell.neighbours, confidence=cell.confidence, start=cell.start,
-            val_samples=cell.val_samples, seed=cell.seed, progress=False,
+            val_samples=cell.val_samples, soft_masks=cell.masks == "soft", seed=cell.seed,
+            progress=False,
         )
     )  # fmt: skip
     seconds = time.perf_counter() - started
