@@ -5,6 +5,9 @@ accuracy, error model, robust mechanism, J and number of alignment samples, on f
         --data-dir /work/shared/data --out docs/data/robust/study.jsonl
     python bench/robust_study.py --render            # tables into docs/robust.md, figures
 
+Pilot plans (`start`, `val-samples`, `hard-masks`) write to `--out` files under
+`docs/data/robust/pilots/`, which the tables do not read; docs/robust.md reports them.
+
 Every cell (dataset, seed, critic, settings) is one `lvlmva.pipeline.align` call on the seed's
 original model, appended as one JSON line to `--out` as soon as it is done; a rerun skips the
 cells already there (resume), so the command can be stopped and started at will. Critics:
