@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lvlmva.critics import CriticSettings, get_critic, open_session
+from lvlmva.critics import CriticBackend, CriticSettings, get_critic, open_session
 from lvlmva.engine.errors import RunStopped
 from lvlmva.engine.types import Provider
 from lvlmva.errors import ConfigError, DataError
@@ -101,10 +101,8 @@ async def align(
     on the masks received); a `DataError` when every critique failed."""
     critic = critic or CriticSettings()
     what, how = split_options(critique, training, options)
-    backend = get_critic(critic.kind)
+    backend = _checked_backend(critic.kind, dataset, records)
     device, started, timings = torch.device(device), time.perf_counter(), {}
-    if records is None and backend.answers_from_ground_truth:
-        check_truth(backend.name, dataset)
     if records is not None:
         how = dataclasses.replace(how, streaming=False)
     elif backend.uses_llm:
@@ -153,6 +151,17 @@ async def align(
         raise RunStopped(_stop_line(counts, len(records), len(indices)), result=result,
                          metrics=result.metrics_dict())  # fmt: skip
     return result
+
+
+def _checked_backend(
+    kind: str, dataset: DatasetSplits, records: Sequence[SampleRecord] | None
+) -> CriticBackend:
+    """The critic's backend. One that answers from the ground truth needs the dataset's
+    spurious masks, checked before anything is trained, unless the masks are given."""
+    backend = get_critic(kind)
+    if records is None and backend.answers_from_ground_truth:
+        check_truth(backend.name, dataset)
+    return backend
 
 
 def _given_masks(
