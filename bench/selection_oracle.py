@@ -168,12 +168,23 @@ def _choice(candidates: dict, score) -> str:
     return best if score(candidates[best]) > score(candidates["original"]) else "original"
 
 
+def _smoothed_choice(candidates: dict) -> str:
+    """The member whose validation score averaged with its grid neighbours' is best (ties to
+    the smaller lambda); the original when that member's own score does not beat it."""
+    members = sorted((k for k in candidates if k != "original"), key=lambda k: float(k[7:]))
+    raw = [candidates[k]["val"] for k in members]
+    smooth = [statistics.mean(raw[max(0, i - 1) : i + 2]) for i in range(len(raw))]
+    best = max(range(len(members)), key=lambda i: (smooth[i], -i))
+    return members[best] if raw[best] > candidates["original"]["val"] else "original"
+
+
 def summary(path: Path) -> None:
     rows = [json.loads(line) for line in path.open()]
     rules = {
         "the check (as run)": None,
         "8 pairings, accuracy": lambda c: c.get("val8", {}).get("acc", c["val"]),
         "8 pairings, true-class probability": lambda c: c.get("val8", {}).get("ptrue", c["val"]),
+        "scores smoothed over the grid": "smoothed",
         "oracle (best on test)": "oracle",
     }
     for task in dict.fromkeys(r["task"] for r in rows):
@@ -194,6 +205,8 @@ def summary(path: Path) -> None:
                         name = by[(critic, s)]["chosen"]
                     elif rule == "oracle":
                         name = max(c, key=lambda k: c[k]["test"][metric])
+                    elif rule == "smoothed":
+                        name = _smoothed_choice(c)
                     else:
                         name = _choice(c, rule)
                     values.append(c[name]["test"][metric])
