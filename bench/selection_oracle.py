@@ -171,7 +171,8 @@ def _choice(candidates: dict, score) -> str:
 def _smoothed_choice(candidates: dict) -> str:
     """The member whose validation score averaged with its grid neighbours' is best (ties to
     the smaller lambda); the original when that member's own score does not beat it."""
-    members = sorted((k for k in candidates if k != "original"), key=lambda k: float(k[7:]))
+    members = [k for k in candidates if k != "original"]
+    members.sort(key=lambda k: float(k.split("=")[1]))
     raw = [candidates[k]["val"] for k in members]
     smooth = [statistics.mean(raw[max(0, i - 1) : i + 2]) for i in range(len(raw))]
     best = max(range(len(members)), key=lambda i: (smooth[i], -i))

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from lvlmva.critics import get_critic
     from lvlmva.engine.errors import RunStopped
     from lvlmva.pipeline import CritiqueOptions, TrainOptions, align, resolve_spec
-    from lvlmva.pipeline.critique import check_truth
+    from lvlmva.pipeline.critique import require_true_masks
 
     check_positive_flags(args, "n_align", "clusters", "epochs", "train_epochs", "lr")
     if args.critique:
@@ -109,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
         lam=args.lam, start=args.start, epochs=args.epochs, lr=args.lr,
         streaming=not args.no_streaming, keep_original=not args.keep_aligned,
     )  # fmt: skip
-    if backend.answers_from_ground_truth:
-        check_truth(backend.name, splits)
+    require_true_masks(backend, splits)
     spec = resolve_spec(args.spec, splits) if backend.uses_llm else None
     asyncio.run(backend.preflight(critic))
     if checkpoint is None:

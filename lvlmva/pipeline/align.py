@@ -25,7 +25,7 @@ from lvlmva.critics import CriticBackend, CriticSettings, get_critic, open_sessi
 from lvlmva.engine.errors import RunStopped
 from lvlmva.engine.types import Provider
 from lvlmva.errors import ConfigError, DataError
-from lvlmva.pipeline.critique import check_truth, critique_stream, ground_truth_records
+from lvlmva.pipeline.critique import critique_stream, ground_truth_records, require_true_masks
 from lvlmva.pipeline.explain import rendered_samples
 from lvlmva.pipeline.masking import (
     CritiquedSample,
@@ -159,8 +159,8 @@ def _checked_backend(
     """The critic's backend. One that answers from the ground truth needs the dataset's
     spurious masks, checked before anything is trained, unless the masks are given."""
     backend = get_critic(kind)
-    if records is None and backend.answers_from_ground_truth:
-        check_truth(backend.name, dataset)
+    if records is None:
+        require_true_masks(backend, dataset)
     return backend
 
 

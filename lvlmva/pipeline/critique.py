@@ -8,6 +8,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 import torch
 from torch import Tensor
 
+from lvlmva.critics.base import CriticBackend
 from lvlmva.critics.session import CriticSession
 from lvlmva.engine.types import CritiqueJob, ImagePart, JobResult
 from lvlmva.errors import DataError
@@ -18,26 +19,26 @@ from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
 from lvlmva.vision.masks import mask_from_verdicts
 
 __all__ = [
-    "check_truth",
     "critique_samples",
     "critique_stream",
     "ground_truth_records",
     "job_for",
     "record_for",
+    "require_true_masks",
 ]
 
 IMAGE_NAMES = ("original", "clusters", "overlay")
 
 
-def check_truth(
-    critic_name: str, dataset: DatasetSplits, splits: tuple[str, ...] = ("train",)
+def require_true_masks(
+    backend: CriticBackend, dataset: DatasetSplits, splits: tuple[str, ...] = ("train",)
 ) -> None:
     """A critic that answers from the ground truth (the simulation, the true masks) needs the
     spurious masks of every split it critiques: a DataError naming the dataset otherwise."""
     missing = [s for s in splits if getattr(dataset, s).spurious_masks is None]
-    if missing:
+    if backend.answers_from_ground_truth and missing:
         raise DataError(
-            f"the {critic_name} critic answers from ground-truth spurious masks, and dataset "
+            f"the {backend.name} critic answers from ground-truth spurious masks, and dataset "
             f"{dataset.info.name!r} has none ({', '.join(missing)} split); give the image-folder "
             "CSV a mask_path column, or use a real LVLM (--critic openai or litellm)"
         )
@@ -130,7 +131,7 @@ async def critique_stream(
     `splits` names the splits the samples may come from (checked for ground truth up front)."""
     info = dataset.info
     if session.needs_truth:
-        check_truth("simulated", dataset, splits)
+        require_true_masks(session.backend, dataset, splits)
     pending: dict[str, tuple[str, RenderedSample]] = {}
     collector = VoteCollector(votes)
 
