@@ -5,8 +5,8 @@ accuracy, error model, robust mechanism, J and number of alignment samples, on f
         --data-dir /work/shared/data --out docs/data/robust/study.jsonl
     python bench/robust_study.py --render            # tables into docs/robust.md, figures
 
-Pilot plans (`start`, `val-samples`, `hard-masks`) write to `--out` files under
-`docs/data/robust/pilots/`, which the tables do not read; docs/robust.md reports them.
+Pilot plans (`start`, `val-samples`, `hard-masks`, `gaussian-consensus`) write to `--out` files
+under `docs/data/robust/pilots/`, which the tables do not read; docs/robust.md reports them.
 
 Every cell (dataset, seed, critic, settings) is one `lvlmva.pipeline.align` call on the seed's
 original model, appended as one JSON line to `--out` as soon as it is done; a rerun skips the
@@ -121,11 +121,12 @@ class Cell:
     start: str = "retrain"  # TrainOptions.start
     val_samples: int | None = None  # CritiqueOptions.val_samples (None: the default count)
     masks: str = "soft"  # CritiqueOptions.soft_masks: "soft" or "hard"
+    kernel: str = "uniform"  # CritiqueOptions.neighbour_kernel
 
     def key(self) -> dict[str, Any]:
-        """The cell's settings; `start`, `val_samples` and `masks` only where they are not the
-        default (older rows keep their ids)."""
-        default = {"start": "retrain", "val_samples": None, "masks": "soft"}
+        """The cell's settings; `start`, `val_samples`, `masks` and `kernel` only where they are
+        not the default (older rows keep their ids)."""
+        default = {"start": "retrain", "val_samples": None, "masks": "soft", "kernel": "uniform"}
         return {k: v for k, v in self.__dict__.items() if default.get(k, object()) != v}
 
 
@@ -183,6 +184,10 @@ def plan(name: str, tasks: list[str], seeds: list[int]) -> Iterator[Cell]:
         for cell in plan("main", tasks, seeds):  # masks do not depend on the mask rule)
             if cell.critic != "ground-truth":
                 yield dataclasses.replace(cell, masks="hard")
+    elif name == "gaussian-consensus":  # the main plan's critic cells, neighbours weighted
+        for cell in plan("main", tasks, seeds):  # by likeness (the true masks are not pooled)
+            if cell.critic != "ground-truth":
+                yield dataclasses.replace(cell, kernel="gaussian")
     elif name == "clusters":
         for seed in seeds[:3]:
             for j in (3, 5, 9):
@@ -284,7 +289,8 @@ def run_cell(cell: Cell, task: Task, splits, model: torch.nn.Module) -> dict[str
         align(
             copy.deepcopy(model), splits, task.spec, critic=critic,
             n_align=cell.n_align or task.n_align, n_clusters=cell.clusters, votes=cell.votes,
-            neighbours=cell.neighbours, confidence=cell.confidence, start=cell.start,
+            neighbours=cell.neighbours, neighbour_kernel=cell.kernel, confidence=cell.confidence,
+            start=cell.start,
             val_samples=cell.val_samples, soft_masks=cell.masks == "soft", seed=cell.seed,
             progress=False,
         )

@@ -367,6 +367,9 @@ _ROBUST_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
      "one Judge call)"}),
     ("--neighbours", {"type": int, "default": 10, "help": "pool each verdict with those of the N "
      "most similar clusters of other images (default 10; 0 = off; no LVLM call)"}),
+    ("--neighbour-kernel", {"choices": ("uniform", "gaussian"), "default": "uniform",
+     "help": "each neighbour counts fully (uniform, default) or as far as it is alike "
+     "(gaussian, median-heuristic bandwidth)"}),
     ("--confidence-weights", {"action": "store_true", "help": "mask weights from the verdicts' "
      "agreement instead of 0/1"}),
     ("--val-samples", {"type": int, "help": "validation images critiqued for the model check "
@@ -377,7 +380,8 @@ _ROBUST_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 
 def add_robust_arguments(parser: argparse.ArgumentParser) -> None:
-    """--votes, --neighbours, --confidence-weights, --val-samples and --keep-aligned."""
+    """--votes, --neighbours, --neighbour-kernel, --confidence-weights, --val-samples and
+    --keep-aligned."""
     group = parser.add_argument_group("robust verdicts and the model check (docs/robust.md)")
     for flag, kwargs in _ROBUST_FLAGS:
         group.add_argument(flag, **kwargs)
@@ -388,6 +392,7 @@ def robust_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "votes": args.votes,
         "neighbours": args.neighbours,
+        "neighbour_kernel": args.neighbour_kernel,
         "confidence": args.confidence_weights,
         "val_samples": args.val_samples,
     }

@@ -89,6 +89,7 @@ def robust_summary(options: CritiqueOptions, records: Sequence[SampleRecord]) ->
     return {
         "votes": options.votes,
         "neighbours": options.neighbours,
+        "neighbour_kernel": options.neighbour_kernel,
         "confidence_weights": options.confidence,
         "clusters": clusters,
         "overturned_no_to_yes": to_yes,
@@ -153,7 +154,10 @@ class RobustMasks:
             features = torch.cat([e.features for e in voted])
             shares = torch.cat([e.no_share for e in voted])
             owner = torch.cat([torch.full((len(e.no_share),), i) for i, e in enumerate(voted)])
-            pooled, _ = neighbour_consensus(features, shares, owner, k=self.options.neighbours)
+            pooled, _ = neighbour_consensus(
+                features, shares, owner, k=self.options.neighbours,
+                kernel=self.options.neighbour_kernel,
+            )  # fmt: skip
             for i, part in enumerate(torch.split(pooled, [len(e.no_share) for e in voted])):
                 p_spurious[id(voted[i])] = part
         out = []

@@ -23,7 +23,9 @@ class CritiqueOptions:
     Robust verdicts (docs/robust.md): `votes` Critic samples per image, the colours listed in a
     different order each time, and a vote per cluster (self-consistency; 1 = one sample);
     `neighbours`: each verdict pooled with those of the most similar clusters of other images
-    (cross-sample consistency, no LVLM call; 0 = off); `confidence`: mask weights from the
+    (cross-sample consistency, no LVLM call; 0 = off), each neighbour counted fully
+    (`neighbour_kernel="uniform"`) or as far as it is alike (`"gaussian"`,
+    `lvlmva.vision.consensus.neighbour_weights`); `confidence`: mask weights from the
     agreement instead of 0/1. `val_samples`: validation images critiqued for the
     counterfactual check that chooses lambda when the validation split has no usable groups
     (None: max(100, n_align // 4), at most the split; 0: none)."""
@@ -35,6 +37,7 @@ class CritiqueOptions:
     soft_masks: bool = True
     votes: int = 1
     neighbours: int = 10
+    neighbour_kernel: str = "uniform"
     confidence: bool = False
     val_samples: int | None = None
 
@@ -43,6 +46,10 @@ class CritiqueOptions:
             raise ConfigError(f"--votes must be at least 1, got {self.votes}")
         if self.neighbours < 0:
             raise ConfigError(f"--neighbours must be 0 or more, got {self.neighbours}")
+        if self.neighbour_kernel not in ("uniform", "gaussian"):
+            raise ConfigError(
+                f"--neighbour-kernel must be uniform or gaussian, got {self.neighbour_kernel!r}"
+            )
         if self.val_samples is not None and self.val_samples < 0:
             raise ConfigError(f"--val-samples must be 0 or more, got {self.val_samples}")
         if self.n_align <= 0:

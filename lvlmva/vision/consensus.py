@@ -9,10 +9,12 @@ standardised over the clusters at hand and compared by Euclidean distance. `neig
 pools a cluster's own "no" share (one verdict, or the share of "no" among k Critic samples) with
 the mean "no" share of its `k` nearest clusters in *other* images:
 
-    P(spurious) = (self_weight * own + k * neighbours) / (self_weight + k)
+    P(spurious) = (self_weight * own + sum_j w_j * share_j) / (self_weight + sum_j w_j)
 
-(a kNN vote in the manner of Wilson's editing of noisy labels). With the default
-`self_weight = 1` it is the majority over the cluster and its k neighbours. On decoy-digits at a
+(a kNN vote in the manner of Wilson's editing of noisy labels). With uniform weights (w = 1)
+and the default `self_weight = 1` it is the majority over the cluster and its k neighbours;
+Gaussian weights (`neighbour_weights`, median-heuristic bandwidth) let a neighbour count only
+as far as it is alike. On decoy-digits at a
 simulated verdict accuracy of 0.87 (independent errors) it took the share of relevant clusters
 marked "no" from 0.13 to 0.001 and of spurious clusters marked "yes" from 0.13 to 0.09 (k = 10);
 a larger own weight (k / 2) kept more of the errors that hurt (0.019 on relevant clusters).
@@ -32,13 +34,16 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_NEIGHBOURS",
+    "KERNELS",
     "cluster_descriptors",
     "consensus_weights",
     "neighbour_consensus",
+    "neighbour_weights",
     "weighted_mask",
 ]
 
 DEFAULT_NEIGHBOURS = 10
+KERNELS = ("uniform", "gaussian")
 
 
 def cluster_descriptors(
@@ -75,13 +80,17 @@ def neighbour_consensus(
     *,
     k: int = DEFAULT_NEIGHBOURS,
     self_weight: float = 1.0,
+    kernel: str = "uniform",
 ) -> tuple[Tensor, Tensor]:
-    """P(spurious) [M] of M clusters, and their neighbours' mean "no" share [M].
+    """P(spurious) [M] of M clusters, and their neighbours' (weighted) mean "no" share [M].
 
     `features` [M, F] are descriptors, `no_share` [M] the share of "no" verdicts each cluster
-    got, `owner` [M] the image each belongs to (neighbours come from other images only). With
+    got, `owner` [M] the image each belongs to (neighbours come from other images only).
+    `kernel`: each neighbour's weight, "uniform" (1) or "gaussian" (`neighbour_weights`). With
     fewer than k clusters in other images (or k = 0) the own share is returned unchanged (and
     NaN as the neighbours' share)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     m = len(no_share)
     own = no_share.float()
     nan = torch.full((m,), math.nan)
@@ -96,16 +105,42 @@ def neighbour_consensus(
     from sklearn.neighbors import NearestNeighbors
 
     query = min(m, k + per_image)
-    _, index = NearestNeighbors(n_neighbors=query).fit(z).kneighbors(z)
+    distance, index = NearestNeighbors(n_neighbors=query).fit(z).kneighbors(z)
     owners = owner.numpy()
     others = owners[index] != owners[:, None]  # [M, query]
     # the first k neighbours from other images (each row has at least k of them)
     rank = np.cumsum(others, axis=1)
     chosen = others & (rank <= k)
     shares = own.numpy()[index]
-    neighbours = torch.from_numpy((shares * chosen).sum(1) / k).float()
-    pooled = (self_weight * own + k * neighbours) / (self_weight + k)
-    return pooled, neighbours
+    if kernel == "uniform":
+        neighbours = torch.from_numpy((shares * chosen).sum(1) / k).float()
+        return (self_weight * own + k * neighbours) / (self_weight + k), neighbours
+    weight = chosen * neighbour_weights(distance, chosen, k, kernel)
+    total, mass = weight.sum(1), (shares * weight).sum(1)
+    neighbours = torch.from_numpy(mass / np.maximum(total, 1e-12)).float()
+    pooled = (self_weight * own.double() + torch.from_numpy(mass)) / (
+        self_weight + torch.from_numpy(total)
+    )
+    return pooled.float(), neighbours
+
+
+def neighbour_weights(distance: np.ndarray, chosen: np.ndarray, k: int, kernel: str) -> np.ndarray:
+    """Weights [M, query] of the neighbours at `distance` (standardised descriptor space);
+    `chosen` marks each row's k neighbours from other images.
+
+    "uniform": 1 each, the plain kNN majority. "gaussian": exp(-d^2 / (2 sigma^2)) with the
+    median heuristic, sigma = the median over clusters of their mean distance to their k
+    neighbours. A cluster whose neighbours are as close as a typical cluster's counts them
+    almost fully (weight 0.6 at d = sigma); one unlike any cluster of other images (a feature
+    that does not recur, or a cluster mixing a spurious feature into the rest) keeps mostly its
+    own verdict, since its neighbours are no evidence about it."""
+    if kernel == "uniform":
+        return np.ones_like(distance)
+    mean = (distance * chosen).sum(1) / k
+    sigma = float(np.median(mean))
+    if sigma <= 1e-12:  # identical descriptors: every neighbour counts fully
+        return np.ones_like(distance)
+    return np.exp(-(distance**2) / (2.0 * sigma**2))
 
 
 def consensus_weights(p_spurious: Tensor, *, confidence: bool = False) -> Tensor:
