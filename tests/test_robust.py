@@ -129,6 +129,38 @@ def test_neighbours_come_from_other_images_only():
     assert torch.all(pooled[:6] < 0.5)
 
 
+def test_gaussian_kernel_still_overturns_isolated_errors_among_alike_clusters():
+    feats, shares, owners, truth = _two_kinds()
+    pooled, _ = neighbour_consensus(feats, shares, owners, k=10, kernel="gaussian")
+    assert int(((shares > 0.5) != truth).sum()) >= 10
+    assert int(((pooled > 0.5) != truth).sum()) == 0
+
+
+def test_gaussian_kernel_keeps_the_own_verdict_of_a_cluster_unlike_its_neighbours():
+    # 40 images, each with a "yes" cluster near 0 (the typical distance apart), and one
+    # outlying cluster far from all of them saying "no": uniform weights outvote it, the
+    # Gaussian kernel gives neighbours that far almost no weight
+    g = torch.Generator().manual_seed(1)
+    feats = torch.cat([0.1 * torch.randn(40, 4, generator=g), torch.full((1, 4), 3.0)])
+    shares = torch.tensor([0.0] * 40 + [1.0])
+    owners = torch.arange(41)
+    uniform, _ = neighbour_consensus(feats, shares, owners, k=10)
+    gaussian, _ = neighbour_consensus(feats, shares, owners, k=10, kernel="gaussian")
+    assert float(uniform[-1]) < 0.5 < float(gaussian[-1])
+    assert torch.all(gaussian[:40] < 0.5)
+
+
+def test_gaussian_kernel_with_identical_descriptors_is_the_uniform_vote():
+    feats = torch.zeros(30, 3)
+    shares = torch.tensor([1.0, 0.0, 0.0] * 10)
+    owners = torch.arange(30) // 3
+    uniform, nb_u = neighbour_consensus(feats, shares, owners, k=6)
+    gaussian, nb_g = neighbour_consensus(feats, shares, owners, k=6, kernel="gaussian")
+    assert torch.allclose(uniform, gaussian) and torch.allclose(nb_u, nb_g)
+    with pytest.raises(ValueError, match="kernel"):
+        neighbour_consensus(feats, shares, owners, k=6, kernel="box")
+
+
 def test_weighted_masks_match_the_verdict_masks_for_zero_one_weights():
     labels = torch.tensor([[0, 0, 1], [1, 2, -1], [2, 2, -1]])
     resp = torch.rand(3, 3, 3)
@@ -356,3 +388,19 @@ def test_counterfactual_check_keeps_the_original_when_no_member_is_above_chance(
                                keep_original=True, lambda0=None,
                                device=torch.device("cpu"))  # fmt: skip
     assert chosen is wrong and sel.kept_original and "above chance" in sel.warning
+
+
+def test_the_neighbour_kernel_flag_reaches_the_options_and_a_bad_one_is_refused():
+    import argparse
+
+    from lvlmva.commands.common import add_robust_arguments, robust_options
+    from lvlmva.errors import ConfigError
+    from lvlmva.pipeline.options import CritiqueOptions
+
+    parser = argparse.ArgumentParser()
+    add_robust_arguments(parser)
+    assert robust_options(parser.parse_args([]))["neighbour_kernel"] == "uniform"
+    options = robust_options(parser.parse_args(["--neighbour-kernel", "gaussian"]))
+    assert CritiqueOptions(**options).neighbour_kernel == "gaussian"
+    with pytest.raises(ConfigError, match="--neighbour-kernel"):
+        CritiqueOptions(neighbour_kernel="box")
