@@ -214,6 +214,12 @@ def _legend() -> str:
     )
 
 
+def _kernel_words(robust: dict) -> str:
+    """How the neighbours were weighted, where it is not the plain (uniform) vote."""
+    kernel = robust.get("neighbour_kernel", "uniform")
+    return "" if kernel == "uniform" else f" weighted by likeness ({kernel} kernel)"
+
+
 def _selection_html(result: AlignResult) -> str:
     """Which model was returned and why; a warning banner when the original was kept."""
     selection = result.selection
@@ -224,7 +230,7 @@ def _selection_html(result: AlignResult) -> str:
     if robust.get("clusters"):
         overturned = (
             f" Robust verdicts: {robust['votes']} Critic sample(s) per image, "
-            f"{robust['neighbours']} neighbours; the neighbours overturned "
+            f"{robust['neighbours']} neighbours{_kernel_words(robust)}; the neighbours overturned "
             f"{robust['overturned_no_to_yes']} 'no' and {robust['overturned_yes_to_no']} 'yes' "
             f"of {robust['clusters']} verdicts (marked below)."
         )

@@ -127,6 +127,16 @@ def test_the_original_model_is_the_same_for_the_same_seed(tmp_path):
     assert befores[0] == befores[1]
 
 
+def test_the_gaussian_neighbour_kernel_reaches_the_run_and_its_report(tmp_path):
+    proc = lvlmva("align", "--dataset", "decoy-digits", "--n-align", "48", "--epochs", "1",
+                  "--train-epochs", "1", "--quiet", "--lambda", "1", "--val-samples", "0",
+                  "--neighbour-kernel", "gaussian", "--out", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    robust = json.loads((tmp_path / "metrics.json").read_text())["robust_verdicts"]
+    assert robust["neighbour_kernel"] == "gaussian" and robust["clusters"] > 0
+    assert "weighted by likeness (gaussian kernel)" in (tmp_path / "report.html").read_text()
+
+
 @pytest.mark.parametrize("critic", ["simulated", "ground-truth"])
 def test_a_critic_that_needs_true_masks_is_refused_before_any_training(critic, tmp_path, capsys):
     import numpy as np
