@@ -17,7 +17,8 @@ true spurious region: ``other`` (none), ``mixed`` (some, at most half of the clu
 - ``other_flagged``, ``mixed_flagged``, ``pure_flagged``: the share of each kind flagged.
 
 And per kind, ``neighbour_distance``: the mean distance to its k neighbours from other images,
-in units of the median over all clusters (how alike its neighbours are).
+in units of the median over all clusters (how alike its neighbours are); ``gaussian_weight``:
+the mean sum of its k neighbours' Gaussian weights (k under uniform weights).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def summarise(c: dict[str, Any], k: int) -> dict[str, Any]:
     """The row's figures (module docstring)."""
     from sklearn.neighbors import NearestNeighbors
 
-    from lvlmva.vision.consensus import neighbour_consensus
+    from lvlmva.vision.consensus import neighbour_consensus, neighbour_weights
 
     out: dict[str, Any] = {"clusters": {kind: int((c["kind"] == kind).sum()) for kind in KINDS}}
     for kernel in ("own", "uniform", "gaussian"):
@@ -96,6 +97,10 @@ def summarise(c: dict[str, Any], k: int) -> dict[str, Any]:
     median = float(np.median(mean))
     out["neighbour_distance"] = {
         kind: round(float(mean[c["kind"] == kind].mean() / median), 2) for kind in KINDS
+    }
+    weight = (chosen * neighbour_weights(dist, chosen, k, "gaussian")).sum(1)
+    out["gaussian_weight"] = {
+        kind: round(float(weight[c["kind"] == kind].mean()), 2) for kind in KINDS
     }
     return out
 
