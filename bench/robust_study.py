@@ -290,9 +290,8 @@ def run_cell(cell: Cell, task: Task, splits, model: torch.nn.Module) -> dict[str
             copy.deepcopy(model), splits, task.spec, critic=critic,
             n_align=cell.n_align or task.n_align, n_clusters=cell.clusters, votes=cell.votes,
             neighbours=cell.neighbours, neighbour_kernel=cell.kernel, confidence=cell.confidence,
-            start=cell.start,
-            val_samples=cell.val_samples, soft_masks=cell.masks == "soft", seed=cell.seed,
-            progress=False,
+            start=cell.start, val_samples=cell.val_samples, soft_masks=cell.masks == "soft",
+            seed=cell.seed, progress=False,
         )
     )  # fmt: skip
     seconds = time.perf_counter() - started

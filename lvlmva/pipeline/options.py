@@ -37,7 +37,7 @@ class CritiqueOptions:
     soft_masks: bool = True
     votes: int = 1
     neighbours: int = 10
-    neighbour_kernel: str = "uniform"
+    neighbour_kernel: Literal["uniform", "gaussian"] = "uniform"
     confidence: bool = False
     val_samples: int | None = None
 

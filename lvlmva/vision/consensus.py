@@ -11,13 +11,15 @@ the mean "no" share of its `k` nearest clusters in *other* images:
 
     P(spurious) = (self_weight * own + sum_j w_j * share_j) / (self_weight + sum_j w_j)
 
-(a kNN vote in the manner of Wilson's editing of noisy labels). With uniform weights (w = 1)
-and the default `self_weight = 1` it is the majority over the cluster and its k neighbours;
-Gaussian weights (`neighbour_weights`, median-heuristic bandwidth) let a neighbour count only
-as far as it is alike. On decoy-digits at a
-simulated verdict accuracy of 0.87 (independent errors) it took the share of relevant clusters
-marked "no" from 0.13 to 0.001 and of spurious clusters marked "yes" from 0.13 to 0.09 (k = 10);
-a larger own weight (k / 2) kept more of the errors that hurt (0.019 on relevant clusters).
+(a kNN vote in the manner of Wilson's editing of noisy labels). With uniform weights (w = 1,
+the default) and `self_weight = 1` it is the majority over the cluster and its k neighbours. On
+decoy-digits at a simulated verdict accuracy of 0.87 (independent errors) it took the share of
+relevant clusters marked "no" from 0.13 to 0.001 and of spurious clusters marked "yes" from
+0.13 to 0.09 (k = 10); a larger own weight (k / 2) kept more of the errors that hurt (0.019 on
+relevant clusters). Gaussian weights (`neighbour_weights`, median-heuristic bandwidth) let a
+neighbour count only as far as it is alike; they keep more of the spurious pixels where the
+spurious feature changes its look and place, but were not better overall (docs/robust.md,
+"Neighbours weighted by likeness").
 `consensus_weights` turns P into mask weights (`weighted_mask`):
 1 for P > 1/2, else 0; or, with `confidence=True`, the agreement beyond chance
 ``clip(2 P - 1, 0, 1)``.
