@@ -131,7 +131,9 @@ def run(task_name: str, seed: int, data_dir: str | None, k: int) -> list[dict[st
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", nargs="+", default=list(study.TASKS), choices=tuple(study.TASKS))
+    p.add_argument(
+        "--tasks", nargs="+", default=list(study.STUDY_TASKS), choices=tuple(study.TASKS)
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--neighbours", type=int, default=10)
     p.add_argument("--data-dir")

@@ -101,6 +101,15 @@ TASKS = {
         str(PATCH_DIR / "spec.yaml"),
     ),
 }
+# Pilot tasks: run only when named with --tasks, never by the study's default command.
+# patch-64: the patch files at the image-folder loader's default size (no --image-size).
+PILOT_TASKS = {
+    "patch-64": dataclasses.replace(
+        TASKS["patch"], name="patch-64", options={"csv": str(PATCH_DIR / "images.csv")}
+    ),
+}
+STUDY_TASKS = tuple(TASKS)
+TASKS.update(PILOT_TASKS)
 
 
 @dataclass(frozen=True)
@@ -217,7 +226,7 @@ def load(task: Task, seed: int, data_dir: str | None):
         from make_stamp_task import write_task
 
         write_task(STAMP_DIR)
-    if task.name == "patch" and not Path(task.options["csv"]).exists():
+    if task.name in ("patch", "patch-64") and not Path(task.options["csv"]).exists():
         sys.path.insert(0, str(ROOT / "bench"))
         import make_patch_task
 
@@ -342,7 +351,7 @@ def done_ids(path: Path) -> set[str]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--plans", nargs="+", default=["main"])
-    p.add_argument("--tasks", nargs="+", default=list(TASKS))
+    p.add_argument("--tasks", nargs="+", default=list(STUDY_TASKS))
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--data-dir")
     p.add_argument("--out", type=Path, default=OUT)
