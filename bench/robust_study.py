@@ -7,6 +7,7 @@ accuracy, error model, robust mechanism, J and number of alignment samples, on f
 
 Pilot plans (`start`, `val-samples`, `hard-masks`, `gaussian-consensus`) write to `--out` files
 under `docs/data/robust/pilots/`, which the tables do not read; docs/robust.md reports them.
+So do pilot tasks (`PILOT_TASKS`, run only when named with `--tasks`).
 
 Every cell (dataset, seed, critic, settings) is one `lvlmva.pipeline.align` call on the seed's
 original model, appended as one JSON line to `--out` as soon as it is done; a rerun skips the
