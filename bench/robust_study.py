@@ -103,11 +103,13 @@ TASKS = {
     ),
 }
 # Pilot tasks: run only when named with --tasks, never by the study's default command.
-# patch-64: the patch files at the image-folder loader's default size (no --image-size).
+# patch-64, stamp-64: the own tasks' files at the image-folder loader's default size (64 px,
+# no --image-size), as a task run with every default is loaded.
 PILOT_TASKS = {
-    "patch-64": dataclasses.replace(
-        TASKS["patch"], name="patch-64", options={"csv": str(PATCH_DIR / "images.csv")}
-    ),
+    f"{name}-64": dataclasses.replace(
+        TASKS[name], name=f"{name}-64", options={"csv": TASKS[name].options["csv"]}
+    )
+    for name in ("patch", "stamp")
 }
 STUDY_TASKS = tuple(TASKS)
 TASKS.update(PILOT_TASKS)
@@ -222,7 +224,7 @@ def cell_id(cell: Cell) -> str:
 def load(task: Task, seed: int, data_dir: str | None):
     from lvlmva.vision.datasets import load_dataset
 
-    if task.name == "stamp" and not Path(task.options["csv"]).exists():
+    if task.name in ("stamp", "stamp-64") and not Path(task.options["csv"]).exists():
         sys.path.insert(0, str(ROOT / "bench"))
         from make_stamp_task import write_task
 
