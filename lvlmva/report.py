@@ -236,7 +236,9 @@ def _selection_html(result: AlignResult) -> str:
         )
     text = html.escape(selection.describe() + overturned)
     style = " class='banner'" if selection.warning else ""
-    return f"<h2>Model choice</h2><p{style}>{text}</p>"
+    critic = robust.get("warning")
+    banner = f"<p class='banner'>WARNING: {html.escape(critic)}</p>" if critic else ""
+    return f"<h2>Model choice</h2><p{style}>{text}</p>{banner}"
 
 
 @torch.no_grad()

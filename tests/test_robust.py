@@ -404,3 +404,22 @@ def test_the_neighbour_kernel_flag_reaches_the_options_and_a_bad_one_is_refused(
     assert CritiqueOptions(**options).neighbour_kernel == "gaussian"
     with pytest.raises(ConfigError, match="--neighbour-kernel"):
         CritiqueOptions(neighbour_kernel="box")
+
+
+def test_the_run_warns_when_the_neighbours_overturn_many_verdicts():
+    from lvlmva.pipeline.masking import DISAGREEMENT_WARNING, robust_summary
+    from lvlmva.pipeline.options import CritiqueOptions
+
+    def records(overturned: int, total: int = 20):
+        # each record: one "no" verdict; the first `overturned` are pooled to "yes"
+        return [SimpleNamespace(verdicts={"red": False},
+                                consensus={"red": 0.2 if i < overturned else 0.9})
+                for i in range(total)]  # fmt: skip
+
+    calm = robust_summary(CritiqueOptions(), records(2))
+    assert calm["overturned_share"] == 0.1 and calm["warning"] is None
+    noisy = robust_summary(CritiqueOptions(), records(8))
+    assert noisy["overturned_share"] == 0.4 > DISAGREEMENT_WARNING
+    assert "40% of the critic's verdicts" in noisy["warning"]
+    assert "lvlmva review" in noisy["warning"]
+    assert robust_summary(CritiqueOptions(), [])["warning"] is None

@@ -75,8 +75,19 @@ def fixed_mask(record: SampleRecord) -> CritiquedSample:
     return CritiquedSample(record, None, torch.zeros(0, 0), torch.zeros(0))
 
 
+# The share of verdicts the neighbours overturn above which the run warns that the critic is
+# unreliable. Over 257 simulated runs of the robust study with the default mechanism (every
+# task, seed, error model, J and sample count; docs/data/robust/) it was at most 0.19 for
+# critics at 0.87 to 1.0 and at least 0.32 at 0.42 to 0.46; 0.25 lies between.
+# A simulated figure, not a real model's: errors a real LVLM repeats on similar clusters are
+# not overturned, so a low share does not prove a good critic.
+DISAGREEMENT_WARNING = 0.25
+
+
 def robust_summary(options: CritiqueOptions, records: Sequence[SampleRecord]) -> dict[str, Any]:
-    """The robust-verdict settings of a run and how many verdicts the neighbours overturned."""
+    """The robust-verdict settings of a run, how many verdicts the neighbours overturned and,
+    where that share is above `DISAGREEMENT_WARNING`, a warning that the critic is unreliable
+    and the model check may be fooled by a shortcut it missed (docs/robust.md)."""
     to_yes = to_no = clusters = 0
     for r in records:
         if r.verdicts is None or r.consensus is None:
@@ -86,6 +97,16 @@ def robust_summary(options: CritiqueOptions, records: Sequence[SampleRecord]) ->
             clusters += 1
             to_yes += (not relevant) and not flagged
             to_no += relevant and flagged
+    share = (to_yes + to_no) / clusters if clusters else None
+    warning = None
+    if share is not None and share > DISAGREEMENT_WARNING:
+        warning = (
+            f"the neighbours overturned {share:.0%} of the critic's verdicts (simulated critics "
+            f"at 0.87 or better: at most 19%), so the critic looks unreliable; the model check "
+            "cannot see a shortcut the critic missed, and the returned model may be worse on "
+            "data where the shortcut no longer holds. Review the critique (`lvlmva critique`, "
+            "`lvlmva review`) before trusting this model"
+        )
     return {
         "votes": options.votes,
         "neighbours": options.neighbours,
@@ -94,6 +115,8 @@ def robust_summary(options: CritiqueOptions, records: Sequence[SampleRecord]) ->
         "clusters": clusters,
         "overturned_no_to_yes": to_yes,
         "overturned_yes_to_no": to_no,
+        "overturned_share": None if share is None else round(share, 4),
+        "warning": warning,
     }
 
 
