@@ -23,9 +23,6 @@ the mean sum of its k neighbours' Gaussian weights (k under uniform weights).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import copy
 import json
 import sys
 from pathlib import Path
@@ -35,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import robust_study as study
+import mask_quality  # a sibling script: its one-epoch run and command line
 
 KINDS = ("other", "mixed", "pure")
 
@@ -106,22 +103,9 @@ def summarise(c: dict[str, Any], k: int) -> dict[str, Any]:
 
 
 def run(task_name: str, seed: int, data_dir: str | None, k: int) -> list[dict[str, Any]]:
-    from lvlmva.api import CriticSettings, align
-
-    task = study.TASKS[task_name]
-    splits = study.load(task, seed, data_dir)
-    model, _ = study.original(task, seed, splits)
     rows = []
     for error_model in ("independent", "ambiguity"):
-        critic = CriticSettings(
-            "simulated", verdict_accuracy=0.87, error_model=error_model, seed=seed
-        )
-        result = asyncio.run(
-            align(
-                copy.deepcopy(model), splits, task.spec, critic=critic, n_align=task.n_align,
-                neighbours=k, seed=seed, epochs=1, progress=False,
-            )
-        )  # fmt: skip
+        result, splits = mask_quality.aligned_once(task_name, seed, data_dir, error_model, k)
         row = {"task": task_name, "seed": seed, "error_model": error_model, "neighbours": k}
         row.update(summarise(clusters_of(result.samples, splits.train), k))
         print(json.dumps(row), flush=True)
@@ -130,28 +114,7 @@ def run(task_name: str, seed: int, data_dir: str | None, k: int) -> list[dict[st
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--tasks", nargs="+", default=list(study.STUDY_TASKS), choices=tuple(study.TASKS)
-    )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--neighbours", type=int, default=10)
-    p.add_argument("--data-dir")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    rows = [
-        row
-        for task in args.tasks
-        for seed in args.seeds
-        for row in run(task, seed, args.data_dir, args.neighbours)
-    ]
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        command = " ".join(["python", "bench/consensus_diagnosis.py", *(argv or sys.argv[1:])])
-        payload = {"header": {"command": command}, "rows": rows}
-        args.json.write_text(json.dumps(payload, indent=1) + "\n")
+    mask_quality.main(argv, run=run, script="bench/consensus_diagnosis.py", doc=__doc__)
 
 
 if __name__ == "__main__":

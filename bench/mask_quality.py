@@ -29,6 +29,7 @@ import asyncio
 import copy
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,24 +64,29 @@ def mask_quality(samples, train) -> dict[str, float]:
     }
 
 
-def run(task_name: str, seed: int, data_dir: str | None, neighbours: int) -> list[dict[str, Any]]:
+def aligned_once(task_name: str, seed: int, data_dir: str | None, error_model: str, k: int):
+    """`align` for one epoch on a study task with the simulated critic at 0.87 and `k`
+    neighbours; the result and the task's splits."""
     from lvlmva.api import CriticSettings, align
 
     task = study.TASKS[task_name]
     splits = study.load(task, seed, data_dir)
     model, _ = study.original(task, seed, splits)
+    critic = CriticSettings("simulated", verdict_accuracy=0.87, error_model=error_model, seed=seed)
+    result = asyncio.run(
+        align(
+            copy.deepcopy(model), splits, task.spec, critic=critic, n_align=task.n_align,
+            neighbours=k, seed=seed, epochs=1, progress=False,
+        )
+    )  # fmt: skip
+    return result, splits
+
+
+def run(task_name: str, seed: int, data_dir: str | None, neighbours: int) -> list[dict[str, Any]]:
     rows = []
     for error_model in ("independent", "ambiguity"):
         for k in (0, neighbours):
-            critic = CriticSettings(
-                "simulated", verdict_accuracy=0.87, error_model=error_model, seed=seed
-            )
-            result = asyncio.run(
-                align(
-                    copy.deepcopy(model), splits, task.spec, critic=critic, n_align=task.n_align,
-                    neighbours=k, seed=seed, epochs=1, progress=False,
-                )
-            )  # fmt: skip
+            result, splits = aligned_once(task_name, seed, data_dir, error_model, k)
             row = {"task": task_name, "seed": seed, "error_model": error_model, "neighbours": k}
             row.update(mask_quality(result.samples, splits.train))
             print(json.dumps(row), flush=True)
@@ -88,8 +94,16 @@ def run(task_name: str, seed: int, data_dir: str | None, neighbours: int) -> lis
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(
+    argv: list[str] | None = None,
+    *,
+    run: Callable[[str, int, str | None, int], list[dict[str, Any]]] = run,
+    script: str = "bench/mask_quality.py",
+    doc: str = __doc__,
+) -> None:
+    """The command line of this script, and of another with the same flags and its own `run`
+    (one list of rows per task and seed)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument(
         "--tasks", nargs="+", default=list(study.STUDY_TASKS), choices=tuple(study.TASKS)
     )
@@ -108,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        header = {"command": " ".join(["python", "bench/mask_quality.py", *(argv or sys.argv[1:])])}
+        header = {"command": " ".join(["python", script, *(argv or sys.argv[1:])])}
         args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
 
 
