@@ -40,15 +40,17 @@ KINDS = ("other", "mixed", "pure")
 def clusters_of(records, split) -> dict[str, Any]:
     """Descriptors, own "no" shares, owners, kinds, spurious pixel counts and the run's own
     consensus of every cluster of the critiqued samples."""
+    from lvlmva.pipeline.options import CritiqueOptions
     from lvlmva.vision.consensus import cluster_descriptors
 
+    n_clusters = CritiqueOptions().n_clusters  # aligned_once runs align's default J
     feats, own, owner, kind, pixels, run = [], [], [], [], [], []
     for position, r in enumerate(records):
         if r.verdicts is None or r.consensus is None:
             continue
         truth = split.spurious_masks[r.index].bool()
         image = split.images[r.index]
-        descriptors = cluster_descriptors(image, r.cluster_labels, r.cluster_ids, 7)
+        descriptors = cluster_descriptors(image, r.cluster_labels, r.cluster_ids, n_clusters)
         for j, (color, cid) in enumerate(zip(r.colors, r.cluster_ids, strict=True)):
             member = r.cluster_labels == cid
             size, overlap = int(member.sum()), int((member & truth).sum())
@@ -66,9 +68,11 @@ def clusters_of(records, split) -> dict[str, Any]:
 
 def summarise(c: dict[str, Any], k: int) -> dict[str, Any]:
     """The row's figures (module docstring)."""
-    from sklearn.neighbors import NearestNeighbors
-
-    from lvlmva.vision.consensus import neighbour_consensus, neighbour_weights
+    from lvlmva.vision.consensus import (
+        neighbour_consensus,
+        neighbour_weights,
+        other_image_neighbours,
+    )
 
     out: dict[str, Any] = {"clusters": {kind: int((c["kind"] == kind).sum()) for kind in KINDS}}
     for kernel in ("own", "uniform", "gaussian"):
@@ -84,12 +88,7 @@ def summarise(c: dict[str, Any], k: int) -> dict[str, Any]:
         for kind in KINDS:
             row[f"{kind}_flagged"] = round(float(flags[c["kind"] == kind].mean()), 4)
         out[kernel] = row
-    x = c["features"].double().numpy()
-    z = (x - x.mean(0)) / np.where(x.std(0) > 1e-9, x.std(0), 1.0)
-    owners = c["owner"].numpy()
-    dist, index = NearestNeighbors(n_neighbors=k + 7).fit(z).kneighbors(z)
-    others = owners[index] != owners[:, None]
-    chosen = others & (np.cumsum(others, axis=1) <= k)
+    dist, _, chosen = other_image_neighbours(c["features"], c["owner"], k)
     mean = (dist * chosen).sum(1) / k
     median = float(np.median(mean))
     out["neighbour_distance"] = {

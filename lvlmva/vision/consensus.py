@@ -41,6 +41,7 @@ __all__ = [
     "consensus_weights",
     "neighbour_consensus",
     "neighbour_weights",
+    "other_image_neighbours",
     "weighted_mask",
 ]
 
@@ -95,24 +96,10 @@ def neighbour_consensus(
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     m = len(no_share)
     own = no_share.float()
-    nan = torch.full((m,), math.nan)
-    if k <= 0 or m == 0:
-        return own.clone(), nan
-    per_image = int(torch.unique(owner, return_counts=True)[1].max())
-    if m - per_image < k:
-        return own.clone(), nan
-    x = features.double().numpy()
-    scale = x.std(0)
-    z = (x - x.mean(0)) / np.where(scale > 1e-9, scale, 1.0)
-    from sklearn.neighbors import NearestNeighbors
-
-    query = min(m, k + per_image)
-    distance, index = NearestNeighbors(n_neighbors=query).fit(z).kneighbors(z)
-    owners = owner.numpy()
-    others = owners[index] != owners[:, None]  # [M, query]
-    # the first k neighbours from other images (each row has at least k of them)
-    rank = np.cumsum(others, axis=1)
-    chosen = others & (rank <= k)
+    found = other_image_neighbours(features, owner, k)
+    if found is None:
+        return own.clone(), torch.full((m,), math.nan)
+    distance, index, chosen = found
     shares = own.numpy()[index]
     if kernel == "uniform":
         neighbours = torch.from_numpy((shares * chosen).sum(1) / k).float()
@@ -124,6 +111,33 @@ def neighbour_consensus(
         self_weight + torch.from_numpy(total)
     )
     return pooled.float(), neighbours
+
+
+def other_image_neighbours(
+    features: Tensor, owner: Tensor, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The nearest clusters of every cluster in the standardised descriptor space: distances
+    and indices [M, query] (query = k + the most clusters one image has, at most M) and a mask
+    `chosen` of each row's first k from other images; None when k <= 0 or fewer than k
+    clusters lie in other images."""
+    m = len(owner)
+    if k <= 0 or m == 0:
+        return None
+    per_image = int(torch.unique(owner, return_counts=True)[1].max())
+    if m - per_image < k:
+        return None
+    x = features.double().numpy()
+    scale = x.std(0)
+    z = (x - x.mean(0)) / np.where(scale > 1e-9, scale, 1.0)
+    from sklearn.neighbors import NearestNeighbors
+
+    query = min(m, k + per_image)
+    distance, index = NearestNeighbors(n_neighbors=query).fit(z).kneighbors(z)
+    owners = owner.numpy()
+    others = owners[index] != owners[:, None]  # [M, query]
+    # the first k neighbours from other images (each row has at least k of them)
+    chosen = others & (np.cumsum(others, axis=1) <= k)
+    return distance, index, chosen
 
 
 def neighbour_weights(distance: np.ndarray, chosen: np.ndarray, k: int, kernel: str) -> np.ndarray:
