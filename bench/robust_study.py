@@ -102,14 +102,18 @@ TASKS = {
         str(PATCH_DIR / "spec.yaml"),
     ),
 }
-# Pilot tasks: run only when named with --tasks, never by the study's default command.
-# patch-64, stamp-64: the own tasks' files at the image-folder loader's default size (64 px,
-# no --image-size), as a task run with every default is loaded.
+# Pilot tasks: run only when named with --tasks, never by the study's default command. Each
+# is a study task at its loader's defaults, as a run with every default loads it: patch-64 and
+# stamp-64 the own tasks' files without --image-size (64 px); synth-lesions-64 and synth-knee-64
+# the benchmarks at 64 px with 2,000 / 600 / 600 images (1,000 of the 2,000 are aligned).
 PILOT_TASKS = {
     f"{name}-64": dataclasses.replace(
         TASKS[name], name=f"{name}-64", options={"csv": TASKS[name].options["csv"]}
     )
     for name in ("patch", "stamp")
+} | {
+    f"{name}-64": dataclasses.replace(TASKS[name], name=f"{name}-64", options={})
+    for name in ("synth-lesions", "synth-knee")
 }
 STUDY_TASKS = tuple(TASKS)
 TASKS.update(PILOT_TASKS)
