@@ -102,9 +102,10 @@ def summarise(c: dict[str, Any], k: int) -> dict[str, Any]:
 
 
 def run(task_name: str, seed: int, data_dir: str | None, k: int) -> list[dict[str, Any]]:
-    rows = []
+    rows, setup = [], mask_quality.prepared(task_name, seed, data_dir)
+    _, splits, _ = setup
     for error_model in ("independent", "ambiguity"):
-        result, splits = mask_quality.aligned_once(task_name, seed, data_dir, error_model, k)
+        result = mask_quality.aligned_once(setup, seed, error_model, k)
         row = {"task": task_name, "seed": seed, "error_model": error_model, "neighbours": k}
         row.update(summarise(clusters_of(result.samples, splits.train), k))
         print(json.dumps(row), flush=True)

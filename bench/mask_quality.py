@@ -64,29 +64,35 @@ def mask_quality(samples, train) -> dict[str, float]:
     }
 
 
-def aligned_once(task_name: str, seed: int, data_dir: str | None, error_model: str, k: int):
-    """`align` for one epoch on a study task with the simulated critic at 0.87 and `k`
-    neighbours; the result and the task's splits."""
-    from lvlmva.api import CriticSettings, align
-
+def prepared(task_name: str, seed: int, data_dir: str | None):
+    """A study task, its splits for `seed` and the seed's original model (loaded once, for
+    every `aligned_once` of that task and seed)."""
     task = study.TASKS[task_name]
     splits = study.load(task, seed, data_dir)
-    model, _ = study.original(task, seed, splits)
+    return task, splits, study.original(task, seed, splits)[0]
+
+
+def aligned_once(prepared, seed: int, error_model: str, k: int):
+    """`align` for one epoch of a copy of the `prepared` task's original model with the
+    simulated critic at 0.87 and `k` neighbours."""
+    from lvlmva.api import CriticSettings, align
+
+    task, splits, model = prepared
     critic = CriticSettings("simulated", verdict_accuracy=0.87, error_model=error_model, seed=seed)
-    result = asyncio.run(
+    return asyncio.run(
         align(
             copy.deepcopy(model), splits, task.spec, critic=critic, n_align=task.n_align,
             neighbours=k, seed=seed, epochs=1, progress=False,
         )
     )  # fmt: skip
-    return result, splits
 
 
 def run(task_name: str, seed: int, data_dir: str | None, neighbours: int) -> list[dict[str, Any]]:
-    rows = []
+    rows, setup = [], prepared(task_name, seed, data_dir)
+    _, splits, _ = setup
     for error_model in ("independent", "ambiguity"):
         for k in (0, neighbours):
-            result, splits = aligned_once(task_name, seed, data_dir, error_model, k)
+            result = aligned_once(setup, seed, error_model, k)
             row = {"task": task_name, "seed": seed, "error_model": error_model, "neighbours": k}
             row.update(mask_quality(result.samples, splits.train))
             print(json.dumps(row), flush=True)

@@ -228,12 +228,13 @@ def cell_id(cell: Cell) -> str:
 def load(task: Task, seed: int, data_dir: str | None):
     from lvlmva.vision.datasets import load_dataset
 
-    if task.name in ("stamp", "stamp-64") and not Path(task.options["csv"]).exists():
+    csv = Path(task.options.get("csv", ROOT))  # the own tasks' files are written on first use
+    if csv.parent == STAMP_DIR and not csv.exists():
         sys.path.insert(0, str(ROOT / "bench"))
         from make_stamp_task import write_task
 
         write_task(STAMP_DIR)
-    if task.name in ("patch", "patch-64") and not Path(task.options["csv"]).exists():
+    if csv.parent == PATCH_DIR and not csv.exists():
         sys.path.insert(0, str(ROOT / "bench"))
         import make_patch_task
 

@@ -140,7 +140,9 @@ def _critic_banner(result: AlignResult) -> str:
             f"Critic: {html.escape(critic.critic_model)}; Judge: "
             f"{html.escape(critic.judge_model)} ({html.escape(critic.kind)})."
         )
-    return f"<p class='banner'>{text}</p>"
+    unreliable = result.robust.get("warning")
+    extra = f"<p class='banner'>WARNING: {html.escape(unreliable)}</p>" if unreliable else ""
+    return f"<p class='banner'>{text}</p>{extra}"
 
 
 _HEADLINE = (("test accuracy", "test_accuracy"), ("AGA", "aga"), ("WGA (worst group)", "wga"))
@@ -236,9 +238,7 @@ def _selection_html(result: AlignResult) -> str:
         )
     text = html.escape(selection.describe() + overturned)
     style = " class='banner'" if selection.warning else ""
-    critic = robust.get("warning")
-    banner = f"<p class='banner'>WARNING: {html.escape(critic)}</p>" if critic else ""
-    return f"<h2>Model choice</h2><p{style}>{text}</p>{banner}"
+    return f"<h2>Model choice</h2><p{style}>{text}</p>"
 
 
 @torch.no_grad()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lvlmva.pipeline.masking import DISAGREEMENT_WARNING
+
 
 def lvlmva(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -135,6 +137,19 @@ def test_the_gaussian_neighbour_kernel_reaches_the_run_and_its_report(tmp_path):
     robust = json.loads((tmp_path / "metrics.json").read_text())["robust_verdicts"]
     assert robust["neighbour_kernel"] == "gaussian" and robust["clusters"] > 0
     assert "weighted by likeness (gaussian kernel)" in (tmp_path / "report.html").read_text()
+
+
+def test_an_unreliable_critic_is_warned_of_in_the_output_metrics_and_report(tmp_path):
+    proc = lvlmva("align", "--dataset", "decoy-digits", "--n-align", "48", "--epochs", "1",
+                  "--train-epochs", "1", "--lambda", "1", "--val-samples", "0",
+                  "--verdict-accuracy", "0.42", "--out", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    robust = json.loads((tmp_path / "metrics.json").read_text())["robust_verdicts"]
+    assert robust["overturned_share"] > DISAGREEMENT_WARNING and robust["warning"]
+    assert f"WARNING: {robust['warning']}" in proc.stdout
+    report = (tmp_path / "report.html").read_text()
+    # with the critic's banner, at the top of the report
+    assert report.index("the critic looks unreliable") < report.index("<h2>Model choice</h2>")
 
 
 @pytest.mark.parametrize("critic", ["simulated", "ground-truth"])

@@ -227,6 +227,6 @@ class AlignResult:
         )
         if self.selection is not None:
             lines.append(self.selection.describe())
-        if (self.robust or {}).get("warning"):
+        if self.robust.get("warning"):
             lines.append(f"WARNING: {self.robust['warning']}")
         return "\n".join(lines)
