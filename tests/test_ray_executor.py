@@ -7,10 +7,15 @@ The rate cap is checked on a 3-s window instead of 60 s: the engine's limiter is
 `window=3.0`, so `--rpm R` means R requests per 3 s, and the server's `peak_in_window(3.0)` is
 the figure `peak_requests_60s` gives for a 60-s window. The limiter's arithmetic is the same
 for any window; a short one keeps the test to seconds.
+
+Each actor runs torch with as many threads as it has CPUs (1 here), and torch's kernels give
+results that differ in the low bits with the thread count on some CPUs (an AVX-512 Xeon does,
+for some batch sizes): the local runs these tests compare with are made with 1 thread too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 
@@ -41,6 +46,17 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """torch on `n` threads inside the block, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +116,8 @@ async def test_ray_matches_local_holds_the_cap_and_pays_once_when_a_worker_is_ki
 ):
     from tests.ray_support import HoldOnce, Killer
 
-    local, _ = await _served_run(digits, copy.deepcopy(model), tmp_path / "local")
+    with _threads(1):  # as in the actors
+        local, _ = await _served_run(digits, copy.deepcopy(model), tmp_path / "local")
     monkeypatch.setattr(
         "lvlmva.engine.dispatch.RateLimiter", functools.partial(RateLimiter, window=WINDOW_S)
     )
@@ -132,8 +149,9 @@ def test_the_cli_resumes_a_local_run_on_ray_with_the_same_results(
 
     save_checkpoint(tmp_path / "m.pt", model, "mlp", digits.info)
     common = ["critique", "--model", str(tmp_path / "m.pt"), "--quiet", "--device", "cpu"]
-    assert main([*common, "--n", "10", "--out", str(tmp_path / "local")]) == 0
-    assert main([*common, "--n", "6", "--out", str(tmp_path / "ray")]) == 0  # then, on Ray:
+    with _threads(1):  # as in the actors
+        assert main([*common, "--n", "10", "--out", str(tmp_path / "local")]) == 0
+        assert main([*common, "--n", "6", "--out", str(tmp_path / "ray")]) == 0  # then, on Ray:
     assert main([*common, "--n", "10", "--executor", "ray", "--ray-workers", "2",
                  "--out", str(tmp_path / "ray")]) == 0
     printed = capsys.readouterr().out
