@@ -57,6 +57,8 @@ OUT = ROOT / "docs" / "data" / "robust" / "study.jsonl"
 MODELS = ROOT / "runs" / "robust" / "models"
 STAMP_DIR = ROOT / "runs" / "robust" / "stamp-task"
 PATCH_DIR = ROOT / "runs" / "robust" / "patch-task"
+UNDERLINE_DIR = ROOT / "runs" / "robust" / "underline-task"
+UNDERLINE_97_DIR = ROOT / "runs" / "robust" / "underline-97-task"
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 SEEDS = tuple(range(7))
 GPT4O = (2.50, 10.00)  # USD per 1M input / output tokens, the list price the bench assumes
@@ -115,6 +117,25 @@ PILOT_TASKS = {
     f"{name}-64": dataclasses.replace(TASKS[name], name=f"{name}-64", options={})
     for name in ("synth-lesions", "synth-knee")
 }
+# The third own task (bench/make_underline_task.py, seventh session), with every default: no
+# image size (the loader's 64 px), the defaults' 1,000 alignment samples, the MLP.
+PILOT_TASKS["underline"] = Task(
+    "underline",
+    "image-folder",
+    "mlp",
+    1000,
+    "wga",
+    {"csv": str(UNDERLINE_DIR / "images.csv")},
+    str(UNDERLINE_DIR / "spec.yaml"),
+)
+# Its harder version (the line under 97% of the threes, 3% of the fives): too few validation
+# images per minority group for the worst-group criterion, so `align` uses its label-free one.
+PILOT_TASKS["underline-97"] = dataclasses.replace(
+    PILOT_TASKS["underline"],
+    name="underline-97",
+    options={"csv": str(UNDERLINE_97_DIR / "images.csv")},
+    spec=str(UNDERLINE_97_DIR / "spec.yaml"),
+)
 STUDY_TASKS = tuple(TASKS)
 TASKS.update(PILOT_TASKS)
 
@@ -240,6 +261,13 @@ def load(task: Task, seed: int, data_dir: str | None):
 
         mnist = Path(data_dir) / "mnist" if data_dir else MNIST_DIR
         make_patch_task.write_task(mnist, PATCH_DIR)
+    if csv.parent in (UNDERLINE_DIR, UNDERLINE_97_DIR) and not csv.exists():
+        sys.path.insert(0, str(ROOT / "bench"))
+        import make_underline_task
+
+        mnist = Path(data_dir) / "mnist" if data_dir else MNIST_DIR
+        shortcut = 0.97 if csv.parent == UNDERLINE_97_DIR else make_underline_task.SHORTCUT
+        make_underline_task.write_task(mnist, csv.parent, shortcut=shortcut)
     return load_dataset(task.dataset, data_dir=data_dir, seed=seed, **task.options)
 
 
