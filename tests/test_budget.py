@@ -84,3 +84,15 @@ def test_a_burst_of_the_same_client_error_trips_it_and_a_success_resets_the_coun
     assert breaker.failure(same) is None and breaker.failure(same) is None
     reason = breaker.failure(same)
     assert reason is not None and not reason.fatal and "3 answers in a row" in reason.line()
+
+
+def test_successes_in_another_lane_do_not_reset_the_count():
+    breaker = Breaker(burst=3)
+    refused = BadRequest("HTTP 400: json_schema not supported", status=400, code="invalid_param")
+    judge, critic = ("judge", "m"), ("critic", "m")
+    assert breaker.failure(refused, judge) is None
+    breaker.success(critic)  # the Critic keeps answering between the Judge's refusals ...
+    assert breaker.failure(refused, judge) is None
+    breaker.success(critic)
+    reason = breaker.failure(refused, judge)  # ... and the Judge's burst still trips the run
+    assert reason is not None and "3 answers in a row" in reason.line()

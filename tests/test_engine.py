@@ -286,6 +286,21 @@ async def test_exhausted_retries_and_bad_requests_fail_the_job_only():
     assert engine.stats.failed == 2 and engine.stats.completed == 1
 
 
+async def test_a_judge_that_refuses_every_request_stops_the_run_between_critic_successes():
+    def script(kind, job, attempt):
+        if kind == "judge":
+            return BadRequest("json_schema is not supported", status=400, code="invalid_param")
+        return None
+
+    latency = {str(i): 0.001 + 0.02 * ((i * 7) % 5) / 5 for i in range(60)}  # mixed latencies
+    provider = FakeProvider(script=script, latency_of=latency)
+    engine = Engine(provider, None, config(max_in_flight=8))
+    results = await collect(engine, [make_job(i) for i in range(60)])
+    assert engine.stopped is not None and "json_schema" in engine.stopped.line()
+    assert sum(kind == "critic" for kind, _ in provider.calls) < 30  # not one a job
+    assert not any(r.ok for r in results)
+
+
 async def test_budget_stops_new_requests_and_no_more_jobs_are_pulled():
     prices = PriceTable({"fake-model": ModelPrice(1000.0, 1000.0)})  # 0.001 USD per token
     provider = FakeProvider()  # 0.12 USD a call, 0.24 a job

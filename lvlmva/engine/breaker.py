@@ -3,13 +3,15 @@
 It trips on the first error that no request of the run can get past (`ProviderError.fatal`: a
 rejected key, 401 / 403; an unknown model or URL, 404; `insufficient_quota`), and on a burst of
 the same client error: `burst` answers in a row refused with the same status and code (a 400 for
-a parameter the model does not take, say) with no success between them. Once tripped, the engine
-sends nothing more and pulls no new job; calls already on the wire finish. The `StopReason`
-names the status, the code and the server's message in one line.
+a parameter the model does not take, say) with no success between them in the same lane (a step
+and model: the Critic's successes do not hide a Judge that every answer refuses). Once tripped,
+the engine sends nothing more and pulls no new job; calls already on the wire finish. The
+`StopReason` names the status, the code and the server's message in one line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from lvlmva.engine.errors import BadRequest, ProviderError
@@ -52,14 +54,17 @@ class Breaker:
             raise ValueError(f"burst must be at least 1 (got {burst})")
         self.burst = burst
         self.tripped: StopReason | None = None
-        self._last: tuple[int | None, str] | None = None
-        self._run = 0
+        self._last: dict[Hashable, tuple[int | None, str]] = {}
+        self._run: dict[Hashable, int] = {}
 
-    def success(self) -> None:
-        self._last, self._run = None, 0
+    def success(self, lane: Hashable = None) -> None:
+        """Record a usable answer in `lane` (the step and model of the call)."""
+        self._last.pop(lane, None)
+        self._run.pop(lane, None)
 
-    def failure(self, error: ProviderError) -> StopReason | None:
-        """Record a failed call; returns the `StopReason` when this one trips the breaker."""
+    def failure(self, error: ProviderError, lane: Hashable = None) -> StopReason | None:
+        """Record a failed call in `lane`; returns the `StopReason` when this one trips the
+        breaker."""
         if self.tripped is not None:
             return None
         if error.fatal:
@@ -68,11 +73,9 @@ class Breaker:
         if not isinstance(error, BadRequest):
             return None  # transient failures (after retries) neither count nor reset
         signature = (error.status, error.code or str(error))
-        self._run = self._run + 1 if signature == self._last else 1
-        self._last = signature
-        if self._run >= self.burst:
-            self.tripped = StopReason(
-                error.status, error.code, str(error), fatal=False, count=self._run
-            )
+        run = self._run.get(lane, 0) + 1 if signature == self._last.get(lane) else 1
+        self._run[lane], self._last[lane] = run, signature
+        if run >= self.burst:
+            self.tripped = StopReason(error.status, error.code, str(error), fatal=False, count=run)
             return self.tripped
         return None

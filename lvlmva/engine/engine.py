@@ -445,17 +445,17 @@ class Engine:
         try:
             response = await self.dispatcher.send(call)
         except ProviderError as exc:
-            self._failed(exc)
+            self._failed(exc, (call.step, call.request.model))
             raise _Failed(f"{call.step}: {exc}") from None
         except NotSent as exc:
             raise _NotRun(f"{call.step}: {exc}") from None
         finally:
             self._idle.send_ended(call.key)
-        self.breaker.success()
+        self.breaker.success((call.step, call.request.model))
         return response
 
-    def _failed(self, error: ProviderError) -> None:
-        reason = self.breaker.failure(error)
+    def _failed(self, error: ProviderError, lane: tuple[str, str]) -> None:
+        reason = self.breaker.failure(error, lane)
         if reason is None:
             return
         log.info("stopping the run: %s", reason.line())
