@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
 
+import diskcache
 import pytest
 
 from lvlmva.cache import SingleFlight, Source, VerdictCache, default_cache_dir
@@ -355,3 +357,46 @@ async def test_an_unreadable_entry_is_a_miss_and_a_failed_write_keeps_the_answer
     found = await cache.get_or_compute("k", compute)
     assert (found.value, found.source) == ("fresh", Source.COMPUTED)
     await cache.aclose()
+
+
+UNPICKLED: list[str] = []
+
+
+def _unpickled() -> None:
+    UNPICKLED.append("code ran")
+
+
+class Planted:
+    """Loading its pickle runs `_unpickled`."""
+
+    def __reduce__(self):
+        return _unpickled, ()
+
+
+async def test_entries_are_stored_as_json_text_not_pickles(tmp_path):
+    cache = VerdictCache(tmp_path)
+    await cache.set("k", answer(), tag="gpt-4o")
+    await cache.aclose()
+    con = sqlite3.connect(tmp_path / "cache.db")
+    [(key, value)] = con.execute("SELECT key, value FROM Cache").fetchall()
+    con.close()
+    assert key == "k" and isinstance(value, str) and json.loads(value) == answer()
+
+
+async def test_a_pickled_entry_is_never_loaded_and_reads_as_a_miss(tmp_path):
+    UNPICKLED.clear()
+    with diskcache.Cache(str(tmp_path)) as planted:  # diskcache's default: pickles
+        planted.set("k", {"planted": Planted()})
+        planted.set(Planted(), answer())  # a pickled key
+    cache = VerdictCache(tmp_path)
+    assert await cache.get("k") is None
+
+    async def compute():
+        return answer("fresh")
+
+    found = await cache.get_or_compute("k", compute)
+    assert found.source == Source.COMPUTED
+    assert cache.export(tmp_path / "all.jsonl") == 1  # the fresh entry; the pickles skipped
+    assert (await cache.get("k"))["text"] == "fresh"
+    await cache.aclose()
+    assert UNPICKLED == []

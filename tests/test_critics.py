@@ -9,7 +9,14 @@ import pytest
 
 from lvlmva.cli import build_parser
 from lvlmva.commands.common import critic_settings
-from lvlmva.critics import CRITICS, CriticBackend, CriticSettings, EngineLimits, get_critic
+from lvlmva.critics import (
+    CRITICS,
+    CriticBackend,
+    CriticSettings,
+    EngineLimits,
+    RequestSettings,
+    get_critic,
+)
 from lvlmva.errors import ConfigError
 
 
@@ -118,6 +125,21 @@ def test_request_flags_fill_the_request_group_and_reach_the_engine():
     assert python.request.reasoning_effort == "low" and python.request.image_detail == "low"
 
 
+def test_temperature_none_leaves_it_out_from_the_flag_to_the_engine():
+    def temperature(*argv: str):
+        return critic_settings(
+            _align_args(
+                "--critic", "openai", "--base-url", "http://x/v1", "--critic-model", "m", *argv
+            )
+        ).request.temperature
+
+    assert temperature() == 0.0 and temperature("--temperature", "0.7") == 0.7
+    assert temperature("--temperature", "none") is None
+    assert CriticSettings("openai", "m", temperature=None).request.temperature is None
+    with pytest.raises(ConfigError, match="temperature must be in"):
+        RequestSettings(temperature=3.0)
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
@@ -126,6 +148,7 @@ def test_request_flags_fill_the_request_group_and_reach_the_engine():
         (["--budget-usd", "0"], "--budget-usd must be positive"),
         (["--request-timeout", "0"], "--request-timeout must be positive"),
         (["--max-completion-tokens", "0"], "--max-completion-tokens must be positive"),
+        (["--temperature", "hot"], "--temperature must be a number from 0 to 2 or none"),
         (["--critic", "openai", "--base-url", "http://x/v1", "--critic-model", "gpt-4o",
           "--reasoning-effort", "high"], "neither gpt-4o nor gpt-4o is a reasoning model"),
         (["--critic", "openai", "--base-url", "http://x/v1", "--critic-model", "gpt-5-mini",

@@ -190,6 +190,7 @@ def test_key_is_stable_and_ignores_param_order():
         ("image_sha256s", ["a" * 64, "c" * 64, "b" * 64]),
         ("image_sha256s", ["a" * 64, "b" * 64]),
         ("params", {"temperature": 0.7, "seed": 0, "max_tokens": 512}),
+        ("params", {"temperature": None, "seed": 0, "max_tokens": 512}),  # not sent
         ("params", {"temperature": 0.0, "seed": 1, "max_tokens": 512}),
         ("params", {"temperature": 0.0, "seed": 0, "max_tokens": 513}),
         ("schema_sha256", None),

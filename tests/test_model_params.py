@@ -148,3 +148,28 @@ def test_prompt_estimates_follow_the_model_and_the_detail():
     assert critic_tokens("gpt-4o-mini", "fit") - critic_tokens("gpt-4o", "fit") == 3 * (
         2833 - 85
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "base"),
+    [
+        ("ft:o4-mini-2025-04-16:acme::x", "o4-mini"),
+        ("ft:gpt-4o-mini-2024-07-18:org::id", "gpt-4o-mini"),
+        ("ft:gpt-4.1-nano-2025-04-14:my-org:custom_suffix:AbC123", "gpt-4.1-nano"),
+        ("openai/ft:gpt-4o-2024-08-06:org::id", "gpt-4o"),
+    ],
+)
+def test_a_fine_tuned_model_takes_the_rules_of_its_base(model, base):
+    assert rules_for(model) == rules_for(base)
+
+
+def test_a_fine_tuned_reasoning_model_gets_max_completion_tokens_and_no_temperature():
+    critic, _ = bodies("ft:o4-mini-2025-04-16:acme::x")
+    assert critic["max_completion_tokens"] == 4096 and "max_tokens" not in critic
+    assert "temperature" not in critic
+
+
+def test_temperature_none_is_not_sent():
+    for body in bodies("llava-v1.6", temperature=None):
+        assert "temperature" not in body
+    assert bodies("llava-v1.6")[0]["temperature"] == 0.0

@@ -13,6 +13,12 @@ answers); `directory_stats` counts entries by tag from a read-only connection, c
 Disk I/O runs in one worker thread, never on the event loop, in batches: the reads and writes
 queued during one event-loop iteration cross to the thread together, the writes of a batch
 share one SQLite transaction, and a batch's results come back with one loop callback.
+
+Entries are stored as JSON text and keys as strings (`JSONOnlyDisk`), never pickled: diskcache's
+default pickles, and loading a pickle can run code, so a row stored any other way (an entry
+that an earlier lvlmva pickled, or one planted in a shared or copied directory) is never
+loaded. It reads as a miss, is replaced when its answer is stored again, is left out of
+`export` and still counts in the stats until then; `lvlmva cache clear` removes it.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from lvlmva.errors import ConfigError, DataError
 __all__ = [
     "CacheStats",
     "DirectoryStats",
+    "JSONOnlyDisk",
     "Lookup",
     "SingleFlight",
     "Source",
@@ -57,6 +64,33 @@ DEFAULT_SIZE_LIMIT = 4 * 2**30  # 4 GiB; diskcache evicts least recently stored 
 UNDECODABLE = (ValueError, TypeError, KeyError, IndexError)  # what a `decode` may raise
 DB_NAME = "cache.db"  # diskcache's database file
 _VALUE_DIR = re.compile(r"\A[0-9a-f]{2}\Z")  # diskcache's folders of large values
+
+
+class JSONOnlyDisk(diskcache.Disk):
+    """diskcache's storage without pickle: values as their JSON text, keys as strings. A row
+    stored otherwise (a pickle, bytes, a number) reads as None, a miss; a pickled key as None."""
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if type(key) is not str:
+            raise TypeError(f"cache keys are strings, not {type(key).__name__}")
+        return super().put(key)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        return super().get(key, raw) if raw else None  # a pickled key is never loaded
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
+        if read:
+            raise TypeError("the answer cache stores JSON values, not files")
+        return super().store(json.dumps(value, ensure_ascii=False), False, key=key)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if read or mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_TEXT):
+            return None  # a pickle or bytes: not an entry of ours
+        text = super().fetch(mode, filename, value, False)
+        try:
+            return json.loads(text) if type(text) is str else None
+        except ValueError:
+            return None
 
 
 def default_cache_dir() -> Path:
@@ -245,7 +279,9 @@ class VerdictCache:
         self.directory = Path(directory).expanduser()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._cache = diskcache.Cache(str(self.directory), size_limit=size_limit)
+            self._cache = diskcache.Cache(
+                str(self.directory), size_limit=size_limit, disk=JSONOnlyDisk
+            )
         except OSError as exc:
             raise ConfigError(
                 f"cannot open the cache directory {self.directory}: {exc.strerror or exc}; "
@@ -276,8 +312,8 @@ class VerdictCache:
         return entry
 
     async def set(self, key: str, entry: Any, *, tag: str | None = None) -> None:
-        """Store `entry` (JSON-able), labelled `tag`. The write completes even if the caller
-        is cancelled meanwhile; `flush()` waits for such writes."""
+        """Store `entry` (JSON-able, else a TypeError), labelled `tag`. The write completes even
+        if the caller is cancelled meanwhile; `flush()` waits for such writes."""
         future = self._worker.submit("set", key, (entry, tag))
         self._pending_writes.add(future)
         future.add_done_callback(self._pending_writes.discard)
@@ -371,8 +407,8 @@ class VerdictCache:
         count = 0
         with handle:
             for key in self._cache.iterkeys():
-                entry = self._cache.get(key)
-                if entry is None:  # evicted meanwhile
+                entry = None if key is None else self._cache.get(key)  # None: a pickled key
+                if entry is None:  # evicted meanwhile, or not JSON (see the module doc)
                     continue
                 row = {"key": key, **(entry if isinstance(entry, dict) else {"entry": entry})}
                 handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")

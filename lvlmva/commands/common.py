@@ -268,6 +268,8 @@ _REQUEST_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--reasoning-effort", {"help": "reasoning models: reasoning_effort for the Critic and the "
      "Judge (e.g. minimal, low, medium, high; default: the model's)"}),
     ("--judge-reasoning-effort", {"help": "reasoning models: the Judge's reasoning_effort"}),
+    ("--temperature", {"default": "0", "help": "sampling temperature, sent where the model "
+     "takes one (default 0; none: never sent, for a server that refuses it)"}),
 )  # fmt: skip
 """The `RequestSettings` flags but --detail (see `add_detail_argument`)."""
 
@@ -338,12 +340,26 @@ def critic_settings(args: argparse.Namespace) -> Any:
             reasoning_effort=args.reasoning_effort,
             judge_reasoning_effort=args.judge_reasoning_effort,
             image_detail=args.detail,
+            temperature=_temperature(args.temperature),
         ),
         batch=_batch_options(args, kind),
     )
     settings = backend.configure(settings, args)
     _check_efforts(settings)
     return settings
+
+
+def _temperature(flag: str) -> float | None:
+    """The value of `--temperature`: a number from 0 to 2, or None for "none" (not sent)."""
+    if flag.strip().lower() == "none":
+        return None
+    try:
+        value = float(flag)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 2.0:
+        raise ConfigError(f"--temperature must be a number from 0 to 2 or none, got {flag!r}")
+    return value
 
 
 def _check_efforts(settings: Any) -> None:

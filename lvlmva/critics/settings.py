@@ -92,13 +92,14 @@ class RequestSettings:
     `reasoning_effort`: sent to reasoning models when set (`judge_reasoning_effort` overrides
     it for the Judge); `image_detail`: "fit" (default: low for images of at most 512 px, which
     then lose no pixel at a third of gpt-4o's image tokens, high for larger ones), "auto",
-    "low", "high" or None (none sent); `temperature`: sent where the model allows one."""
+    "low", "high" or None (none sent); `temperature`: sent where the model allows one (None:
+    never sent, for a server that refuses it)."""
 
     max_completion_tokens: int | None = None
     reasoning_effort: str | None = None
     judge_reasoning_effort: str | None = None
     image_detail: str | None = "fit"
-    temperature: float = 0.0
+    temperature: float | None = 0.0
 
     def __post_init__(self) -> None:
         from lvlmva.engine.model_params import DETAILS
@@ -111,7 +112,7 @@ class RequestSettings:
             raise ConfigError(
                 f"--detail must be one of {', '.join(DETAILS)}, got {self.image_detail!r}"
             )
-        if not 0.0 <= self.temperature <= 2.0:
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
             raise ConfigError(f"temperature must be in [0, 2], got {self.temperature}")
 
 

@@ -21,6 +21,7 @@ class EngineConfig:
     """Models, prompts and limits of a run. `rpm` / `tpm` cap each distinct provider object
     (critic and judge share one limiter when they are the same provider); `max_in_flight`
     bounds the jobs held at once (pulled and not yet yielded) and the concurrent requests.
+    `temperature` is sent where the model takes one (None: never sent, the server's default);
     `max_tokens` is the output budget of each call, reasoning included (None: the model
     family's default, `lvlmva.engine.model_params`); `reasoning_effort` is sent to both models
     that take one when set (`judge_reasoning_effort` overrides it for the Judge);
@@ -37,7 +38,7 @@ class EngineConfig:
     max_in_flight: int = 64
     rpm: float | None = None
     tpm: float | None = None
-    temperature: float = 0.0
+    temperature: float | None = 0.0
     seed: int | None = 0
     max_tokens: int | None = None
     reasoning_effort: str | None = None

@@ -2,8 +2,10 @@
 
 `rules_for(model)` looks a model name up: the exact name first, then a dated snapshot of a known
 name (`gpt-4o-2024-08-06` -> `gpt-4o`), then the family patterns (any `o3-...`, any `gpt-5...`);
-a litellm-style `provider/` prefix is ignored. A name that matches nothing is served by a server
-of one's own (vLLM, Ollama, llama.cpp) and gets `GENERIC`.
+a litellm-style `provider/` prefix is ignored, and a fine-tuned model (OpenAI's
+`ft:BASE:ORG:SUFFIX:ID`, the suffix possibly empty) is looked up as its BASE. A name that matches
+nothing is served by a server of one's own (vLLM, Ollama, llama.cpp) and gets `GENERIC` (which
+sends the temperature asked for: `temperature=None` leaves it out).
 
 Sources (read 2026-12-01):
 
@@ -214,12 +216,16 @@ FAMILIES: tuple[tuple[re.Pattern[str], ModelRules], ...] = (
     (re.compile(r"gpt-5"), _reasoner("gpt-5", _TILES_5, None, None)),
 )
 _SNAPSHOT = re.compile(r"(?P<name>.+)-\d{4}-\d{2}-\d{2}\Z")
+_FINE_TUNED = re.compile(r"ft:(?P<base>[^:]+):")  # ft:BASE:ORG:SUFFIX:ID
 
 
 @functools.lru_cache(maxsize=512)
 def rules_for(model: str) -> ModelRules:
     """The rules of `model` (see the module docstring for the lookup order)."""
     bare = model.rsplit("/", 1)[-1]
+    tuned = _FINE_TUNED.match(bare)
+    if tuned:
+        bare = tuned.group("base")
     found = KNOWN.get(bare)
     if found is None:
         snapshot = _SNAPSHOT.match(bare)

@@ -66,13 +66,13 @@ class PromptTemplates(Protocol):
 @dataclass(frozen=True)
 class Sampling:
     """The settings the requests of a run carry, as asked for; each model family's rules
-    (`lvlmva.engine.model_params`) decide what is sent: `temperature` is left out for models
-    that allow only their default, `max_tokens` (the output budget, reasoning included; None:
-    the family's default) is capped at the model's limit, `reasoning_effort` is sent when set
-    to models that take one, and `image_detail` (a `DETAILS` policy, "fit" by default) rides
-    on requests with images."""
+    (`lvlmva.engine.model_params`) decide what is sent: `temperature` is left out when None
+    and for models that allow only their default, `max_tokens` (the output budget, reasoning
+    included; None: the family's default) is capped at the model's limit, `reasoning_effort`
+    is sent when set to models that take one, and `image_detail` (a `DETAILS` policy, "fit"
+    by default) rides on requests with images."""
 
-    temperature: float = 0.0
+    temperature: float | None = 0.0
     max_tokens: int | None = None
     seed: int | None = 0
     reasoning_effort: str | None = None
