@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import json
 import re
 from collections import Counter
@@ -14,6 +16,7 @@ from lvlmva.cache import VerdictCache
 from lvlmva.engine.cost import ModelPrice, PriceTable
 from lvlmva.engine.engine import Engine, EngineConfig
 from lvlmva.engine.errors import BadRequest, RateLimited, ServerError
+from lvlmva.engine.ratelimit import RateLimiter
 from lvlmva.engine.retry import RetryPolicy
 from lvlmva.engine.types import (
     ChatRequest,
@@ -299,6 +302,27 @@ async def test_a_judge_that_refuses_every_request_stops_the_run_between_critic_s
     assert engine.stopped is not None and "json_schema" in engine.stopped.line()
     assert sum(kind == "critic" for kind, _ in provider.calls) < 30  # not one a job
     assert not any(r.ok for r in results)
+
+
+async def test_a_cut_answer_is_asked_again_within_the_tpm_cap_and_the_run_goes_on(monkeypatch):
+    monkeypatch.setattr(  # tpm counted over 0.05 s, so the test takes no minutes
+        "lvlmva.engine.dispatch.RateLimiter", functools.partial(RateLimiter, window=0.05)
+    )
+
+    class CutOnce(FakeProvider):
+        async def complete(self, request, *, timeout):
+            response = await super().complete(request, timeout=timeout)
+            if self.calls[-1] == ("critic", "3") and request.max_tokens == 3000:
+                return dataclasses.replace(response, finish_reason="length")
+            return response
+
+    provider = CutOnce()
+    engine = Engine(provider, None, config(max_in_flight=4, tpm=5000, max_tokens=3000))
+    results = await collect(engine, [make_job(i) for i in range(5)])  # no ConfigError
+    assert all(r.ok for r in results)
+    calls = zip(provider.requests, provider.calls, strict=True)
+    second = [r for r, c in calls if c == ("critic", "3")]
+    assert second[0].max_tokens == 3000 and 3000 < second[1].max_tokens < 5000  # not 6,000
 
 
 async def test_budget_stops_new_requests_and_no_more_jobs_are_pulled():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -42,7 +43,7 @@ from lvlmva.engine.answers import (
 from lvlmva.engine.breaker import Breaker, StopReason
 from lvlmva.engine.budget import JobBudget, JobHold
 from lvlmva.engine.config import EngineConfig
-from lvlmva.engine.cost import CostMeter
+from lvlmva.engine.cost import CostMeter, estimate_prompt_tokens
 from lvlmva.engine.dispatch import Call, Dispatcher
 from lvlmva.engine.errors import NotSent, ProviderError
 from lvlmva.engine.idle import IdleWatch
@@ -389,7 +390,7 @@ class Engine:
         problem = unusable(response)
         if problem is None:
             return response
-        larger = _larger_budget(call.request) if problem == "length" else None
+        larger = _larger_budget(call.request, self.config.tpm) if problem == "length" else None
         if larger is None:
             raise _Failed(f"{call.step}: {unusable_reason(problem, response, call.request)}")
         held.ledger.budget_retried()
@@ -489,10 +490,13 @@ class Engine:
         await self.aclose()
 
 
-def _larger_budget(request: ChatRequest) -> int | None:
-    """Twice the request's output budget within the model's limit (None: no larger one)."""
+def _larger_budget(request: ChatRequest, tpm: float | None) -> int | None:
+    """Twice the request's output budget within the model's limit and so that the request
+    still fits under `tpm` (None: no larger one)."""
     limit = rules_for(request.model).max_output_tokens
     larger = request.max_tokens * 2 if limit is None else min(request.max_tokens * 2, limit)
+    if tpm is not None:  # a request at or over tpm could never be sent (RateLimiter refuses it)
+        larger = min(larger, math.ceil(tpm) - 1 - estimate_prompt_tokens(request))
     return larger if larger > request.max_tokens else None
 
 
