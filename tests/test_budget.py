@@ -96,3 +96,23 @@ def test_successes_in_another_lane_do_not_reset_the_count():
     breaker.success(critic)
     reason = breaker.failure(refused, judge)  # ... and the Judge's burst still trips the run
     assert reason is not None and "3 answers in a row" in reason.line()
+
+
+async def test_a_call_waits_for_the_worst_case_of_calls_in_flight_and_is_refused_once_none_are():
+    m = meter(10.0)
+    first = await m.reserve_call("m", 6)  # its worst case: 6 tokens, 6 USD
+    waiting = asyncio.ensure_future(m.reserve_call("m", 6))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # 6 + 6 > 10, and the first call may cost less
+    m.add("m", Usage(2, 0))  # it cost 2 of its 6
+    m.release(first)
+    second = await asyncio.wait_for(waiting, 1)
+    assert second.usd == 6.0 and m.remaining_usd == pytest.approx(2.0)
+    m.add("m", Usage(5, 0))
+    third = asyncio.ensure_future(m.reserve_call("m", 4))  # 7 + 6 + 4 > 10: it waits
+    await asyncio.sleep(0)
+    m.release(second)
+    with pytest.raises(BudgetReached, match="may cost up to"):
+        await asyncio.wait_for(third, 1)  # 7 + 4 > 10 with nothing in flight
+    assert m.budget_reached
+    assert (await m.reserve_call("m", 3)).usd == 3.0  # a running job's call that fits still goes

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from lvlmva.cache import VerdictCache
-from lvlmva.engine.cost import ModelPrice, PriceTable
+from lvlmva.engine.cost import ModelPrice, PriceTable, estimate_request_tokens
 from lvlmva.engine.engine import Engine, EngineConfig
 from lvlmva.engine.errors import BadRequest, RateLimited, ServerError
 from lvlmva.engine.ratelimit import RateLimiter
@@ -309,20 +309,25 @@ async def test_a_cut_answer_is_asked_again_within_the_tpm_cap_and_the_run_goes_o
         "lvlmva.engine.dispatch.RateLimiter", functools.partial(RateLimiter, window=0.05)
     )
 
-    class CutOnce(FakeProvider):
+    class Cut(FakeProvider):
         async def complete(self, request, *, timeout):
             response = await super().complete(request, timeout=timeout)
-            if self.calls[-1] == ("critic", "3") and request.max_tokens == 3000:
+            if self.calls[-1][0] == "critic" and self.calls[-1][1] in cut:
                 return dataclasses.replace(response, finish_reason="length")
             return response
 
-    provider = CutOnce()
+    cut = {"3"}  # 3,000 tokens and the prompt: doubled, it would pass tpm=5000
+    provider = Cut()
     engine = Engine(provider, None, config(max_in_flight=4, tpm=5000, max_tokens=3000))
-    results = await collect(engine, [make_job(i) for i in range(5)])  # no ConfigError
-    assert all(r.ok for r in results)
-    calls = zip(provider.requests, provider.calls, strict=True)
-    second = [r for r, c in calls if c == ("critic", "3")]
-    assert second[0].max_tokens == 3000 and 3000 < second[1].max_tokens < 5000  # not 6,000
+    results = await asyncio.wait_for(collect(engine, [make_job(i) for i in range(6)]), 10)
+    failed = [r for r in results if not r.ok]  # no ConfigError, and no stalled limiter
+    assert [r.job_id for r in failed] == ["job3"] and "cut at the limit" in failed[0].error
+    assert Counter(provider.calls)[("critic", "3")] == 1  # asked again only within tpm / 2
+    cut, provider = {"0"}, Cut()
+    engine = Engine(provider, None, config(max_in_flight=4, tpm=5000, max_tokens=1000))
+    await asyncio.wait_for(collect(engine, [make_job(i) for i in range(3)]), 10)
+    second = [r for r, c in zip(provider.requests, provider.calls, strict=True) if c[1] == "0"][1]
+    assert second.max_tokens > 1000 and estimate_request_tokens(second) <= 2500
 
 
 async def test_budget_stops_new_requests_and_no_more_jobs_are_pulled():
@@ -340,6 +345,51 @@ async def test_budget_stops_new_requests_and_no_more_jobs_are_pulled():
     assert engine.stats.not_run == 1 and engine.cost.budget_reached
     assert engine.stats.cost_usd <= 3.0
     assert engine.stats.provider_calls == sum(r.provider_calls for r in results) == 2 * n_ok
+
+
+@dataclass
+class Verbose(FakeProvider):
+    """Critiques of `critique_tokens` output tokens, far more than the budget's prior of 500."""
+
+    critique_tokens: int = 4000
+
+    async def complete(self, request: ChatRequest, *, timeout: float) -> ChatResponse:
+        response = await super().complete(request, timeout=timeout)
+        if response.text.startswith("critique"):
+            response = dataclasses.replace(response, usage=Usage(1000, self.critique_tokens))
+        return response
+
+
+async def test_the_budget_is_a_hard_cap_when_answers_are_far_longer_than_expected():
+    prices = PriceTable({"fake-model": ModelPrice(2.5, 10.0)})  # about 0.043 USD a job
+    provider = Verbose(latency=0.005)
+    cfg = config(max_in_flight=64, budget_usd=0.5, prices=prices, max_tokens=8000)
+    engine = Engine(provider, None, cfg)
+    results = await collect(engine, [make_job(i) for i in range(200)])
+    statuses = Counter(r.status for r in results)
+    assert engine.cost.spent_usd <= 0.5 and engine.cost.budget_reached  # not 4 times over
+    assert statuses[JobStatus.OK] >= 5 and statuses[JobStatus.FAILED] == 0
+    assert engine.stats.cost_usd == pytest.approx(engine.cost.spent_usd)
+
+
+@pytest.mark.parametrize("refused", ["judge", "reask"])
+async def test_a_call_whose_worst_case_the_budget_cannot_hold_is_not_sent(refused):
+    prices = PriceTable({"fake-model": ModelPrice(500.0, 1000.0)})  # 0.0005 / 0.001 USD a token
+    long = "x" * 4000  # about 1,000 more prompt tokens in the request that follows
+
+    def script(kind, job, attempt):
+        if kind == "critic":
+            return f"critique of job={job} {long}" if refused == "judge" else None
+        return long if refused == "reask" else None  # an invalid Judge answer is asked again
+
+    provider = FakeProvider(script=script)  # every answer costs 0.07 USD
+    cfg = config(max_in_flight=1, budget_usd=2.0, prices=prices, max_tokens=1000)
+    engine = Engine(provider, None, cfg)  # worst cases: Critic 1.8, Judge 1.1 (2.1 with long)
+    [result] = await collect(engine, [make_job(0)])
+    sent = [("critic", "0")] + ([("judge", "0")] if refused == "reask" else [])
+    assert provider.calls == sent  # the next call could cost more than the 1.9 or 1.8 left
+    assert result.status is JobStatus.NOT_RUN and "budget" in result.error
+    assert engine.cost.spent_usd <= 2.0 and engine.cost.budget_reached
 
 
 def test_a_budget_needs_a_price_for_every_model():

@@ -1,8 +1,13 @@
-"""A budget that bounds a run without trapping it: each job holds what it is expected to cost.
+"""A budget that caps a run without trapping it: each job holds what it is expected to cost,
+and each call what it may cost at most.
 
 Before a job starts, the engine holds on the dispatcher's `CostMeter` the expected cost of the
-whole job: its Critic and its Judge together (or its fused call), so that a job whose Critic was
-paid always gets its Judge. Re-asks and retries with a larger budget need no further hold. The
+whole job: its Critic and its Judge together (or its fused call), so that jobs are admitted only
+as far as the budget should carry them through. The cap itself is per call (`reserve`): every
+call, re-asks and retries with a larger budget included, is sent only when its worst case (its
+prompt estimate and `max_tokens`, at the model's higher per-token price) fits the budget less
+what was spent and what the calls in flight may still cost; it waits while they may give some
+back, and once none can, the call is not sent and the budget is reached. The
 expectation of a step is the mean cost of that step over the jobs that paid for it so far;
 until one has, a prior from the request itself (its estimated prompt tokens and a typical
 answer length, at the model's price). The hold is reconciled with what the job really spends
@@ -16,7 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lvlmva.engine.cost import CostMeter, Hold, estimate_prompt_tokens
+from lvlmva.engine.cost import (
+    CostMeter,
+    Hold,
+    Reservation,
+    estimate_prompt_tokens,
+    estimate_request_tokens,
+)
 from lvlmva.engine.model_params import rules_for
 from lvlmva.engine.stats import Ledger
 from lvlmva.engine.types import ChatRequest, Usage
@@ -80,6 +91,14 @@ class JobBudget:
             return usd + self.expected("judge", None) if step == "critic" else usd
 
         job.hold = await self.meter.hold(expected, job.ledger)
+
+    async def reserve(self, request: ChatRequest, *, list_price: bool = False) -> Reservation:
+        """Hold the worst case of sending `request` (at the dispatcher's share of the list price,
+        or at the list price: a re-ask may go out synchronously); waits, or raises
+        `BudgetReached` (`CostMeter.reserve_call`). Release it once the call returned."""
+        share = 1.0 if list_price else self.share
+        tokens = estimate_request_tokens(request)
+        return await self.meter.reserve_call(request.model, tokens, share=share)
 
     def step_started(self, job: JobHold, step: str) -> None:
         if self.active:

@@ -317,10 +317,10 @@ class CostMeter:
     answers arrive. A job is admitted when spent + the outstanding holds + its expectation fit
     the budget; when they do not and other jobs hold budget, it waits for them (they may cost
     less than expected); when nothing is held and it still does not fit, the budget is reached
-    and stays reached. So the total passes the budget by at most what jobs in flight spend
-    beyond their expectation. `reserve` / `release` hold a worst case per call instead, for
-    callers without an expectation. Without a budget, unknown models cost 0 (warned once);
-    with one they raise `ConfigError`, since their cost could not be bounded."""
+    and stays reached. The cap itself is per call: `reserve_call` holds a call's worst case
+    before it is sent and `release` gives it back once its cost was `add`ed, so the total never
+    passes the budget. Without a budget, unknown models cost 0 (warned once); with one they
+    raise `ConfigError`, since their cost could not be bounded."""
 
     prices: PriceTable = field(default_factory=PriceTable)
     budget_usd: float | None = None
@@ -330,6 +330,8 @@ class CostMeter:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _holds: set[Hold] = field(default_factory=set, repr=False)
     _waiters: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
+    _calls: int = 0  # reservations not yet released
+    _call_waiters: list[asyncio.Future[None]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if self.budget_usd is not None and not self.budget_usd > 0:
@@ -432,22 +434,59 @@ class CostMeter:
 
     # -- per call: worst case ------------------------------------------------------------------
 
+    def worst_case(self, model: str, estimated_tokens: int, share: float = 1.0) -> float:
+        """USD a call of `estimated_tokens` (prompt estimate + max_tokens) may cost: all of them
+        at the model's higher per-token price, times `share` (the batch share for a batch line)."""
+        price = self.prices.require(model)
+        return estimated_tokens * max(price.input, price.output) / 1e6 * share
+
     def reserve(
         self, model: str, estimated_tokens: int, *, batch: bool = False
     ) -> Reservation | None:
-        """Hold a worst case (estimated tokens at the model's higher per-token price; `batch`:
-        at the batch price) for one request; None means do not send it (and from then on the
+        """Hold a worst case (`worst_case`; `batch`: at the batch price) for one request
+        against what is spent and held; None means do not send it (and from then on the
         budget is reached)."""
         if self.budget_usd is None:
             return Reservation(model, estimated_tokens, 0.0)
-        price = self.prices.require(model)
-        usd = estimated_tokens * max(price.input, price.output) / 1e6 * self.prices.share(batch)
+        usd = self.worst_case(model, estimated_tokens, self.prices.share(batch))
         with self._lock:
             if self._stopped or self.spent_usd + self.held_usd + usd > self.budget_usd:
                 self._stopped = True
                 return None
             self.reserved_usd += usd
+            self._calls += usd > 0
         return Reservation(model, estimated_tokens, usd)
+
+    async def reserve_call(
+        self, model: str, estimated_tokens: int, *, share: float = 1.0
+    ) -> Reservation:
+        """The hard cap: hold the worst case of one call (`worst_case`) if it fits the budget
+        less what was spent and what the calls in flight hold; else wait while they may give
+        some back. Once none is in flight and it still does not fit, the budget is reached
+        (`BudgetReached`); a later call that fits, of a job already running, still goes."""
+        if self.budget_usd is None:
+            return Reservation(model, estimated_tokens, 0.0)
+        usd = self.worst_case(model, estimated_tokens, share)
+        while True:
+            with self._lock:
+                if self.spent_usd + self.reserved_usd + usd <= self.budget_usd:
+                    self.reserved_usd += usd
+                    self._calls += usd > 0
+                    return Reservation(model, estimated_tokens, usd)
+                in_flight = self._calls > 0
+            if not in_flight:
+                self._stop()
+                raise BudgetReached(
+                    f"not sent, the budget of ${self.budget_usd:g} is reached (spent "
+                    f"${self.spent_usd:.4f}; this call may cost up to ${usd:.4f})"
+                )
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._call_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._call_waiters:
+                    self._call_waiters.remove(waiter)
 
     def release(self, reservation: Reservation | None) -> None:
         """Give back a reservation (after `add`ing the response's real usage, or on failure)."""
@@ -455,3 +494,9 @@ class CostMeter:
             return
         with self._lock:
             self.reserved_usd = max(0.0, self.reserved_usd - reservation.usd)
+            self._calls -= 1
+        waiters, self._call_waiters = self._call_waiters, []
+        for waiter in waiters:  # each looks again
+            if not waiter.done():
+                waiter.set_result(None)
+        self._wake()

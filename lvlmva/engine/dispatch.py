@@ -14,9 +14,9 @@ is left to send goes to its dispatcher as a `Call`. The contract:
 - A dispatcher books what it spends on `call.ledger`: `called()` per request that reached
   the provider, `spent(usage, usd)` per response, `retried(error)` per retry. Its `meter` (a
   `CostMeter`, the engine's `cost`) holds the price table and the budget; the engine holds
-  each job's expected cost on it before the job starts (`lvlmva.engine.budget`),
-  so a dispatcher does not reserve: it `add`s each response's cost (and books it on the
-  ledger, which reconciles the job's hold).
+  each job's expected cost on it before the job starts and each call's worst case until
+  `send` returns (`lvlmva.engine.budget`), so a dispatcher does not reserve: it `add`s each
+  response's cost (and books it on the ledger, which reconciles the job's hold).
 - `halt()` (optional): the run was stopped by the engine's breaker; calls not yet on the wire
   are not sent (`RunHalted`), and no retry starts.
 - `max_in_flight` is how many calls it wants at once; the engine holds that many jobs.

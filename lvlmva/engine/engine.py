@@ -12,7 +12,8 @@ it validated), and identical requests in flight are sent once. Requests are buil
 `lvlmva.engine.requests`, keyed by `lvlmva.engine.keys` and sent by a `Dispatcher`
 (`lvlmva.engine.dispatch`; by default `OnlineDispatcher`: rate limits, retries, timeout, cost).
 
-With a budget, each job holds its expected cost before it starts (`lvlmva.engine.budget`). A
+With a budget, each job holds its expected cost before it starts and each call its worst case
+before it is sent, so spend never passes the budget (`lvlmva.engine.budget`). A
 run the endpoint refuses (a rejected key, an unknown model, no quota, a burst of the same client
 error) trips the `Breaker`: nothing more is sent, no job is pulled, and `stopped` says why; the
 run also stops pulling jobs once the budget is reached.
@@ -295,15 +296,18 @@ class Engine:
         )
 
     async def _hold(self, job: CritiqueJob, held: JobHold, step: str, request: ChatRequest) -> None:
-        """Hold the job's expected cost before anything else (`lvlmva.engine.budget`); the
-        wait counts as waiting to send (a batching dispatcher may hold what would free it)."""
-        if not self._budget.active:
-            return
-        key = f"budget\x00{job.job_id}\x00{id(held)}"
+        """Hold the job's expected cost before anything else (`lvlmva.engine.budget`)."""
+        if self._budget.active:
+            key = f"budget\x00{job.job_id}\x00{id(held)}"
+            await self._for_budget(step, key, self._budget.hold(held, step, request))
+
+    async def _for_budget(self, step: str, key: str, wait: Awaitable[T]) -> T:
+        """Wait for budget; the wait counts as waiting to send (a batching dispatcher may hold
+        what would free it)."""
         self._idle.want(key)
         self._idle.send_started(key)
         try:
-            await self._budget.hold(held, step, request)
+            return await wait
         except NotSent as exc:
             raise _NotRun(f"{step}: {exc}") from None
         finally:
@@ -442,6 +446,10 @@ class Engine:
         """Send `call`; a tripped breaker sends nothing."""
         if self.breaker.tripped is not None:
             raise _NotRun(f"{call.step}: not sent, the run was stopped")
+        reservation = None  # its worst case, held on the budget while it is out
+        if self._budget.active:
+            wait = self._budget.reserve(call.request, list_price=call.attempt > 0)
+            reservation = await self._for_budget(call.step, f"cap\x00{id(call)}", wait)
         self._idle.send_started(call.key)
         try:
             response = await self.dispatcher.send(call)
@@ -452,6 +460,7 @@ class Engine:
             raise _NotRun(f"{call.step}: {exc}") from None
         finally:
             self._idle.send_ended(call.key)
+            self.cost.release(reservation)
         self.breaker.success((call.step, call.request.model))
         return response
 
@@ -492,11 +501,12 @@ class Engine:
 
 def _larger_budget(request: ChatRequest, tpm: float | None) -> int | None:
     """Twice the request's output budget within the model's limit and so that the request
-    still fits under `tpm` (None: no larger one)."""
+    stays within half of `tpm` (None: no larger one). A request near tpm would stall the run:
+    the `RateLimiter` refills tpm less its largest request per window."""
     limit = rules_for(request.model).max_output_tokens
     larger = request.max_tokens * 2 if limit is None else min(request.max_tokens * 2, limit)
-    if tpm is not None:  # a request at or over tpm could never be sent (RateLimiter refuses it)
-        larger = min(larger, math.ceil(tpm) - 1 - estimate_prompt_tokens(request))
+    if tpm is not None:
+        larger = min(larger, math.floor(tpm / 2) - estimate_prompt_tokens(request))
     return larger if larger > request.max_tokens else None
 
 

@@ -114,7 +114,7 @@ class BatchDispatcher:
                 return stored
         future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
         shard = self._shard_to_wait_on(line)
-        # The budget is held per job by the engine (at the batch price: `batch_priced`).
+        # The engine holds the budget per job and per call (at the batch price: `batch_priced`).
         waiter = _Waiter(call, future, shard.id if shard else None)
         self._waiting[call.custom_id] = waiter
         try:
