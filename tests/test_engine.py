@@ -15,7 +15,7 @@ import pytest
 from lvlmva.cache import VerdictCache
 from lvlmva.engine.cost import ModelPrice, PriceTable, estimate_request_tokens
 from lvlmva.engine.engine import Engine, EngineConfig
-from lvlmva.engine.errors import BadRequest, RateLimited, ServerError
+from lvlmva.engine.errors import BadRequest, ProviderTimeout, RateLimited, ServerError
 from lvlmva.engine.ratelimit import RateLimiter
 from lvlmva.engine.retry import RetryPolicy
 from lvlmva.engine.types import (
@@ -328,6 +328,27 @@ async def test_a_cut_answer_is_asked_again_within_the_tpm_cap_and_the_run_goes_o
     await asyncio.wait_for(collect(engine, [make_job(i) for i in range(3)]), 10)
     second = [r for r, c in zip(provider.requests, provider.calls, strict=True) if c[1] == "0"][1]
     assert second.max_tokens > 1000 and estimate_request_tokens(second) <= 2500
+
+
+async def test_a_timed_out_request_is_retried_once_and_the_timeout_follows_the_model():
+    def script(kind, job, attempt):
+        return ProviderTimeout("fake: no answer in 60 s") if job == "0" else None
+
+    class Timed(FakeProvider):
+        async def complete(self, request, *, timeout):
+            self.timeouts.append((request.model, timeout))
+            return await super().complete(request, timeout=timeout)
+
+    provider = Timed(script=script)
+    provider.timeouts = []
+    engine = Engine(provider, None, config(critic_model="gpt-5-mini", judge_model="gpt-4o"))
+    results = {r.job_id: r for r in await collect(engine, [make_job(i) for i in range(2)])}
+    assert not results["job0"].ok and results["job0"].provider_calls == 2  # not max_attempts 4
+    assert results["job1"].ok
+    assert set(provider.timeouts) == {("gpt-5-mini", 600.0), ("gpt-4o", 60.0)}
+    engine = Engine(provider, None, config(request_timeout=7.0))
+    await collect(engine, [make_job(1)])
+    assert provider.timeouts[-1] == ("fake-model", 7.0)
 
 
 async def test_budget_stops_new_requests_and_no_more_jobs_are_pulled():

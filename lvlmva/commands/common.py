@@ -171,11 +171,11 @@ _LIMIT_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--rpm", {"type": float, "help": "requests-per-minute cap"}),
     ("--tpm", {"type": float, "help": "tokens-per-minute cap"}),
     ("--max-in-flight", {"type": int, "default": 32, "help": "requests in flight at most"}),
-    ("--budget-usd", {"type": float, "help": "hold each job's expected cost and send no job that "
-     "would pass this (the total passes it by at most what jobs in flight spend beyond their "
-     "expectation)"}),
-    ("--request-timeout", {"type": float, "default": 60.0,
-                           "help": "seconds one request may take"}),
+    ("--budget-usd", {"type": float, "help": "spend at most this: each call is sent only when its "
+     "worst case (prompt and --max-tokens) fits what is left"}),
+    ("--request-timeout", {"type": float, "default": None,
+                           "help": "seconds one request may take (default 600 for reasoning "
+                           "models, which think before answering, else 60)"}),
     ("--max-response-mb", {"type": float, "default": 4.0,
                            "help": "refuse a response body larger than this (default 4 MiB)"}),
 )  # fmt: skip

@@ -130,7 +130,7 @@ class EngineLimits:
     tpm: float | None = None
     max_in_flight: int = 32
     budget_usd: float | None = None
-    request_timeout: float = 60.0
+    request_timeout: float | None = None  # None: 600 s for reasoning models, else 60 s
     max_response_bytes: int = 4 * 2**20
 
     def __post_init__(self) -> None:

@@ -22,6 +22,8 @@ class EngineConfig:
     (critic and judge share one limiter when they are the same provider); `max_in_flight`
     bounds the jobs held at once (pulled and not yet yielded) and the concurrent requests.
     `temperature` is sent where the model takes one (None: never sent, the server's default);
+    `request_timeout`: seconds one request may take (None: the model family's, 600 for
+    reasoning models, 60 for the rest: `lvlmva.engine.dispatch.default_timeout`);
     `max_tokens` is the output budget of each call, reasoning included (None: the model
     family's default, `lvlmva.engine.model_params`); `reasoning_effort` is sent to both models
     that take one when set (`judge_reasoning_effort` overrides it for the Judge);
@@ -44,7 +46,7 @@ class EngineConfig:
     reasoning_effort: str | None = None
     judge_reasoning_effort: str | None = None
     image_detail: str | None = "fit"
-    request_timeout: float = 60.0
+    request_timeout: float | None = None
     max_reasks: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     prices: PriceTable = field(default_factory=PriceTable)
@@ -62,7 +64,7 @@ class EngineConfig:
             raise ConfigError(f"max_in_flight must be at least 1 (got {self.max_in_flight})")
         if self.max_reasks < 0:
             raise ConfigError(f"max_reasks must be 0 or more (got {self.max_reasks})")
-        if not self.request_timeout > 0:
+        if self.request_timeout is not None and not self.request_timeout > 0:
             raise ConfigError(f"request_timeout must be positive (got {self.request_timeout})")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be at least 1 (got {self.max_tokens})")

@@ -44,16 +44,25 @@ from typing import Protocol, runtime_checkable
 
 from lvlmva.engine.cost import CostMeter, PriceTable, estimate_request_tokens
 from lvlmva.engine.errors import ProviderError, ProviderTimeout, RateLimited, RunHalted
+from lvlmva.engine.model_params import rules_for
 from lvlmva.engine.ratelimit import RateLimiter, RateLimitSignal
 from lvlmva.engine.retry import RetryPolicy, call_with_retries
 from lvlmva.engine.stats import Ledger
 from lvlmva.engine.types import ChatRequest, ChatResponse, Provider
 
-__all__ = ["Call", "Dispatcher", "OnlineDispatcher"]
+__all__ = ["Call", "Dispatcher", "OnlineDispatcher", "default_timeout"]
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_GRACE_S = 5.0  # the provider enforces the timeout; this guards one that does not
+REASONING_TIMEOUT_S = 600.0  # the openai SDK's default: a reasoning model may think for minutes
+TIMEOUT_S = 60.0
+TIMEOUT_ATTEMPTS = 2  # a timed-out request may still be processed and billed: one retry only
+
+
+def default_timeout(model: str) -> float:
+    """Seconds one request to `model` may take when none is configured."""
+    return REASONING_TIMEOUT_S if rules_for(model).reasoning else TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ class OnlineDispatcher:
         max_in_flight: int = 64,
         rpm: float | None = None,
         tpm: float | None = None,
-        request_timeout: float = 60.0,
+        request_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         meter: CostMeter | None = None,
         pause_on_rate_limit: bool = True,
@@ -127,6 +136,17 @@ class OnlineDispatcher:
     async def send(self, call: Call) -> ChatResponse:
         """One logical request: rate-limited attempts with retries."""
         estimated = estimate_request_tokens(call.request)
+        timeouts = 0
+
+        async def attempt() -> ChatResponse:
+            nonlocal timeouts
+            try:
+                return await self._attempt(call, estimated)
+            except ProviderTimeout as exc:
+                timeouts += 1
+                if timeouts >= TIMEOUT_ATTEMPTS:
+                    exc.retryable = False  # the endpoint may be billing each of them
+                raise
 
         def on_retry(attempt_number: int, error: ProviderError, wait: float) -> None:
             call.ledger.retried(error)
@@ -139,7 +159,7 @@ class OnlineDispatcher:
             )
 
         return await call_with_retries(
-            lambda: self._attempt(call, estimated), self._retry, on_retry=on_retry
+            attempt, self._retry, on_retry=on_retry
         )
 
     def halt(self) -> None:
@@ -147,7 +167,8 @@ class OnlineDispatcher:
         self._halted = True
 
     async def _attempt(self, call: Call, estimated: int) -> ChatResponse:
-        provider, request, timeout = call.provider, call.request, self._timeout
+        provider, request = call.provider, call.request
+        timeout = self._timeout if self._timeout is not None else default_timeout(request.model)
         limiter = self.limiter(provider)
         if self._halted:
             raise RunHalted("not sent, the run was stopped")
