@@ -14,6 +14,7 @@ from lvlmva.vision.attribution import (
     Explainer,
     draw_backgrounds,
     explain,
+    image_keys,
 )
 from lvlmva.vision.deeplift_safety import find_reused_modules
 
@@ -95,6 +96,34 @@ def test_no_method_depends_on_the_batch_size(method, data):
         assert torch.allclose(automatic, explicit, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_no_method_depends_on_a_samples_place_in_the_batch(method, data):
+    """Permuting a batch permutes its maps, and one Explainer gives an image the same map in
+    any call: gradient-shap's draws are the image's own, not its position's. Exactly so with
+    one image per pass (the same arithmetic); to rounding with the automatic plan."""
+    images, targets, train = data
+    order = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+    for batch_size in (None, 1):
+        kwargs = {"method": method, "baselines": train, "seed": 2, "batch_size": batch_size}
+        maps = explain(_mlp(), images, targets, **kwargs)
+        permuted = explain(_mlp(), images[order], targets[order], **kwargs)
+        assert torch.allclose(permuted, maps[order], rtol=1e-5, atol=1e-8)
+        assert batch_size is None or torch.equal(permuted, maps[order])
+    explainer = Explainer(_mlp(), method, baselines=train, seed=2)
+    explainer.samples_per_forward = explainer.samples_per_image
+    parts = [explainer.attribute(images[i : i + 3], targets[i : i + 3]) for i in (4, 0)]
+    assert torch.equal(torch.cat(parts), maps[[4, 5, 6, 0, 1, 2]])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_explainer_leaves_the_model_on_its_device(method):
+    model = _mlp()
+    explainer = Explainer(model, method, sample_shape=SHAPE, device="meta")
+    assert next(model.parameters()).device.type == "cpu"
+    assert next(explainer.model.parameters()).device.type == "meta"
+    assert Explainer(model, method, sample_shape=SHAPE).model is model or method == "deeplift-shap"
+
+
 def _convnet() -> nn.Module:
     """Convolutions, batch norm (with running statistics), ReLUs: the layers whose DeepLift
     rules see the pairs of a batch. No max-pool, where captum's own maps are wrong (see
@@ -143,7 +172,7 @@ def test_gradient_shap_is_captums_for_each_image_alone(data):
     backgrounds = draw_backgrounds(train, 8, SHAPE, seed=6)
     state = np.random.get_state()
     for j in range(len(images)):
-        np.random.seed([6, j])  # what gradient_shap_draws seeds for image j
+        np.random.seed([6, image_keys(images[j : j + 1])[0]])  # gradient_shap_draws' seed
         alone = GradientShap(model).attribute(
             images[j : j + 1], backgrounds, target=int(targets[j]), n_samples=8, stdevs=0.0
         )

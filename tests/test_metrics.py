@@ -11,7 +11,13 @@ from torch import nn
 
 from lvlmva.errors import DataError
 from lvlmva.vision.datasets.base import DatasetInfo, ShortcutDataset
-from lvlmva.vision.metrics import evaluate, mean_std, verdict_accuracy, wilcoxon
+from lvlmva.vision.metrics import (
+    evaluate,
+    mean_std,
+    predict_labels,
+    verdict_accuracy,
+    wilcoxon,
+)
 
 
 class _Echo(nn.Module):
@@ -76,6 +82,31 @@ def test_evaluate_restores_training_mode_and_rejects_bad_input():
     info = DatasetInfo("toy", ("a", "b", "c"), 1, 2, "toy", (0.5,), (0.5,), ("g0",))
     with pytest.raises(DataError, match="group id 2"):
         evaluate(model, _dataset([0], [0], groups=[2]), info)
+
+
+class _Moves(_Echo):
+    """Records where `.to` sends it, and stays on the CPU (a test machine may have no second
+    device): it answers class 0 for inputs on any device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moves: list[torch.device] = []
+
+    def to(self, *args, **kwargs):
+        self.moves.append(torch.device(args[0]))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(x), self.classes)
+
+
+def test_predict_labels_moves_the_model_back_to_its_device():
+    model = _Moves()
+    labels = predict_labels(model, torch.zeros(3, 1, 2, 2), device="meta")
+    assert torch.equal(labels, torch.zeros(3, dtype=torch.long))
+    assert model.moves == [torch.device("meta"), torch.device("cpu")]
+    predict_labels(model, torch.zeros(3, 1, 2, 2), device="cpu")
+    assert len(model.moves) == 2  # already there: not moved
 
 
 # Two 3x3 images; the spurious region is the top-left pixel in each.

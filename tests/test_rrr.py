@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import threading
 import time
 
@@ -12,7 +14,14 @@ from torch import nn
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.datasets.base import ShortcutDataset
 from lvlmva.vision.metrics import evaluate
-from lvlmva.vision.rrr import AlignmentPool, RRRTrainer, rrr_penalty, search_lambda
+from lvlmva.vision.rrr import (
+    AlignmentBatch,
+    AlignmentPool,
+    RRRTrainer,
+    StepResult,
+    rrr_penalty,
+    search_lambda,
+)
 
 SIDE = 6
 
@@ -316,3 +325,94 @@ def test_search_lambda_prefers_a_penalty_when_validation_breaks_the_decoy():
     assert by_acc.scores[100.0] == by_acc.metrics[100.0].test_accuracy
     with pytest.raises(ConfigError, match="grid"):
         search_lambda(_mlp, train, pool, val, grid=())
+
+
+# --- batch norm ----------------------------------------------------------------------------
+
+
+def _bn_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * SIDE * SIDE, 2),
+    )  # fmt: skip
+    with torch.no_grad():  # statistics that are not the identity, as after some training
+        net[1].running_mean.uniform_(-0.2, 0.2)
+        net[1].running_var.uniform_(0.3, 2.0)
+    return net.train()
+
+
+def _bn_ordinary() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(16, 1, SIDE, SIDE, generator=g), torch.randint(2, (16,), generator=g)
+
+
+def _bn_step(model: nn.Module, batch: AlignmentBatch, lam: float = 1.0) -> StepResult:
+    """One `RRRTrainer.step` that leaves the parameters as they are (lr 0)."""
+    images, labels = _bn_ordinary()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0)
+    return RRRTrainer(model, lam=lam).step(model, optimizer, images, labels, batch)
+
+
+def _bn_batch(labelled: bool = True) -> AlignmentBatch:
+    g = torch.Generator().manual_seed(4)
+    masks = torch.zeros(8, SIDE, SIDE)
+    masks[0, :2, :2] = 1.0  # only sample 0 is penalised
+    labels = torch.randint(2, (8,), generator=g) if labelled else torch.full((8,), -100)
+    return AlignmentBatch(torch.rand(8, 1, SIDE, SIDE, generator=g), masks, labels)
+
+
+def test_batch_norm_penalty_of_a_sample_is_its_own():
+    batch = _bn_batch()
+    other = batch.images.clone()
+    other[7] = torch.rand(1, SIDE, SIDE)
+    penalties = [
+        _bn_step(_bn_net(), AlignmentBatch(x, batch.masks, batch.labels)).penalty
+        for x in (batch.images, other)
+    ]
+    assert penalties[0] > 0 and penalties[0] == pytest.approx(penalties[1], rel=1e-6)
+
+
+def test_batch_norm_statistics_move_once_a_step():
+    for lam, labelled in ((1.0, True), (1.0, False), (0.0, True)):
+        model = _bn_net()
+        _bn_step(model, _bn_batch(labelled), lam)
+        assert int(model[1].num_batches_tracked) == 1 and model[1].training
+
+
+def test_batch_norm_penalty_and_gradients_are_those_of_the_evaluated_model():
+    """The step's penalty is the eval-mode one `penalty_scale` measures (same units), and its
+    gradients are those of an eval-mode copy's penalty plus a train-mode copy's CE."""
+    from lvlmva.vision.rrr_grid import penalty_scale
+
+    batch, model = _bn_batch(), _bn_net()
+    evaluated, trained = copy.deepcopy(model).eval(), copy.deepcopy(model)
+    lambda0 = penalty_scale(model, batch.images, batch.masks, batch.labels, 8)
+    result = _bn_step(model, batch)
+    penalty = rrr_penalty(evaluated, batch.images, batch.masks)
+    assert result.penalty == pytest.approx(float(penalty.detach()), rel=1e-5)
+    ce_eval = nn.functional.cross_entropy(evaluated(batch.images), batch.labels).item()
+    assert lambda0 == pytest.approx(ce_eval / (8 * result.penalty / 8), rel=1e-5)
+    images, labels = _bn_ordinary()
+    logits = trained(torch.cat([images, batch.images]))
+    ce = nn.functional.cross_entropy(logits, torch.cat([labels, batch.labels]))
+    assert result.ce == pytest.approx(ce.item(), rel=1e-5)
+    (ce + penalty).backward()
+    params = zip(model.parameters(), evaluated.parameters(), trained.parameters(), strict=True)
+    for p, a, b in params:
+        expected = sum(q.grad for q in (a, b) if q.grad is not None)
+        assert torch.allclose(p.grad, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_resnets_train_with_rrr():
+    from lvlmva.vision.datasets.base import DatasetInfo
+    from lvlmva.vision.models import build_model
+
+    info = DatasetInfo("toy", ("a", "b"), 1, SIDE, "toy-task", (0.5,), (0.25,))
+    torch.manual_seed(0)
+    model, train = build_model("resnet18", info), _decoy_data(8, 0, True)
+    trainer = RRRTrainer(model, lam=1.0, epochs=1, train_batch=4, align_batch=2, progress=False)
+    trainer.fit(train, _pool(train, 4))
+    assert trainer.history_.steps == 2 and math.isfinite(trainer.history_.penalty[0])
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(int(m.num_batches_tracked) == 2 for m in bns)

@@ -33,6 +33,7 @@ def explain_segment_render(
     passes sized for the model and device), segmented on `device` and rendered on a thread
     pool, with the model's prediction. CPU/GPU work: call it in a thread."""
     from lvlmva.vision.attribution import explain
+    from lvlmva.vision.modes import on_device
     from lvlmva.vision.ppeps import segment
     from lvlmva.vision.render import render_many
 
@@ -45,11 +46,11 @@ def explain_segment_render(
         method=options.attribution,
         baselines=split.images,
         device=device,
-        seed=seed,  # the same backgrounds for every batch: a sample's explanation does not
-    )  # depend on the batch it falls in (a resumed critique run renders what a whole one would)
+        seed=seed,  # the same backgrounds for every batch and draws keyed by the image: a
+    )  # sample's explanation does not depend on its batch (a resumed run renders what one would)
     seg = segment(attributions, options.n_clusters, seed=seed, device=device)
     rendered = render_many(images, seg.labels)
-    with torch.no_grad():
+    with torch.no_grad(), on_device(model, device):  # and back: the caller's model stays put
         probabilities = model(images.to(device)).softmax(dim=-1).cpu()
     confidence, prediction = probabilities.max(dim=-1)
     summed = attributions.sum(dim=1).cpu()

@@ -14,7 +14,9 @@ own pairs, so the maps do not depend on the batching.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import hashlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +32,7 @@ from lvlmva.vision.batch_sizing import BatchPlan, plan_batch, shrink_plan
 from lvlmva.vision.deeplift_rules import covers_every_nonlinearity, deeplift_rules, rule_view
 from lvlmva.vision.deeplift_safety import ensure_deeplift_safe
 from lvlmva.vision.deeplift_shap import RescaleDeepLiftShap
-from lvlmva.vision.modes import eval_mode
+from lvlmva.vision.modes import eval_mode, is_on
 
 __all__ = [
     "ATTRIBUTION_METHODS",
@@ -41,6 +43,7 @@ __all__ = [
     "draw_backgrounds",
     "explain",
     "gradient_shap_draws",
+    "image_keys",
     "mean_over_pairs",
     "run_by_image",
 ]
@@ -70,7 +73,7 @@ def summed_gradients(
 class AttributionWork:
     """One `Explainer.attribute` call: `inputs` [N, C, H, W] and `targets` [N] on the device,
     the drawn `backgrounds` [M, C, H, W], `n_baselines` as asked, the model samples one
-    forward/backward pass may take and the call's seed."""
+    forward/backward pass may take and the Explainer's seed (gradient-shap's draws)."""
 
     inputs: Tensor
     targets: Tensor
@@ -197,12 +200,23 @@ def _run_deeplift_shap(method: Any, work: AttributionWork, spec: AttributionMeth
         )
 
 
+def image_keys(inputs: Tensor) -> list[int]:
+    """One 32-bit key per image [C, H, W] of `inputs`, a hash of its float32 bytes: what
+    gradient-shap seeds its draws for the image with, so they are the image's own wherever it
+    falls in a batch or call."""
+    rows = inputs.detach().float().cpu().flatten(1).contiguous().numpy()
+    return [
+        int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=4).digest(), "little")
+        for row in rows
+    ]
+
+
 def gradient_shap_draws(
     seed: int, image: int, n_backgrounds: int, n_samples: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The backgrounds (indices, with replacement) and the path points (uniform in [0, 1]) of
-    image number `image` of a call seeded `seed`: the draws captum's GradientShap makes for
-    that image alone with numpy's generator seeded ``(seed, image)``, in its order."""
+    the image keyed `image` (`image_keys`) under `seed`: the draws captum's GradientShap makes
+    for that image alone with numpy's generator seeded ``(seed, image)``, in its order."""
     rng = np.random.RandomState([seed % 2**32, image])
     return rng.choice(n_backgrounds, n_samples), rng.uniform(0.0, 1.0, n_samples)
 
@@ -211,9 +225,11 @@ def _run_gradient_shap(method: Any, work: AttributionWork, spec: AttributionMeth
     """GradientShap (expected gradients, no noise): for every image, `n_baselines` points
     drawn on the segments from random backgrounds to it (`gradient_shap_draws`), the
     gradient there (captum's Saliency, signed) times (input - background), averaged. The draws
-    are the image's own, so the maps do not depend on how images are batched."""
+    are keyed by the seed and the image's bytes, so the maps do not depend on how or in which
+    order images are batched."""
     n, m = len(work.inputs), work.n_baselines
-    draws = [gradient_shap_draws(work.seed, i, len(work.backgrounds), m) for i in range(n)]
+    keys = image_keys(work.inputs)
+    draws = [gradient_shap_draws(work.seed, key, len(work.backgrounds), m) for key in keys]
     device = work.inputs.device
     chosen = torch.as_tensor(np.stack([d[0] for d in draws]), device=device)
     alphas = torch.as_tensor(np.stack([d[1] for d in draws]), dtype=work.inputs.dtype).to(device)
@@ -304,12 +320,14 @@ class Explainer:
     `method` is a key of `ATTRIBUTION_METHODS`. Backgrounds: `n_baselines` images drawn (seeded)
     from `baselines` (see `draw_backgrounds`). A method that needs a DeepLift-safe model
     explains a fixed copy if `model` reuses a nonlinearity module, through a `rule_view`
-    (parameters shared; see `lvlmva.vision.deeplift_rules`). Call number k of `attribute`
-    is seeded ``seed + k`` (gradient-shap's draws; numpy's global generator is seeded with it
-    for the call and restored after).
+    (parameters shared; see `lvlmva.vision.deeplift_rules`). Gradient-shap's draws for an
+    image are keyed by `seed` and the image's bytes (`image_keys`), whatever its batch or
+    call; for call number k of `attribute` numpy's global generator is seeded ``seed + k``
+    (for captum methods that draw from it) and restored after.
 
-    The model is moved to `device`. Each forward/backward pass takes at most
-    `samples_per_forward` model samples (DeepLiftShap: two per (image, background) pair, as
+    A model on another device than `device` is explained as a copy there (the caller's model
+    stays where it is; one on `device` is explained itself). Each forward/backward pass takes
+    at most `samples_per_forward` model samples (DeepLiftShap: two per (image, background) pair, as
     captum's DeepLift needs; `RescaleDeepLiftShap` puts the image alone through with gradients,
     the backgrounds once per call without); None sizes it for the model, input shape and
     device (`lvlmva.vision.batch_sizing.plan_batch`, remembered; halved and retried after a
@@ -342,7 +360,7 @@ class Explainer:
         self.seed = seed
         self.n_baselines = n_baselines
         self.samples_per_forward = samples_per_forward
-        self.model = model.to(self.device)
+        self.model = model if is_on(model, self.device) else copy.deepcopy(model).to(self.device)
         shape = torch.Size(sample_shape) if sample_shape is not None else None
         if shape is None:
             if baselines is None:
@@ -370,7 +388,7 @@ class Explainer:
         if isinstance(target, int):
             target = [target] * len(inputs)
         target = torch.as_tensor(target, dtype=torch.long).to(self.device)
-        seed = self.seed + self._calls
+        call_seed = self.seed + self._calls
         self._calls += 1
         work = AttributionWork(
             inputs,
@@ -378,9 +396,9 @@ class Explainer:
             self.backgrounds.to(self.device),
             self.n_baselines,
             self.samples_per_forward or self.plan().samples_per_forward,
-            seed,
+            self.seed,
         )
-        with eval_mode(self.model), _numpy_seeded(seed), warnings.catch_warnings():
+        with eval_mode(self.model), _numpy_seeded(call_seed), warnings.catch_warnings():
             # captum announces on every DeepLift call that it sets hooks; that is expected here
             warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
             out = self._run(work)
@@ -420,10 +438,11 @@ def explain(
 
     `baselines` are the images backgrounds are drawn from (the training images; one all-black
     image when None). The same `n_baselines` backgrounds serve every image and gradient-shap
-    draws per image, so the maps do not depend on the batching, and a seed gives the same
-    maps. `batch_size` images go through the model per forward/backward pass; None (the
-    default) sizes the pass for the model, input shape and device (see `Explainer`). The model
-    is moved to `device` and explained in eval mode (its previous mode is restored); its
+    draws per image (keyed by its bytes), so the maps do not depend on the batching or the
+    order, and a seed gives the same maps. `batch_size` images go through the model per
+    forward/backward pass; None (the default) sizes the pass for the model, input shape and
+    device (see `Explainer`). The model is explained on `device` (a copy of it there if it is
+    elsewhere: it stays where it is) in eval mode (its previous mode is restored); its
     parameters get no gradients.
     """
     if images.ndim != 4:

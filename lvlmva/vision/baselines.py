@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
-from lvlmva.vision.modes import eval_mode
+from lvlmva.vision.modes import eval_mode, on_device
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -100,7 +100,7 @@ def penultimate_features(
         lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1).float().cpu())
     )
     try:
-        with eval_mode(model.to(device)):
+        with on_device(model, device), eval_mode(model):
             for batch in images.split(batch_size):
                 model(batch.to(device))
     finally:

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.datasets.base import ShortcutDataset
-from lvlmva.vision.modes import eval_mode
+from lvlmva.vision.modes import eval_mode, on_device
 
 CORRUPTIONS = ("gamma", "defocus", "contrast")
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -128,7 +128,7 @@ def corruption_accuracy(
     device = torch.device(device)
     settings = [(None, 0)] + [(k, int(s)) for k in kinds for s in severities]
     correct = torch.zeros(len(settings))
-    with eval_mode(model.to(device)):
+    with on_device(model, device), eval_mode(model):
         for start in range(0, len(dataset), batch_size):
             x = dataset.images[start : start + batch_size].to(device)
             y = dataset.labels[start : start + batch_size].to(device).long()

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lvlmva.errors import DataError
 from lvlmva.vision.datasets.base import DatasetInfo, ShortcutDataset
-from lvlmva.vision.modes import eval_mode
+from lvlmva.vision.modes import eval_mode, on_device
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,10 @@ class Metrics:
 def predict_labels(
     model: nn.Module, images: Tensor, *, batch_size: int = 256, device: str | torch.device = "cpu"
 ) -> Tensor:
-    """Predicted classes [N] (on the CPU); the model is moved to `device` and run in eval mode
-    (its previous mode is restored)."""
+    """Predicted classes [N] (on the CPU); the model runs on `device` in eval mode (its previous
+    device and mode are restored)."""
     device = torch.device(device)
-    with eval_mode(model.to(device)):
+    with on_device(model, device), eval_mode(model):
         out = [
             model(images[i : i + batch_size].to(device)).argmax(dim=1).cpu()
             for i in range(0, len(images), batch_size)

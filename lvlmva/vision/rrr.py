@@ -9,9 +9,10 @@ Loss of one step, over `train_batch` ordinary samples and `align_batch` alignmen
 
 The double backward of the penalty runs over the alignment samples only: they get a forward
 pass of their own, so a step costs one ordinary forward/backward plus a second-order pass
-over `align_batch` images. Streaming: `fit` waits until the pool holds `min_pool` samples
-(or is closed), then trains and draws from whatever the pool holds at each step, so masks
-that arrive while training runs are taken in.
+over `align_batch` images (batch norm on its running statistics: `lvlmva.vision.rrr_loss`).
+Streaming: `fit` waits until the pool holds `min_pool` samples (or is closed), then trains
+and draws from whatever the pool holds at each step, so masks that arrive while training runs
+are taken in.
 """
 
 from __future__ import annotations
@@ -32,48 +33,8 @@ from lvlmva.errors import ConfigError, DataError
 from lvlmva.progress import progress_bar
 from lvlmva.vision.datasets.base import DatasetInfo, ShortcutDataset
 from lvlmva.vision.modes import eval_mode
-
-UNKNOWN_LABEL = -100  # alignment samples added without a label are left out of the CE term
-
-
-def rrr_penalty(model: nn.Module, images: Tensor, masks: Tensor) -> Tensor:
-    """Sum over samples and pixels of (A * d/dx sum_k log p_k(x))^2, differentiable in the
-    model's parameters (`create_graph=True`).
-
-    `images` [B, C, H, W] are the model's inputs; `masks` [B, H, W] (broadcast over channels)
-    or [B, C, H, W], 1 where the gradient should vanish (soft values allowed).
-    """
-    penalty, _ = _penalty_and_log_probs(model, images, masks)
-    return penalty
-
-
-def _penalty_and_log_probs(
-    model: nn.Module, images: Tensor, masks: Tensor
-) -> tuple[Tensor, Tensor]:
-    masks = _broadcast_masks(masks, images)
-    x = images.detach().requires_grad_(True)
-    log_probs = F.log_softmax(model(x), dim=1)
-    (grad,) = torch.autograd.grad(log_probs.sum(), x, create_graph=True)
-    return (masks * grad).pow(2).sum(), log_probs
-
-
-def _broadcast_masks(masks: Tensor, images: Tensor) -> Tensor:
-    if images.ndim != 4:
-        raise DataError(f"RRR images must be [B, C, H, W], got shape {tuple(images.shape)}")
-    if masks.ndim == 3:
-        masks = masks.unsqueeze(1)
-    b, c, h, w = images.shape
-    if (
-        masks.ndim != 4
-        or masks.shape[0] != b
-        or masks.shape[2:] != (h, w)
-        or masks.shape[1] not in (1, c)
-    ):
-        raise DataError(
-            f"RRR masks of shape {tuple(masks.shape)} do not fit images of shape "
-            f"{tuple(images.shape)}; give [B, H, W] or [B, C, H, W]"
-        )
-    return masks.to(device=images.device, dtype=images.dtype)
+from lvlmva.vision.rrr_loss import UNKNOWN_LABEL, step_terms
+from lvlmva.vision.rrr_loss import rrr_penalty as rrr_penalty  # re-exported
 
 
 @dataclass(frozen=True)
@@ -415,21 +376,15 @@ class RRRTrainer:
         labels: Tensor,
         batch: AlignmentBatch,
     ) -> StepResult:
-        """One optimisation step on ordinary samples (`images`, `labels`) plus `batch`."""
+        """One optimisation step on ordinary samples (`images`, `labels`) plus `batch` (the loss
+        terms of `lvlmva.vision.rrr_loss.step_terms`)."""
         device = images.device
         a_images = batch.images.to(device)
         a_labels = batch.labels.to(device)
-        ce_sum = F.cross_entropy(model(images), labels, reduction="sum")
+        a_masks = batch.masks.to(device)
         count = len(labels) + int((a_labels != UNKNOWN_LABEL).sum())
-        if self.lam > 0:
-            penalty, a_log_probs = _penalty_and_log_probs(model, a_images, batch.masks.to(device))
-        else:
-            penalty = torch.zeros((), device=device)
-            a_log_probs = F.log_softmax(model(a_images), dim=1)
-        if count > len(labels):
-            ce_sum = ce_sum + F.nll_loss(
-                a_log_probs, a_labels, ignore_index=UNKNOWN_LABEL, reduction="sum"
-            )
+        align = (a_images, a_masks, a_labels)
+        ce_sum, penalty = step_terms(model, images, labels, align, self.lam)
         ce = ce_sum / max(count, 1)
         loss = ce + self.lam * penalty
         if self.gamma > 0:

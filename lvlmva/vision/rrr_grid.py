@@ -74,7 +74,8 @@ def penalty_scale(
     """lambda0 of the module docstring for `model` on these alignment samples, in evaluation
     mode (a freshly initialised batch norm is then the identity: in training mode its batch
     statistics inflate the input gradients of a ResNet-18 at initialisation 2,000-fold, see
-    docs/robust.md). 1.0 when the masks give no penalty at all."""
+    docs/robust.md), as the trained penalty takes it (`lvlmva.vision.rrr_loss`): lambda is in
+    the units of the penalty it weighs. 1.0 when the masks give no penalty at all."""
     probe = copy.deepcopy(model).eval()
     device = next(probe.parameters()).device
     ce = penalty = 0.0

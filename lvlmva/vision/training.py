@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from lvlmva.errors import DataError
 from lvlmva.progress import progress_bar
 from lvlmva.vision.datasets.base import ShortcutDataset
-from lvlmva.vision.modes import eval_mode
+from lvlmva.vision.modes import eval_mode, on_device
 
 _MAX_DEVICE_COPY = 1 << 30  # datasets up to 1 GiB are copied to an accelerator once
 
@@ -190,7 +190,7 @@ def predict_logits(
 ) -> Tensor:
     """Logits [N, K] of `model` for `images` [N, C, H, W], in eval mode, batched, on the CPU."""
     device = torch.device(device)
-    with eval_mode(model.to(device)):
+    with on_device(model, device), eval_mode(model):
         outputs = [model(batch.to(device)).float().cpu() for batch in images.split(batch_size)]
     if not outputs:
         return torch.empty(0, 0)
