@@ -327,6 +327,16 @@ def test_search_lambda_prefers_a_penalty_when_validation_breaks_the_decoy():
         search_lambda(_mlp, train, pool, val, grid=())
 
 
+def test_search_lambda_auto_skips_groups_that_follow_the_class():
+    """Decoy-like validation groups (one per class) score only class accuracy: "auto" then
+    uses accuracy, not their WGA."""
+    train, val = _decoy_data(64, 0, True), _decoy_data(128, 3, True)
+    assert torch.unique(val.groups, return_counts=True)[1].min() >= 30  # groups 0, 3: 3 * class
+    result = search_lambda(_mlp, train, _pool(train, 8), val, grid=(0.0,), **{**DECOY, "epochs": 1})
+    assert result.criterion == "accuracy"
+    assert result.scores[0.0] == result.metrics[0.0].test_accuracy
+
+
 # --- batch norm ----------------------------------------------------------------------------
 
 

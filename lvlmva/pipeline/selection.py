@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from lvlmva.pipeline.masking import CritiquedSample, RobustMasks
 from lvlmva.pipeline.options import CritiqueOptions
 from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
-from lvlmva.vision.metrics import predict_labels
+from lvlmva.vision.metrics import MIN_GROUP, predict_labels, usable_groups
 
 __all__ = [
     "MIN_GROUP",
@@ -57,22 +57,14 @@ __all__ = [
     "validation_indices",
 ]
 
-MIN_GROUP = 30
 MIN_VAL_SAMPLES = 100
 CriterionName = Literal["wga", "counterfactual", "none"]
 
 
 def scored_groups(val: ShortcutDataset) -> list[int]:
-    """Group ids that count for the WGA criterion ([] when the split's groups reveal nothing)."""
-    if val.groups is None or len(val) == 0:
-        return []
-    ids, counts = torch.unique(val.groups, return_counts=True)
-    big = [int(g) for g, n in zip(ids.tolist(), counts.tolist(), strict=True) if n >= MIN_GROUP]
-    per_class: dict[int, list[int]] = {}
-    for g in big:
-        label = int(torch.mode(val.labels[val.groups == g]).values)
-        per_class.setdefault(label, []).append(g)
-    return big if any(len(groups) >= 2 for groups in per_class.values()) else []
+    """Group ids that count for the WGA criterion ([] when the split's groups reveal nothing):
+    `lvlmva.vision.metrics.usable_groups` with `MIN_GROUP`."""
+    return usable_groups(val, MIN_GROUP)
 
 
 def choose_criterion(val: ShortcutDataset, *, can_critique: bool) -> tuple[CriterionName, str]:

@@ -17,6 +17,8 @@ from lvlmva.errors import DataError
 from lvlmva.vision.datasets.base import DatasetInfo, ShortcutDataset
 from lvlmva.vision.modes import eval_mode, on_device
 
+MIN_GROUP = 30  # a group's accuracy has a standard error of at most 0.5 / sqrt(30) = 0.09
+
 
 @dataclass(frozen=True)
 class Metrics:
@@ -76,6 +78,23 @@ def evaluate(
         per_group[name] = float(correct[groups == g].float().mean())
     values = list(per_group.values())
     return Metrics(accuracy, per_group, sum(values) / len(values), min(values), len(dataset))
+
+
+def usable_groups(dataset: ShortcutDataset, min_group: int = MIN_GROUP) -> list[int]:
+    """Group ids whose worst-group accuracy can reveal a shortcut: the groups of at least
+    `min_group` samples, when some class has two or more of them; else [] (also without
+    groups). Groups that follow the class one to one (decoy-digits' validation split) measure
+    only class accuracy, which the shortcut itself earns."""
+    if dataset.groups is None or len(dataset) == 0:
+        return []
+    groups, labels = dataset.groups.cpu(), dataset.labels.cpu()
+    ids, counts = torch.unique(groups, return_counts=True)
+    big = [int(g) for g, n in zip(ids.tolist(), counts.tolist(), strict=True) if n >= min_group]
+    per_class: dict[int, list[int]] = {}
+    for g in big:
+        label = int(torch.mode(labels[groups == g]).values)
+        per_class.setdefault(label, []).append(g)
+    return big if any(len(found) >= 2 for found in per_class.values()) else []
 
 
 @dataclass(frozen=True)

@@ -445,13 +445,15 @@ def search_lambda(
 ) -> LambdaSearchResult:
     """Train one model per lambda in `grid` (`make_model()` gives each its starting model)
     and pick the lambda with the best validation score: accuracy, or worst-group accuracy
-    (`"auto"` uses WGA when `val` has groups). Ties go to the smaller lambda."""
-    from lvlmva.vision.metrics import evaluate
+    (`"auto"` uses WGA when `val` has groups that can reveal a shortcut,
+    `lvlmva.vision.metrics.usable_groups`: not groups that follow the class one to one, whose
+    accuracy the shortcut earns). Ties go to the smaller lambda."""
+    from lvlmva.vision.metrics import evaluate, usable_groups
 
     if not grid:
         raise ConfigError("the lambda grid is empty; give at least one value")
     if criterion == "auto":
-        criterion = "wga" if val.groups is not None else "accuracy"
+        criterion = "wga" if usable_groups(val) else "accuracy"
     if criterion not in ("accuracy", "wga"):
         raise ConfigError(f"unknown lambda criterion {criterion!r}; use 'accuracy' or 'wga'")
     if criterion == "wga" and val.groups is None:

@@ -18,6 +18,7 @@ import copy
 import math
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -75,7 +76,8 @@ def penalty_scale(
     mode (a freshly initialised batch norm is then the identity: in training mode its batch
     statistics inflate the input gradients of a ResNet-18 at initialisation 2,000-fold, see
     docs/robust.md), as the trained penalty takes it (`lvlmva.vision.rrr_loss`): lambda is in
-    the units of the penalty it weighs. 1.0 when the masks give no penalty at all."""
+    the units of the penalty it weighs. 1.0, with a RuntimeWarning, when the masks give no
+    (finite) penalty at all."""
     probe = copy.deepcopy(model).eval()
     device = next(probe.parameters()).device
     ce = penalty = 0.0
@@ -87,6 +89,14 @@ def penalty_scale(
         penalty += float(rrr_penalty(probe, x, m).detach())
     n = len(images)
     if penalty <= 0.0 or not math.isfinite(penalty):
+        empty = int((masks.flatten(1) == 0).all(dim=1).sum()) if n else 0
+        why = f"{empty} of the {n} masks are empty" if penalty == 0.0 else "it is not finite"
+        warnings.warn(
+            f"lambda0 falls back to 1.0: the penalty of the first {n} alignment samples is "
+            f"{penalty:g} ({why}), so the grid's scales are used as lambdas outright",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return 1.0
     return (ce / n) / (batch * penalty / n)
 
