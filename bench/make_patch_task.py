@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -92,14 +93,7 @@ def write_task(mnist: Path, out: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    pools = {}
-    for source in ("train", "t10k"):
-        images, labels = read_mnist(mnist, source)
-        pools[source] = {
-            name: rng.permutation(np.flatnonzero(labels == digit)).tolist()
-            for name, digit in CLASSES.items()
-        }
-        pools[source]["images"] = images
+    pools = class_pools(mnist, CLASSES, rng)
     rows = []
     for split, count in SPLITS.items():
         source = "t10k" if split == "test" else "train"
@@ -109,15 +103,42 @@ def write_task(mnist: Path, out: Path, seed: int = 0) -> Path:
             image = pool["images"][pool[label].pop()].copy()
             rate = 0.5 if split == "test" else (SHORTCUT if label == "four" else 1 - SHORTCUT)
             mask = place_patch(image, rng) if rng.random() < rate else None
-            name = f"{split}-{i:04d}.png"
-            Image.fromarray(image).save(out / "images" / name)
-            mask_path = ""
-            if mask is not None:
-                Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / name)
-                mask_path = f"masks/{name}"
+            path, mask_path = save_sample(out, f"{split}-{i:04d}.png", image, mask)
             group = f"{label}/{'patch' if mask is not None else 'no patch'}"
-            rows.append([f"images/{name}", label, group, mask_path, split])
+            rows.append([path, label, group, mask_path, split])
     return write_listing(out, rows, SPEC)
+
+
+def class_pools(
+    mnist: Path,
+    classes: dict[str, int],
+    rng: np.random.Generator,
+    keep: Callable[[np.ndarray], bool] = lambda image: True,
+) -> dict[str, dict]:
+    """Per MNIST file ("train", "t10k"): each class's image indices in a random order (those
+    `keep` accepts; drawn with `.pop()`) and, under "images", the file's images."""
+    pools = {}
+    for source in ("train", "t10k"):
+        images, labels = read_mnist(mnist, source)
+        pools[source] = {
+            name: [
+                int(i) for i in rng.permutation(np.flatnonzero(labels == digit)) if keep(images[i])
+            ]
+            for name, digit in classes.items()
+        }
+        pools[source]["images"] = images
+    return pools
+
+
+def save_sample(
+    out: Path, name: str, image: np.ndarray, mask: np.ndarray | None
+) -> tuple[str, str]:
+    """Save `image` (and `mask`, if any) as PNGs under `out`; their CSV paths ("" for no mask)."""
+    Image.fromarray(image).save(out / "images" / name)
+    if mask is None:
+        return f"images/{name}", ""
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / name)
+    return f"images/{name}", f"masks/{name}"
 
 
 def main() -> None:

@@ -29,10 +29,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_patch_task import read_mnist  # sibling scripts, not a package
+from make_patch_task import class_pools, save_sample  # sibling scripts, not a package
 from make_stamp_task import write_listing
 
 SIZE = 28
@@ -88,16 +87,7 @@ def write_task(mnist: Path, out: Path, seed: int = 0, shortcut: float = SHORTCUT
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    pools = {}
-    for source in ("train", "t10k"):
-        images, labels = read_mnist(mnist, source)
-        pools[source] = {
-            name: [
-                i for i in rng.permutation(np.flatnonzero(labels == digit)) if has_room(images[i])
-            ]
-            for name, digit in CLASSES.items()
-        }
-        pools[source]["images"] = images
+    pools = class_pools(mnist, CLASSES, rng, keep=has_room)
     rows = []
     for split, count in SPLITS.items():
         pool = pools["t10k" if split == "test" else "train"]
@@ -106,14 +96,9 @@ def write_task(mnist: Path, out: Path, seed: int = 0, shortcut: float = SHORTCUT
             image = pool["images"][pool[label].pop()].copy()
             rate = 0.5 if split == "test" else (shortcut if label == "three" else 1 - shortcut)
             mask = draw_line(image, rng) if rng.random() < rate else None
-            name = f"{split}-{i:04d}.png"
-            Image.fromarray(image).save(out / "images" / name)
-            mask_path = ""
-            if mask is not None:
-                Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / name)
-                mask_path = f"masks/{name}"
+            path, mask_path = save_sample(out, f"{split}-{i:04d}.png", image, mask)
             group = f"{label}/{'line' if mask is not None else 'no line'}"
-            rows.append([f"images/{name}", label, group, mask_path, split])
+            rows.append([path, label, group, mask_path, split])
     return write_listing(out, rows, SPEC)
 
 

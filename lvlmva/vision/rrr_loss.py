@@ -71,10 +71,22 @@ def step_terms(
 ) -> tuple[Tensor, Tensor]:
     """(summed cross-entropy, penalty) of a step: the cross-entropy over the ordinary samples
     (`images`, `labels`) and the labelled alignment samples `align` = (images, masks, labels),
-    the penalty over every alignment sample (zero, not computed, when `lam` is 0)."""
+    the penalty over every alignment sample (zero, not computed, when `lam` is 0).
+
+    For a model with batch norm in training mode: first the penalty, with the norms on (copies
+    of) their running statistics, updating nothing; then one training-mode pass over the
+    ordinary and the labelled alignment samples for the cross-entropy, so the statistics move
+    once a step, from the batch the cross-entropy sees."""
     a_images, a_masks, a_labels = align
     if running_norms(model):
-        return _norm_terms(model, images, labels, align, lam)
+        penalty = torch.zeros((), device=images.device)
+        if lam > 0:
+            with frozen_norms(model):
+                penalty = rrr_penalty(model, a_images, a_masks)
+        keep = a_labels != UNKNOWN_LABEL
+        logits = model(torch.cat([images, a_images[keep]]))
+        ce_sum = F.cross_entropy(logits, torch.cat([labels, a_labels[keep]]), reduction="sum")
+        return ce_sum, penalty
     ce_sum = F.cross_entropy(model(images), labels, reduction="sum")
     if lam > 0:
         penalty, a_log_probs = _penalty_and_log_probs(model, a_images, a_masks)
@@ -85,27 +97,4 @@ def step_terms(
         ce_sum = ce_sum + F.nll_loss(
             a_log_probs, a_labels, ignore_index=UNKNOWN_LABEL, reduction="sum"
         )
-    return ce_sum, penalty
-
-
-def _norm_terms(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    align: tuple[Tensor, Tensor, Tensor],
-    lam: float,
-) -> tuple[Tensor, Tensor]:
-    """`step_terms` for a model with batch norm in training mode: first the penalty, with the
-    norms on (copies of) their running statistics, updating nothing; then one training-mode
-    pass over the ordinary and the labelled alignment samples for the cross-entropy, so the
-    statistics move once a step, from the batch the cross-entropy sees."""
-    a_images, a_masks, a_labels = align
-    if lam > 0:
-        with frozen_norms(model):
-            penalty = rrr_penalty(model, a_images, a_masks)
-    else:
-        penalty = torch.zeros((), device=images.device)
-    keep = a_labels != UNKNOWN_LABEL
-    logits = model(torch.cat([images, a_images[keep]]))
-    ce_sum = F.cross_entropy(logits, torch.cat([labels, a_labels[keep]]), reduction="sum")
     return ce_sum, penalty
