@@ -4,6 +4,7 @@ and render the three Critic images; and a stream of them computed ahead of the c
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import AsyncIterator
 
@@ -82,7 +83,12 @@ async def rendered_samples(
     """`explain_segment_render` over `indices` in batches of `options.explain_batch`, in a
     worker thread that runs at most `PREFETCH_BATCHES` batches ahead of the consumer: the
     vision work of the next batch overlaps the LVLM's latency on this one. The thread's wall
-    time is added to `timings["vision_s"]`; an error in it ends the stream with that error."""
+    time is added to `timings["vision_s"]`; an error in it ends the stream with that error.
+    A model on another device is copied there once for the stream (the caller's stays put)."""
+    from lvlmva.vision.modes import is_on
+
+    if not is_on(model, device):
+        model = copy.deepcopy(model).to(device)
     ready: asyncio.Queue[list[RenderedSample] | BaseException | None] = asyncio.Queue(
         PREFETCH_BATCHES
     )
