@@ -13,15 +13,15 @@ from lvlmva.engine.types import Usage
 from lvlmva.errors import ConfigError
 
 
-def test_batch_lines_cost_half_in_the_table_and_the_meter():
+async def test_batch_lines_cost_half_in_the_table_and_the_meter():
     table = PriceTable()
     usage = Usage(1_000_000, 100_000)
     assert table.cost("gpt-4o", usage) == pytest.approx(2.5 + 1.0)
     assert table.cost("gpt-4o", usage, batch=True) == pytest.approx((2.5 + 1.0) / 2)
     meter = CostMeter(table, budget_usd=10.0)
     assert meter.add("gpt-4o", usage, batch=True) == pytest.approx(1.75)
-    held = meter.reserve("gpt-4o", 1_000_000, batch=True)
-    assert held is not None and held.usd == pytest.approx(5.0)  # worst case: output price, half
+    held = await meter.reserve_call("gpt-4o", 1_000_000, share=table.share(batch=True))
+    assert held.usd == pytest.approx(5.0)  # worst case: output price, half
     assert table.with_overrides({}).batch_share == 0.5
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import struct
@@ -17,6 +18,7 @@ from lvlmva.engine.cost import (
     estimate_prompt_tokens,
     estimate_request_tokens,
 )
+from lvlmva.engine.errors import BudgetReached
 from lvlmva.engine.types import ChatRequest, ImagePart, Message, TextPart, Usage
 from lvlmva.errors import ConfigError
 
@@ -163,30 +165,38 @@ def test_meter_adds_usage_and_cost():
     assert not meter.budget_reached  # no budget
 
 
-def test_budget_stops_new_requests_and_is_never_exceeded():
+async def test_budget_stops_new_requests_and_is_never_exceeded():
     meter = CostMeter(PriceTable({"m": ModelPrice(1.0, 2.0)}), budget_usd=0.01)
     sent = 0
-    while (reservation := meter.reserve("m", 1_000)) is not None:  # worst case 0.002 USD each
-        sent += 1
-        meter.add("m", Usage(800, 100))  # really 0.001 USD
-        meter.release(reservation)
+    with pytest.raises(BudgetReached):
+        while True:
+            reservation = await meter.reserve_call("m", 1_000)  # worst case 0.002 USD each
+            sent += 1
+            meter.add("m", Usage(800, 100))  # really 0.001 USD
+            meter.release(reservation)
     assert meter.budget_reached
     assert meter.spent_usd <= 0.01
     assert sent == 9  # 9 x 0.001 spent; the 10th could cost up to 0.002 more
-    assert meter.reserve("m", 1) is None  # stays stopped
 
 
-def test_in_flight_reservations_count_against_the_budget():
+async def test_in_flight_reservations_count_against_the_budget():
     meter = CostMeter(PriceTable({"m": ModelPrice(1.0, 1.0)}), budget_usd=0.005)
-    held = [meter.reserve("m", 1_000) for _ in range(5)]
-    assert all(held) and meter.remaining_usd == pytest.approx(0.0)
-    assert meter.reserve("m", 1_000) is None
+    held = [await meter.reserve_call("m", 1_000) for _ in range(5)]
+    assert meter.remaining_usd == pytest.approx(0.0)
+    sixth = asyncio.ensure_future(meter.reserve_call("m", 1_000))
+    await asyncio.sleep(0)
+    assert not sixth.done()  # it waits while the five may give budget back
+    meter.add("m", Usage(5_000, 0))  # they cost their worst case: nothing comes back
+    for reservation in held:
+        meter.release(reservation)
+    with pytest.raises(BudgetReached):
+        await asyncio.wait_for(sixth, 1)
     assert meter.budget_reached
 
 
-def test_budget_with_unknown_model_is_a_config_error():
+async def test_budget_with_unknown_model_is_a_config_error():
     meter = CostMeter(PriceTable({}), budget_usd=1.0)
     with pytest.raises(ConfigError, match="no price for model 'mystery'"):
-        meter.reserve("mystery", 100)
+        await meter.reserve_call("mystery", 100)
     with pytest.raises(ConfigError):
         CostMeter(budget_usd=0)

@@ -279,7 +279,7 @@ def estimate_request_tokens(request: ChatRequest) -> int:
 
 @dataclass(frozen=True)
 class Reservation:
-    """Budget held for one request in flight by `CostMeter.reserve` (worst case); give it back
+    """Budget held for one request in flight by `CostMeter.reserve_call` (worst case); give it back
     with `CostMeter.release`."""
 
     model: str
@@ -439,23 +439,6 @@ class CostMeter:
         at the model's higher per-token price, times `share` (the batch share for a batch line)."""
         price = self.prices.require(model)
         return estimated_tokens * max(price.input, price.output) / 1e6 * share
-
-    def reserve(
-        self, model: str, estimated_tokens: int, *, batch: bool = False
-    ) -> Reservation | None:
-        """Hold a worst case (`worst_case`; `batch`: at the batch price) for one request
-        against what is spent and held; None means do not send it (and from then on the
-        budget is reached)."""
-        if self.budget_usd is None:
-            return Reservation(model, estimated_tokens, 0.0)
-        usd = self.worst_case(model, estimated_tokens, self.prices.share(batch))
-        with self._lock:
-            if self._stopped or self.spent_usd + self.held_usd + usd > self.budget_usd:
-                self._stopped = True
-                return None
-            self.reserved_usd += usd
-            self._calls += usd > 0
-        return Reservation(model, estimated_tokens, usd)
 
     async def reserve_call(
         self, model: str, estimated_tokens: int, *, share: float = 1.0
