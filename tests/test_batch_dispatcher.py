@@ -349,6 +349,9 @@ def test_the_batch_api_mode_without_the_sdk_says_how_to_install_it(monkeypatch):
           "gpt-4o", "--batch", "--no-cache"], "drop --no-cache"),
         (["--critic", "openai", "--base-url", "http://127.0.0.1:1/v1", "--critic-model",
           "gpt-4o", "--batch", "--batch-jobs", "0"], "--batch-jobs must be at least 1"),
+        (["--critic", "openai", "--base-url", "http://127.0.0.1:1/v1", "--critic-model",
+          "gpt-4o", "--batch", "--batch-queue-tokens", "0"],
+         "--batch-queue-tokens must be at least 1"),
     ],
 )  # fmt: skip
 def test_batch_flags_are_checked_first(tmp_path, capsys, flags, message):

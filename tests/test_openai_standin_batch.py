@@ -209,7 +209,13 @@ async def test_batch_validation_fails_the_batch_with_line_numbers():
         assert await _failed_with(s, [line("a", model="gpt-7")]) == [("model_not_found", None)]
         assert await _failed_with(s, [line(str(i)) for i in range(4)]) == [("too_many_tasks", None)]
         assert await _failed_with(s, ["", "  "]) == [("empty_file", None)]
-        big = line("big", max_tokens=200)  # 8 + 200 tokens queued: over the 100-token limit
+        # Only prompt tokens count ("no limits for output tokens"): a large max_tokens fits ...
+        fits = await start(s.client, [line("fits", max_tokens=10_000)])
+        s.standin.batches.tick()
+        assert (await s.client.batches.retrieve(fits.id)).status != "failed"
+        s.standin.advance(3600)
+        # ... a long prompt does not
+        big = {**line("big"), "body": {"model": "gpt-4o", "messages": user("word " * 200)}}
         assert await _failed_with(s, [big]) == [("token_limit_exceeded", None)]
 
 

@@ -244,6 +244,14 @@ def _add_batch_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--batch-poll-s", type=float, default=5.0, help="batch: first wait between polls"
     )
+    group.add_argument(
+        "--batch-queue-tokens",
+        type=int,
+        default=None,
+        help="batch: the models' batch queue limit (enqueued prompt tokens, from the API's "
+        "limits page): shards are cut to it and sent only while there is room (default: "
+        "learned from token_limit_exceeded refusals)",
+    )
 
 
 def _batch_options(args: argparse.Namespace, kind: str) -> Any:
@@ -257,7 +265,7 @@ def _batch_options(args: argparse.Namespace, kind: str) -> Any:
         raise ConfigError("--batch keeps its manifest and answers in the cache: drop --no-cache")
     return BatchOptions(
         mode=args.batch, max_jobs=args.batch_jobs, reasks=args.batch_reasks,
-        poll_s=args.batch_poll_s,
+        poll_s=args.batch_poll_s, queue_tokens=args.batch_queue_tokens,
     )  # fmt: skip
 
 

@@ -24,7 +24,9 @@ Sources:
   parseable as valid JSON."), duplicate_custom_id, url_mismatch, model_mismatch (one model per
   file), empty_file, too_many_tasks (stdapi-ai/stdapi.ai#240, llm-d/llm-d-batch-gateway#147,
   567-labs/instructor#1120 "missing required 'method'"); an enqueued-token limit fails it with
-  token_limit_exceeded.
+  token_limit_exceeded. The limit counts prompt tokens only: "Enqueued prompt tokens per model
+  ... There are no limits for output tokens" (the Batch guide's rate-limit section), summed
+  over the model's batches that are validating, in progress or finalizing.
 - [expiry] unfinished work when the 24-h window closes: the batch ends `expired`, finished lines
   keep their output, unfinished ones are error-file lines with code `batch_expired`
   (the Batch guide; BerriAI/litellm-docs#1571 restates it).
@@ -349,13 +351,13 @@ class BatchRunner:
                 params = self.engine.check(line.body)
             except APIError:
                 continue
-            tokens += params.parsed.prompt_tokens + (params.max_output or 0)
+            tokens += params.parsed.prompt_tokens
         batch.queued_tokens = tokens
         limit = self.timing.queue_tokens
         queued = sum(
             b.queued_tokens
             for b in self._batches.values()
-            if b is not batch and b.model == batch.model and b.status in ACTIVE[1:]
+            if b is not batch and b.model == batch.model and b.status in ACTIVE
         )
         if limit is not None and queued + tokens > limit:
             return [batch_error(

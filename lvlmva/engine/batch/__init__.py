@@ -6,6 +6,7 @@
 - `store`: the manifest (`BatchStore`: every step of every shard, every line's outcome).
 - `client`: Files and Batches on the official openai SDK (`BatchClient`).
 - `poller`: one shard from its recorded step to its end (`ShardPoller`), and its ingest.
+- `queue`: `QueueGate`, this run's share of each model's batch queue (enqueued tokens).
 - `ingest`: output and error lines (OpenAI's and vLLM's) as outcomes; answers into the cache.
 - `dispatcher`: `BatchDispatcher`, the engine's `Dispatcher` for all of it.
 - `progress`: the per-shard lines while waiting; `factory`: a dispatcher wired for a run.

@@ -31,7 +31,7 @@ from lvlmva.engine.batch.poller import ShardPoller, ingest_shard
 from lvlmva.engine.batch.progress import BatchReporter
 from lvlmva.engine.batch.shards import OpenShard, ShardWriter, batch_line
 from lvlmva.engine.batch.store import BatchStore, LineRecord, ShardRecord, Step, new_shard_id
-from lvlmva.engine.cost import CostMeter
+from lvlmva.engine.cost import CostMeter, estimate_prompt_tokens
 from lvlmva.engine.dispatch import Call, OnlineDispatcher
 from lvlmva.engine.errors import ProviderError
 from lvlmva.engine.types import ChatResponse
@@ -90,7 +90,7 @@ class BatchDispatcher:
         self._online = online
         self._cache = cache
         self._poller = ShardPoller(store, client, options, self.reporter) if client else None
-        self._writer = ShardWriter(max_lines=options.max_lines, max_bytes=options.max_bytes)
+        self._writer = self._new_writer()
         self._waiting: dict[str, _Waiter] = {}
         self._shard_tasks: dict[str, asyncio.Task[None]] = {}
         self._stored: OrderedDict[str, dict[str, LineOutcome]] = OrderedDict()
@@ -165,7 +165,10 @@ class BatchDispatcher:
                 "request body to put in a batch file"
             )
         line = batch_line(call.custom_id, body(call.request))
-        closed = self._writer.add(call.request.model, call.custom_id, call.step, line)
+        closed = self._writer.add(
+            call.request.model, call.custom_id, call.step, line,
+            estimate_prompt_tokens(call.request),
+        )  # fmt: skip
         if closed is not None:  # full: it leaves now, the rest at on_idle
             if self.options.mode == "files":
                 self._track(self._write_then_detach([closed], detach=False), closed.model)
@@ -225,20 +228,21 @@ class BatchDispatcher:
     def _record(self, shard: OpenShard) -> tuple[ShardRecord, list[str], bytes] | None:
         """The manifest record of a closed shard, without the lines nobody waits for."""
         keep = [
-            (cid, line)
-            for cid, line in zip(shard.custom_ids, shard.lines, strict=True)
+            (cid, line, tokens)
+            for cid, line, tokens in zip(shard.custom_ids, shard.lines, shard.tokens, strict=True)
             if cid in self._waiting and not self._waiting[cid].future.done()
         ]
         if not keep:
             return None
-        content = b"".join(line for _, line in keep)
+        content = b"".join(line for _, line, _ in keep)
         now = time.time()
         record = ShardRecord(
             id=new_shard_id(), endpoint=self.endpoint, model=shard.model,
             mode=self.options.mode, stages=shard.stage_names(), step=Step.WRITTEN,
             lines=len(keep), bytes=len(content), written_at=now, updated_at=now,
+            tokens=sum(tokens for _, _, tokens in keep),
         )  # fmt: skip
-        return record, [cid for cid, _ in keep], content
+        return record, [cid for cid, _, _ in keep], content
 
     def _start(self, shard: OpenShard) -> None:
         made = self._record(shard)
@@ -296,7 +300,7 @@ class BatchDispatcher:
             self._resubmit(record, again)
 
     def _resubmit(self, record: ShardRecord, waiters: list[_Waiter]) -> None:
-        writer = ShardWriter(max_lines=self.options.max_lines, max_bytes=self.options.max_bytes)
+        writer = self._new_writer()
         for waiter in waiters:
             call = waiter.call
             line = self.store.line(self.endpoint, call.custom_id)
@@ -310,12 +314,17 @@ class BatchDispatcher:
             closed = writer.add(
                 call.request.model, call.custom_id, call.step,
                 batch_line(call.custom_id, call.provider.body(call.request)),  # type: ignore[attr-defined]
+                estimate_prompt_tokens(call.request),
             )  # fmt: skip
             if closed is not None:
                 self._start(closed)
         for shard in writer.close_all():
             self.reporter.note(f"batch {record.id}: {len(shard)} requests go out again")
             self._start(shard)
+
+    def _new_writer(self) -> ShardWriter:
+        o = self.options
+        return ShardWriter(max_lines=o.max_lines, max_bytes=o.max_bytes, max_tokens=o.queue_tokens)
 
     def _fail_waiters(self, shard_id: str | None, error: BaseException) -> None:
         """Fail the calls waiting on `shard_id` (None: every waiting call)."""

@@ -43,6 +43,13 @@ class BatchOptions:
     - `max_lines` / `max_bytes`: the shard limits (the API's by default).
     - `max_submits`: how often one request is submitted (expired or failed lines are
       resubmitted) before its job fails with the last reason.
+    - `queue_tokens`: the model's batch queue limit (enqueued prompt tokens; the limits page
+      of the API's settings): shards are cut to it and created only while this run's queued
+      batches of the model leave room (`lvlmva.engine.batch.queue`). None: learned from
+      `token_limit_exceeded` refusals.
+    - `queue_waits`: how often a shard refused for a full queue, with none of this run's
+      batches of its model queued to end and make room, is created again after a wait
+      (growing from `longest_poll_s` to 30 times it) before its jobs fail.
     """
 
     mode: Literal["api", "files"] = "api"
@@ -54,6 +61,8 @@ class BatchOptions:
     max_lines: int = MAX_FILE_LINES
     max_bytes: int = MAX_FILE_BYTES
     max_submits: int = 3
+    queue_tokens: int | None = None
+    queue_waits: int = 8
 
     def __post_init__(self) -> None:
         if self.mode not in ("api", "files"):
@@ -73,10 +82,18 @@ class BatchOptions:
             raise ConfigError(f"max_bytes must be in 1..{MAX_FILE_BYTES}, got {self.max_bytes}")
         if self.max_submits < 1:
             raise ConfigError(f"max_submits must be at least 1, got {self.max_submits}")
+        if self.queue_tokens is not None and self.queue_tokens < 1:
+            raise ConfigError(f"--batch-queue-tokens must be at least 1, got {self.queue_tokens}")
+        if self.queue_waits < 0:
+            raise ConfigError(f"queue_waits must not be negative, got {self.queue_waits}")
 
     @property
     def longest_poll_s(self) -> float:
         return self.poll_max_s if self.poll_max_s is not None else 12 * self.poll_s
+
+    def queue_wait_s(self, waits: int) -> float:
+        """The wait before creating a shard again after its `waits`-th full-queue refusal."""
+        return min(30.0, 2.0 ** (waits - 1)) * self.longest_poll_s
 
     def next_poll_s(self, wait: float) -> float:
         """The wait after one of `wait` seconds that saw no change."""

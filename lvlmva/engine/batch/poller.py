@@ -9,10 +9,13 @@ two batches. Transient errors are retried with the poll backoff (`MAX_TRANSIENT`
 a permanent one (401, 403, 400, exhausted quota) is raised at once, leaving the manifest at
 the last step done, so a later run resumes there.
 
-A batch that failed validation because the model's enqueued-token limit was reached is
-created again from the same file after a wait (up to `max_submits` times); one that failed
-for another reason fails its lines with the API's errors. Lines missing from both files (a
-cancelled batch's lines that never ran) are `retry`.
+A shard is created only when its model's batch queue has room for it (`QueueGate`, see
+`lvlmva.engine.batch.queue`). A batch that failed validation because the queue was full
+(`token_limit_exceeded`) is created again from the same file: once enough of this run's other
+batches of the model have ended, or, when none is queued, after a growing wait (up to
+`queue_waits` times, then its lines fail saying what to do). One that failed for another
+reason fails its lines with the API's errors. Lines missing from both files (a cancelled
+batch's lines that never ran) are `retry`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from lvlmva.engine.batch.client import BatchClient, BatchInfo
 from lvlmva.engine.batch.ingest import LineOutcome, read_outcomes, store_answers
 from lvlmva.engine.batch.options import BatchOptions
 from lvlmva.engine.batch.progress import BatchReporter
+from lvlmva.engine.batch.queue import QueueGate
 from lvlmva.engine.batch.store import BatchStore, ShardRecord, Step
 from lvlmva.engine.errors import BadRequest, ProviderError, ServerError
 
@@ -55,10 +59,20 @@ class ShardPoller:
         self.options = options
         self.reporter = reporter
         self._sleep = sleep
+        self.queue = QueueGate(options.queue_tokens)
         self._creates: dict[str, int] = {}  # shard id -> creates tried in this process
+        self._queue_waits: dict[str, int] = {}  # shard id -> full-queue waits with none queued
 
     async def run(self, record: ShardRecord) -> ShardRecord:
         """Take `record` to `downloaded` (or return it as it is once ingested)."""
+        if record.step in (Step.CREATING, Step.CREATED, Step.POLLED):
+            self.queue.hold(record.model, record.id, record.tokens)  # a resumed batch
+        try:
+            return await self._steps(record)
+        finally:
+            self.queue.leave(record.model, record.id)
+
+    async def _steps(self, record: ShardRecord) -> ShardRecord:
         while True:
             step = record.step
             if step in (Step.DOWNLOADED, Step.INGESTED):
@@ -89,6 +103,7 @@ class ShardPoller:
 
     async def _create(self, record: ShardRecord) -> ShardRecord:
         assert record.file_id is not None
+        await self._admit(record)
         tries = self._creates[record.id] = self._creates.get(record.id, 0) + 1
         record = self.store.advance(record, step=Step.CREATING)
         try:
@@ -97,6 +112,7 @@ class ShardPoller:
             if not exc.retryable:
                 # Refused for sure: nothing was created. Back to `uploaded`.
                 self.store.advance(record, step=Step.UPLOADED)
+                self.queue.leave(record.model, record.id)
                 raise
             if tries >= MAX_TRANSIENT:
                 raise  # still `creating`: a later run looks the batch up first
@@ -104,6 +120,17 @@ class ShardPoller:
             await self._sleep(self.options.poll_s)
             return record  # still `creating`: the next step looks it up first
         return self._created(record, info)
+
+    async def _admit(self, record: ShardRecord) -> None:
+        """Wait until the model's batch queue has room for the shard."""
+        queue = self.queue
+        if not queue.fits(record.model, record.tokens):
+            self.reporter.note(
+                f"batch {record.id}: waits for room in the batch queue of {record.model} "
+                f"(this run holds {queue.held(record.model):,} of "
+                f"{queue.capacity(record.model):,} prompt tokens; it needs {record.tokens:,})"
+            )
+        await queue.enter(record.model, record.id, record.tokens)
 
     async def _adopt_or_create(self, record: ShardRecord) -> ShardRecord:
         """A create was sent and its answer never recorded: find that batch, else create."""
@@ -150,24 +177,56 @@ class ShardPoller:
             wait = self.options.next_poll_s(wait)
 
     async def _finished(self, record: ShardRecord, info: BatchInfo) -> ShardRecord:
-        queue_full = info.status == "failed" and QUEUE_FULL in info.error_codes
-        if queue_full and record.submits < self.options.max_submits:
-            pause = self.options.longest_poll_s * 2 ** (record.submits - 1)
-            self.reporter.note(f"batch {record.id}: the model's batch queue is full; "
-                               f"submitting it again in {pause:.0f} s")  # fmt: skip
-            await self._sleep(pause)
-            return self.store.advance(record, step=Step.UPLOADED, batch_id=None)
+        self.queue.leave(record.model, record.id)
+        error = "; ".join(info.errors)[:2000] or None
+        if info.status == "failed" and QUEUE_FULL in info.error_codes:
+            again = await self._queue_full(record)
+            if again:
+                return self.store.advance(record, step=Step.UPLOADED, batch_id=None)
+            error = self._queue_full_error(record)
         files = {}
         for kind, file_id in (("output", info.output_file_id), ("errors", info.error_file_id)):
             if file_id:
                 files[kind] = await self._patiently(lambda f=file_id: self.client.download(f))
         for kind, content in files.items():
             self.store.write_file(record.id, kind, content)
-        error = "; ".join(info.errors)[:2000] or None
         return self._progress(
             record, info, Step.DOWNLOADED, output_file_id=info.output_file_id,
             error_file_id=info.error_file_id, error=error,
         )  # fmt: skip
+
+    async def _queue_full(self, record: ShardRecord) -> bool:
+        """The batch was refused for a full queue: whether to create it again (its create
+        then waits in `_admit` for room), after a wait when no batch of this run can end to
+        make room."""
+        others = self.queue.refused(record.model, record.id)
+        if others:
+            self.reporter.note(
+                f"batch {record.id}: the batch queue of {record.model} is full; it is created "
+                f"again once this run's other batches leave room (they hold {others:,} prompt "
+                "tokens)"
+            )
+            return True
+        waits = self._queue_waits[record.id] = self._queue_waits.get(record.id, 0) + 1
+        if waits > self.options.queue_waits:
+            return False
+        pause = self.options.queue_wait_s(waits)
+        self.reporter.note(f"batch {record.id}: the batch queue of {record.model} is full with "
+                           f"none of this run's batches in it; creating it again in "
+                           f"{pause:.0f} s")  # fmt: skip
+        await self._sleep(pause)
+        return True
+
+    def _queue_full_error(self, record: ShardRecord) -> str:
+        waits = self._queue_waits.get(record.id, 0) - 1
+        return (
+            f"token_limit_exceeded: the batch queue of {record.model} stayed full over {waits} "
+            f"waits with none of this run's batches in it. Either other batches of the "
+            f"organisation fill it (rerun later: nothing is lost), or this shard's ~"
+            f"{record.tokens:,} prompt tokens are more than the model's batch queue limit: pass "
+            "--batch-queue-tokens with the limit from the API's limits page, and shards are cut "
+            "to fit"
+        )
 
     def _progress(
         self, record: ShardRecord, info: BatchInfo, step: Step, **changes: Any

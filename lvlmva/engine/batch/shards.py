@@ -4,7 +4,8 @@ A line is the Batch API's `BatchRequestInput` (openai/openai-openapi: `custom_id
 "POST", `url`, `body`); its `body` is the provider's synchronous request body, byte for byte
 (`OpenAICompatibleProvider.body`), so a line and a synchronous call are one request with one
 cache key. Shards are kept per model (a batch input file takes one model) and closed when the
-next line would pass `max_lines` or `max_bytes`, or when the engine has nothing more to offer.
+next line would pass `max_lines`, `max_bytes` or `max_tokens` (estimated prompt tokens: the
+batch queue's unit, `lvlmva.engine.batch.queue`), or when the engine has nothing more to offer.
 """
 
 from __future__ import annotations
@@ -32,13 +33,17 @@ class OpenShard:
     custom_ids: list[str] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
     stages: set[str] = field(default_factory=set)
+    tokens: list[int] = field(default_factory=list)  # estimated prompt tokens per line
     size: int = 0
+    total_tokens: int = 0
 
-    def add(self, custom_id: str, stage: str, line: bytes) -> None:
+    def add(self, custom_id: str, stage: str, line: bytes, tokens: int = 0) -> None:
         self.custom_ids.append(custom_id)
         self.lines.append(line)
         self.stages.add(stage)
+        self.tokens.append(tokens)
         self.size += len(line)
+        self.total_tokens += tokens
 
     def content(self) -> bytes:
         return b"".join(self.lines)
@@ -53,29 +58,41 @@ class OpenShard:
 class ShardWriter:
     """Collects lines into one open shard per model."""
 
-    def __init__(self, *, max_lines: int, max_bytes: int) -> None:
+    def __init__(self, *, max_lines: int, max_bytes: int, max_tokens: int | None = None) -> None:
         self.max_lines = max_lines
         self.max_bytes = max_bytes
+        self.max_tokens = max_tokens
         self._open: dict[str, OpenShard] = {}
 
-    def add(self, model: str, custom_id: str, stage: str, line: bytes) -> OpenShard | None:
-        """Take `line` in; returns the model's shard it closed to make room, if any. A line
-        larger than a whole file is a `BadRequest` (no batch can carry it)."""
+    def add(
+        self, model: str, custom_id: str, stage: str, line: bytes, tokens: int = 0
+    ) -> OpenShard | None:
+        """Take `line` (of `tokens` estimated prompt tokens) in; returns the model's shard it
+        closed to make room, if any. A line larger than a whole file, or than the batch queue,
+        is a `BadRequest` (no batch can carry it)."""
         if len(line) > self.max_bytes:
             raise BadRequest(
                 f"{stage}: the request is {len(line):,} bytes, more than a batch input file "
                 f"may hold ({self.max_bytes:,}); send it synchronously (without --batch)"
             )
+        if self.max_tokens is not None and tokens > self.max_tokens:
+            raise BadRequest(
+                f"{stage}: the request has about {tokens:,} prompt tokens, more than the batch "
+                f"queue of {model} holds (--batch-queue-tokens {self.max_tokens:,}); send it "
+                "synchronously (without --batch)"
+            )
         shard = self._open.get(model)
         closed = None
         if shard is not None and (
-            len(shard) >= self.max_lines or shard.size + len(line) > self.max_bytes
+            len(shard) >= self.max_lines
+            or shard.size + len(line) > self.max_bytes
+            or (self.max_tokens is not None and shard.total_tokens + tokens > self.max_tokens)
         ):
             closed = self._open.pop(model)
             shard = None
         if shard is None:
             shard = self._open[model] = OpenShard(model)
-        shard.add(custom_id, stage, line)
+        shard.add(custom_id, stage, line, tokens)
         return closed
 
     def close_all(self) -> list[OpenShard]:

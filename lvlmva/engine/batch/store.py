@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS shards (
     written_at REAL NOT NULL, updated_at REAL NOT NULL, file_id TEXT, batch_id TEXT,
     status TEXT, completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
     expires_at REAL, output_file_id TEXT, error_file_id TEXT, uploaded_at REAL,
-    submits INTEGER NOT NULL DEFAULT 0, error TEXT
+    submits INTEGER NOT NULL DEFAULT 0, error TEXT, tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS lines (
     endpoint TEXT NOT NULL, custom_id TEXT NOT NULL, shard TEXT NOT NULL, outcome TEXT,
@@ -94,6 +94,7 @@ class ShardRecord:
     uploaded_at: float | None = None  # the input file's creation time, on the API's clock
     submits: int = 0
     error: str | None = None
+    tokens: int = 0  # estimated prompt tokens of its lines (what the batch queue counts)
 
     @property
     def finished(self) -> bool:
@@ -158,6 +159,7 @@ class BatchStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
             self._db.executescript(_SCHEMA)
+            _add_missing_columns(self._db)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"cannot open the batch manifest in {self.root}: {exc}; pass a writable "
@@ -342,6 +344,13 @@ class BatchStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a manifest written by an earlier version up to the schema (columns only added)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(shards)")}
+    if "tokens" not in have:
+        db.execute("ALTER TABLE shards ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0")
 
 
 def _column(value: Any) -> Any:
