@@ -325,6 +325,7 @@ class Engine:
             )  # fmt: skip
         finally:
             self._budget.step_ended(held, "critic")
+        self.stats.answered(request.model, answer.model)
         return answer.text
 
     async def _judge(self, job: CritiqueJob, critique: str, held: JobHold) -> dict[str, bool]:
@@ -379,12 +380,13 @@ class Engine:
 
         self._budget.step_started(held, step)
         try:
-            _, verdicts = await self._answer(
+            answer, verdicts = await self._answer(
                 key, ask, ledger, encode=lambda found: answer_entry(found[0]), decode=decode,
                 tag=self._tag(provider, request),
             )  # fmt: skip
         finally:
             self._budget.step_ended(held, step)
+        self.stats.answered(request.model, answer.model)
         return dict(verdicts)  # a copy: identical jobs in flight share the parsed answer
 
     async def _complete(self, call: Call, held: JobHold) -> ChatResponse:

@@ -116,6 +116,20 @@ class EngineStats(TallyView):
     not_run: int = 0
     elapsed: float = 0.0  # seconds spent inside `run`
     ledger: Ledger = field(default_factory=Ledger, repr=False)  # where jobs book
+    # (model asked for, model the answer names) -> answers used, cached or new
+    served: Counter[tuple[str, str]] = field(default_factory=Counter, repr=False)
+
+    def answered(self, requested: str, served: str) -> None:
+        """An answer to a request for `requested` was used; `served` is the model it names
+        (an alias answers as its dated snapshot: gpt-4o as gpt-4o-2024-08-06)."""
+        self.served[(requested, served or requested)] += 1
+
+    def snapshots(self) -> dict[str, dict[str, int]]:
+        """The models that answered, per model asked for (answers used, cached or new)."""
+        found: dict[str, dict[str, int]] = {}
+        for (requested, served), n in sorted(self.served.items()):
+            found.setdefault(requested, {})[served] = n
+        return found
 
     @property
     def tally(self) -> Tally:

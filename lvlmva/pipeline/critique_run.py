@@ -69,7 +69,7 @@ class CritiqueRunResult:
             f"critique run {self.path}: {self.requested} samples asked for, {self.skipped} "
             f"already stored, now {done}; LVLM calls {t.provider_calls}, answers reused "
             f"{t.reused}, cost ${t.cost_usd:.4f}"
-        )
+        ) + (f"\nWARNING: {self.counts.snapshot_warning}" if self.counts.snapshot_warning else "")
 
 
 def file_sha256(path: str | Path) -> str:

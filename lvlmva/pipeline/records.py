@@ -83,18 +83,39 @@ class SampleRecord:
 class CritiqueCounts:
     """A run's critique totals: the engine's `Tally` (calls, answers reused, tokens, cost),
     the jobs that failed or were not run, the samples never critiqued because the run stopped
-    (`not_pulled`), and why it stopped early (`stopped`: the breaker's one line, or None)."""
+    (`not_pulled`), why it stopped early (`stopped`: the breaker's one line, or None), and the
+    models that answered per model asked for (`served`, answers used, cached or new)."""
 
     tally: Tally = field(default_factory=Tally)
     failed: int = 0
     not_run: int = 0
     not_pulled: int = 0
     stopped: str | None = None
+    served: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def from_engine(cls, stats: Any, **more: Any) -> CritiqueCounts:
         """From `Engine.stats`, the one place the counters are summed."""
-        return cls(stats.tally, stats.failed, stats.not_run, **more)
+        return cls(stats.tally, stats.failed, stats.not_run, served=stats.snapshots(), **more)
+
+    @property
+    def snapshot_warning(self) -> str | None:
+        """A warning when the answers to one model name came from several models: an alias
+        (gpt-4o) moved to a new snapshot between the cached answers and the new ones, so one
+        run mixes two critics. None when every name was answered by one model."""
+        mixed = {asked: found for asked, found in self.served.items() if len(found) > 1}
+        if not mixed:
+            return None
+        parts = []
+        for asked, found in mixed.items():
+            named = ", ".join(f"{model}: {n}" for model, n in found.items())
+            parts.append(f"{asked} by {len(found)} models ({named})")
+        newest = max(next(iter(mixed.values())))
+        return (
+            "the answers to " + "; ".join(parts) + " (the alias moved while answers were "
+            f"cached); pin a dated snapshot (e.g. --critic-model {newest}) or use a fresh "
+            "--cache-dir so that one model answers every image"
+        )
 
 
 def critique_metrics(samples: list[SampleRecord], counts: CritiqueCounts) -> dict[str, Any]:
@@ -117,6 +138,8 @@ def critique_metrics(samples: list[SampleRecord], counts: CritiqueCounts) -> dic
         "stopped": counts.stopped,
         "cached_prompt_tokens": counts.tally.usage.cached_tokens,
         "reasoning_tokens": counts.tally.usage.reasoning_tokens,
+        "served_models": counts.served,
+        "snapshot_warning": counts.snapshot_warning,
     }
 
 
@@ -229,4 +252,6 @@ class AlignResult:
             lines.append(self.selection.describe())
         if self.robust.get("warning"):
             lines.append(f"WARNING: {self.robust['warning']}")
+        if self.counts.snapshot_warning:
+            lines.append(f"WARNING: {self.counts.snapshot_warning}")
         return "\n".join(lines)

@@ -104,7 +104,8 @@ class ChatEngine:
             raise model_not_found(model)
         if found[0] is not CUSTOM and not self.settings.serve_openai_models:
             raise model_not_found(model)
-        return found
+        moved = self.faults.moved_aliases.get(model)
+        return (found[0], moved) if moved else found
 
     def check(self, body: Any) -> ChatParams:
         """Model lookup, body rules and the context window: the checks a batch line and a

@@ -5,7 +5,9 @@ Each fault imitates something the API does: a revoked key (401 `invalid_api_key`
 quota (429 `insufficient_quota`), a model the account cannot see (404 `model_not_found`),
 transient 429s and 500s, a hung request, answers cut at the token limit (`finish_reason`
 `length`), withheld by the content filter (`content_filter`, content null) or refused
-(`message.refusal`), and bodies larger than a client expects (valid JSON padded with spaces).
+(`message.refusal`), bodies larger than a client expects (valid JSON padded with spaces), and
+an alias moved to a new snapshot (`moved_aliases`: `gpt-4o` answers as another dated model, as
+it does when OpenAI points the alias at a new release).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lvlmva.errors import ConfigError
@@ -49,6 +51,7 @@ class Faults(TransportRates):
     oversize_bytes: int = 8 * 1024 * 1024
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
+    moved_aliases: Mapping[str, str] = field(default_factory=dict)  # alias -> model it answers as
 
     def __post_init__(self) -> None:
         check_shares(
