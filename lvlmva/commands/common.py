@@ -136,13 +136,11 @@ def train_original(
 ) -> Any:
     """The original model: `arch` built from weights drawn under `seed` (whatever the global
     random state) and trained normally on the training split."""
-    import torch
-
     from lvlmva.vision.models import build_model
+    from lvlmva.vision.seeding import seeded
     from lvlmva.vision.training import train_classifier
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = build_model(arch, splits.info)
     print(f"Training the original {arch} on {splits.info.name} for {epochs} epochs", flush=True)
     train_classifier(

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
 from lvlmva.vision.modes import eval_mode, on_device
+from lvlmva.vision.seeding import seeded
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -75,8 +76,7 @@ def worst_group_accuracy(pred: Tensor | np.ndarray, labels: Tensor, groups: Tens
 
 def _build(model_fn: ModelFactory, seed: int) -> nn.Module:
     """A fresh model from `model_fn`, its initial weights seeded, the global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return model_fn()
 
 

@@ -19,6 +19,7 @@ from torchvision.models import resnet18, resnet50
 from lvlmva.errors import ConfigError
 from lvlmva.vision.datasets.base import DatasetInfo
 from lvlmva.vision.deeplift_safety import make_deeplift_safe
+from lvlmva.vision.seeding import seeded
 
 ARCHS = ("mlp", "resnet18", "resnet50")
 MLP_HIDDEN = 256
@@ -95,8 +96,7 @@ def reinitialize(model: nn.Module, *, seed: int | None = None) -> None:
     was; without, they come from that global state.
     """
     if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed, next((p.device for p in model.parameters()), None)):
             reinitialize(model)
         return
     for module in model.modules():

@@ -35,6 +35,7 @@ from lvlmva.vision.datasets.base import DatasetInfo, ShortcutDataset
 from lvlmva.vision.modes import eval_mode
 from lvlmva.vision.rrr_loss import UNKNOWN_LABEL, step_terms
 from lvlmva.vision.rrr_loss import rrr_penalty as rrr_penalty  # re-exported
+from lvlmva.vision.seeding import seeded
 
 
 @dataclass(frozen=True)
@@ -278,8 +279,7 @@ class RRRTrainer:
         try:
             if not self._wait_for_pool(pool):
                 return self
-            with torch.random.fork_rng(devices=_cuda_devices(device)):
-                torch.manual_seed(self.seed)
+            with seeded(self.seed, device):
                 self._train(model, train, pool, val, device)
         finally:
             self._stop.clear()
@@ -414,12 +414,6 @@ class RRRTrainer:
 def epoch_bar(steps: int, desc: str, show: bool) -> Any:
     """A progress bar over the `steps` steps of one epoch that clears itself when done."""
     return progress_bar(range(steps), desc=desc, disable=not show, leave=False)
-
-
-def _cuda_devices(device: torch.device) -> list[int]:
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 @dataclass(frozen=True)

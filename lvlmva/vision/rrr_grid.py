@@ -31,11 +31,11 @@ from lvlmva.vision.datasets.base import ShortcutDataset
 from lvlmva.vision.rrr import (
     RRRHistory,
     RRRTrainer,
-    _cuda_devices,
     epoch_bar,
     rrr_penalty,
 )
 from lvlmva.vision.schedule import ScheduledPool
+from lvlmva.vision.seeding import seeded
 
 __all__ = ["GridMember", "LambdaGridTrainer", "RRRSettings", "penalty_scale"]
 
@@ -149,8 +149,7 @@ class LambdaGridTrainer:
             else:
                 grid = [(lam, None) for lam in self.lams]
             self.members_ = [GridMember(lam, s, copy.deepcopy(start)) for lam, s in grid]
-            with torch.random.fork_rng(devices=_cuda_devices(self.device)):
-                torch.manual_seed(self.settings.seed)
+            with seeded(self.settings.seed, self.device):
                 self._train(train, pool)
         finally:
             self._stop.clear()

@@ -16,6 +16,7 @@ from lvlmva.errors import DataError
 from lvlmva.progress import progress_bar
 from lvlmva.vision.datasets.base import ShortcutDataset
 from lvlmva.vision.modes import eval_mode, on_device
+from lvlmva.vision.seeding import seeded
 
 _MAX_DEVICE_COPY = 1 << 30  # datasets up to 1 GiB are copied to an accelerator once
 
@@ -52,10 +53,6 @@ def _as_weights(sample_weight: Sequence[float] | np.ndarray | Tensor, n: int) ->
     if weights.sum() <= 0:
         raise ValueError("sample_weight sums to zero: no sample would be learned from")
     return weights
-
-
-def _rng_devices(device: torch.device) -> list[int]:
-    return [device.index or 0] if device.type == "cuda" else []
 
 
 def train_classifier(
@@ -99,8 +96,7 @@ def train_classifier(
     bar = progress_bar(
         total=epochs * n_batches, desc="training", unit="batch", disable=not progress
     )
-    with torch.random.fork_rng(devices=_rng_devices(device)):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         model.train()
         try:
             for epoch in range(epochs):
