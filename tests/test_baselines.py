@@ -92,6 +92,24 @@ def test_dfr_folds_standardisation_into_the_layer():
     assert torch.allclose(logits.sum(1), torch.zeros(len(logits)), atol=1e-4)
 
 
+def test_dfr_tunes_c_on_half_of_validation_then_fits_the_head_on_all_of_it(monkeypatch):
+    splits = _feature_splits()
+    seen = []
+    fit = baselines._fit_dfr_head
+
+    def recording(features, labels, groups, c, *args):
+        seen.append((len(labels), c))
+        return fit(features, labels, groups, c, *args)
+
+    monkeypatch.setattr(baselines, "_fit_dfr_head", recording)
+    result = baselines.dfr(_spurious_model(), splits, cs=(1.0, 0.1), n_resamples=2, seed=0)
+    n_val = len(splits.val)
+    assert [n for n, _ in seen[:2]] == [result.params["n_tune"]] * 2
+    assert result.params["n_tune"] < n_val
+    assert seen[2] == (n_val, result.params["C"]) and result.params["n_fit"] == n_val
+    assert result.fits == 6
+
+
 def test_penultimate_features_are_the_last_linear_input():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     x = torch.randn(5, 1, 2, 2)
@@ -204,7 +222,8 @@ def test_cli_dfr_on_a_given_model_with_corruptions(tmp_path):
     assert set(metrics["corruptions"]["before"]["drop"]) == {"gamma", "defocus", "contrast"}
     assert not (out / "original.pt").exists()  # the given model was used, not retrained
     fits = metrics["convergence"]
-    assert fits["fits"] == 4 and 0 <= fits["not_converged"] <= 4 and fits["max_iter"] > 0
+    # two C values tuned on half of the validation split, then the chosen one on all of it
+    assert fits["fits"] == 6 and 0 <= fits["not_converged"] <= 6 and fits["max_iter"] > 0
     report = (out / "report.html").read_text()
     assert "DFR" in report and "worst-group accuracy" in report and "group:" in report
 

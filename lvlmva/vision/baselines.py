@@ -220,8 +220,10 @@ def dfr(
     The validation split is cut into two halves with every group in both. Features (inputs of
     the last linear layer) are standardised with the first half's statistics; for each C in
     `cs`, `n_resamples` L1 logistic regressions on group-balanced resamples of the first half are
-    averaged and scored by worst-group accuracy on the second half. The best C's head, folded
-    back through the standardisation, replaces the last linear layer.
+    averaged and scored by worst-group accuracy on the second half. With the best C, the head
+    is fitted again on the whole validation split (standardised with its statistics,
+    `n_resamples` group-balanced resamples averaged), as DFR's evaluation does once C is tuned;
+    folded back through the standardisation, it replaces the last linear layer.
     """
     started = time.perf_counter()
     if not cs:
@@ -265,7 +267,12 @@ def dfr(
         if best is None or wga > best[0]:
             best = (wga, float(c), w, b)
     assert best is not None
-    _, c_best, w, b = best
+    c_best = best[1]
+    mean, scale = feats.mean(axis=0), feats.std(axis=0) + 1e-6
+    w, b, missed = _fit_dfr_head(
+        (feats - mean) / scale, labels, groups, c_best, num_classes, n_resamples, generator, seed
+    )
+    not_converged += missed
 
     out = copy.deepcopy(model).cpu()
     name, layer = last_linear(out)
@@ -279,10 +286,12 @@ def dfr(
     return BaselineResult(
         model=out.to(device),
         method="dfr",
-        params={"C": c_best, "n_resamples": n_resamples, "n_fit": len(fit_idx)},
+        params={
+            "C": c_best, "n_resamples": n_resamples, "n_tune": len(fit_idx), "n_fit": len(val)
+        },
         val_wga=scores,
         seconds=time.perf_counter() - started,
-        fits=len(cs) * n_resamples,
+        fits=(len(cs) + 1) * n_resamples,
         not_converged=not_converged,
     )
 
