@@ -337,6 +337,21 @@ def test_search_lambda_auto_skips_groups_that_follow_the_class():
     assert result.scores[0.0] == result.metrics[0.0].test_accuracy
 
 
+def test_search_lambda_scores_only_groups_large_enough_to_count():
+    """Two mislabelled images in a group of their own would set WGA to 0 for every lambda;
+    the search scores the groups of at least 30 samples, as align's model check does."""
+    train, val = _decoy_data(256, 0, True), _decoy_data(256, 3, False)
+    noisy = ShortcutDataset(
+        torch.cat([val.images, val.images[:2]]),
+        torch.cat([val.labels, 1 - val.labels[:2]]),
+        torch.cat([val.groups, torch.full((2,), 9)]),
+    )
+    result = search_lambda(_mlp, train, _pool(train, 64), noisy, grid=(0.0, 100.0), **DECOY)
+    assert result.criterion == "wga"
+    assert result.metrics[100.0].wga == 0.0  # the tiny group, every image wrong
+    assert result.scores[100.0] > result.scores[0.0] + 0.2 and result.best_lambda == 100.0
+
+
 # --- batch norm ----------------------------------------------------------------------------
 
 

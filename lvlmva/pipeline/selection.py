@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from lvlmva.pipeline.masking import CritiquedSample, RobustMasks
 from lvlmva.pipeline.options import CritiqueOptions
 from lvlmva.vision.datasets.base import DatasetSplits, ShortcutDataset
-from lvlmva.vision.metrics import MIN_GROUP, predict_labels, usable_groups
+from lvlmva.vision.metrics import MIN_GROUP, predict_labels, usable_groups, worst_of_groups
 
 __all__ = [
     "MIN_GROUP",
@@ -133,10 +133,11 @@ def criterion_score(
     device: torch.device,
 ) -> float:
     """The criterion's score of `model` on `split` (accuracy, or WGA over `groups`)."""
-    correct = predict_labels(model, split.images, device=device).eq(split.labels)
+    correct = predict_labels(model, split.images, device=device).eq(split.labels.cpu())
     if name != "wga":
         return float(correct.float().mean())
-    return min(float(correct[split.groups == g].float().mean()) for g in groups)
+    assert split.groups is not None
+    return worst_of_groups(correct, split.groups, groups)
 
 
 @dataclass(frozen=True)

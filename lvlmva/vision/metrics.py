@@ -80,6 +80,14 @@ def evaluate(
     return Metrics(accuracy, per_group, sum(values) / len(values), min(values), len(dataset))
 
 
+def worst_of_groups(correct: Tensor, groups: Tensor, ids: Sequence[int]) -> float:
+    """The lowest accuracy over the groups `ids`, from per-sample `correct` flags."""
+    if not ids:
+        raise ValueError("no groups to score")
+    groups = groups.cpu()
+    return min(float(correct[groups == g].float().mean()) for g in ids)
+
+
 def usable_groups(dataset: ShortcutDataset, min_group: int = MIN_GROUP) -> list[int]:
     """Group ids whose worst-group accuracy can reveal a shortcut: the groups of at least
     `min_group` samples, when some class has two or more of them; else [] (also without

@@ -441,13 +441,16 @@ def search_lambda(
     and pick the lambda with the best validation score: accuracy, or worst-group accuracy
     (`"auto"` uses WGA when `val` has groups that can reveal a shortcut,
     `lvlmva.vision.metrics.usable_groups`: not groups that follow the class one to one, whose
-    accuracy the shortcut earns). Ties go to the smaller lambda."""
-    from lvlmva.vision.metrics import evaluate, usable_groups
+    accuracy the shortcut earns). WGA is taken over those usable groups (large enough for
+    their accuracy to mean something; `align`'s model check scores the same ones), over every
+    group when there are none. Ties go to the smaller lambda."""
+    from lvlmva.vision.metrics import evaluate, predict_labels, usable_groups, worst_of_groups
 
     if not grid:
         raise ConfigError("the lambda grid is empty; give at least one value")
+    usable = usable_groups(val)
     if criterion == "auto":
-        criterion = "wga" if usable_groups(val) else "accuracy"
+        criterion = "wga" if usable else "accuracy"
     if criterion not in ("accuracy", "wga"):
         raise ConfigError(f"unknown lambda criterion {criterion!r}; use 'accuracy' or 'wga'")
     if criterion == "wga" and val.groups is None:
@@ -459,6 +462,11 @@ def search_lambda(
         trainer = RRRTrainer(make_model(), lam=lam, info=info, **trainer_kwargs).fit(train, pool)
         m = evaluate(trainer.model_, val, info, device=device)
         metrics[lam] = m
-        scores[lam] = m.test_accuracy if criterion == "accuracy" else float(m.wga)
+        if criterion == "accuracy" or not usable:
+            scores[lam] = m.test_accuracy if criterion == "accuracy" else float(m.wga)
+        else:
+            assert val.groups is not None
+            correct = predict_labels(trainer.model_, val.images, device=device).eq(val.labels.cpu())
+            scores[lam] = worst_of_groups(correct, val.groups, usable)
     best = max(scores, key=lambda lam: (scores[lam], -lam))
     return LambdaSearchResult(best, scores, criterion, metrics)
