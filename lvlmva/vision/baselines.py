@@ -205,6 +205,41 @@ def _fit_dfr_head(
     return weights, biases, not_converged
 
 
+def _tune_dfr_c(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    groups: Tensor,
+    cs: Sequence[float],
+    num_classes: int,
+    n_resamples: int,
+    generator: torch.Generator,
+    seed: int,
+) -> tuple[float, dict[str, float], int, int]:
+    """DFR's C: heads fitted on one half of the validation split (standardised with its
+    statistics) and scored by WGA on the other. Returns the best C, the score per C, the size
+    of the fitting half and how many fits did not converge."""
+    fit_idx, select_idx = _halves(groups, generator)
+    mean = feats[fit_idx].mean(axis=0)
+    scale = feats[fit_idx].std(axis=0) + 1e-6
+    z = (feats - mean) / scale
+    scores: dict[str, float] = {}
+    best: tuple[float, float] | None = None
+    not_converged = 0
+    for c in cs:
+        w, b, missed = _fit_dfr_head(
+            z[fit_idx], labels[fit_idx], groups[fit_idx], float(c), num_classes, n_resamples,
+            generator, seed,
+        )  # fmt: skip
+        not_converged += missed
+        pred = (z[select_idx] @ w.T + b).argmax(axis=1)
+        wga = worst_group_accuracy(pred, torch.as_tensor(labels[select_idx]), groups[select_idx])
+        scores[f"C={c:g}"] = wga
+        if best is None or wga > best[0]:
+            best = (wga, float(c))
+    assert best is not None
+    return best[1], scores, len(fit_idx), not_converged
+
+
 def dfr(
     model: nn.Module,
     splits: DatasetSplits,
@@ -238,36 +273,12 @@ def dfr(
             f"{len(val)} images in {len(torch.unique(groups))} group(s)"
         )
     generator = torch.Generator().manual_seed(seed)
-    fit_idx, select_idx = _halves(groups, generator)
     feats = penultimate_features(model, val.images, batch_size=batch_size, device=device).numpy()
     labels = val.labels.long().cpu().numpy()
-    mean = feats[fit_idx].mean(axis=0)
-    scale = feats[fit_idx].std(axis=0) + 1e-6
-    z = (feats - mean) / scale
     num_classes = splits.info.num_classes
-
-    scores: dict[str, float] = {}
-    best: tuple[float, float, np.ndarray, np.ndarray] | None = None
-    not_converged = 0
-    for c in cs:
-        w, b, missed = _fit_dfr_head(
-            z[fit_idx],
-            labels[fit_idx],
-            groups[fit_idx],
-            float(c),
-            num_classes,
-            n_resamples,
-            generator,
-            seed,
-        )
-        not_converged += missed
-        pred = (z[select_idx] @ w.T + b).argmax(axis=1)
-        wga = worst_group_accuracy(pred, val.labels[select_idx], groups[select_idx])
-        scores[f"C={c:g}"] = wga
-        if best is None or wga > best[0]:
-            best = (wga, float(c), w, b)
-    assert best is not None
-    c_best = best[1]
+    c_best, scores, n_tune, not_converged = _tune_dfr_c(
+        feats, labels, groups, cs, num_classes, n_resamples, generator, seed
+    )
     mean, scale = feats.mean(axis=0), feats.std(axis=0) + 1e-6
     w, b, missed = _fit_dfr_head(
         (feats - mean) / scale, labels, groups, c_best, num_classes, n_resamples, generator, seed
@@ -287,7 +298,7 @@ def dfr(
         model=out.to(device),
         method="dfr",
         params={
-            "C": c_best, "n_resamples": n_resamples, "n_tune": len(fit_idx), "n_fit": len(val)
+            "C": c_best, "n_resamples": n_resamples, "n_tune": n_tune, "n_fit": len(val)
         },
         val_wga=scores,
         seconds=time.perf_counter() - started,
