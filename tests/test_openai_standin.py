@@ -159,6 +159,27 @@ async def test_our_simulated_names_behave_like_a_non_reasoning_model():
         assert listed[0] == "simulated" and "gpt-5" in listed and "o4-mini" in listed
 
 
+async def test_a_fine_tuned_name_takes_its_bases_rules_and_an_unknown_base_is_404():
+    reasoner = "ft:o4-mini-2025-04-16:my-org:critic:abc123"
+    async with serve() as s:
+        create = s.client.chat.completions.create
+        with pytest.raises(openai.BadRequestError) as info:
+            await create(model=reasoner, messages=user(), max_tokens=50)
+        assert info.value.code == "unsupported_parameter" and info.value.param == "max_tokens"
+        with pytest.raises(openai.BadRequestError, match="Only the default"):
+            await create(model=reasoner, messages=user(), temperature=0)
+        reply = await create(model=reasoner, messages=user(), max_completion_tokens=2000)
+        assert reply.model == reasoner  # it answers as itself, not as its base's snapshot
+        assert reply.usage.completion_tokens_details.reasoning_tokens == 1024  # o4-mini's medium
+        chat = "ft:gpt-4o-mini-2024-07-18:my-org::x9:ckpt-step-200"  # empty suffix, checkpoint
+        reply = await create(model=chat, messages=user(), max_tokens=20, temperature=0)
+        assert reply.choices[0].finish_reason == "stop"
+        for unknown in ("ft:gpt-9-turbo:my-org::abc", "ft:gpt-4o-mini", "ft:gpt-4o:org:x"):
+            with pytest.raises(openai.NotFoundError) as info:
+                await create(model=unknown, messages=user())
+            assert info.value.code == "model_not_found", unknown
+
+
 async def test_hidden_reasoning_spends_the_budget_and_can_leave_nothing_to_say():
     lengths = ReasoningLengths({"low": 100, "medium": 600, "high": 5000})
     config = StandInConfig(chat=ChatSettings(reasoning=lengths))

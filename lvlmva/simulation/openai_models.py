@@ -27,6 +27,11 @@ Sources (cited per entry in `source`):
   2.46, o4-mini 1.72; detail does not change their count.
 - [limits] context window and max output tokens: each model's page on platform.openai.com/docs/
   models (the figures published at release).
+- [fine-tuned] a fine-tuned model is named `ft:BASE:ORG:SUFFIX:ID` (the spec's `FineTuningJob`
+  example: `ft:davinci-002:my-org:custom_suffix:7q8mpxmy`; the suffix may be empty), and a
+  checkpoint of one adds `:ckpt-step-N` (`FineTuningJobCheckpoint`: `ft:gpt-4o-mini-2024-07-18:
+  my-org:custom-suffix:96olL566:ckpt-step-2000`). It takes its base model's parameters; that
+  the API answers with the fine-tuned name in `model` is assumed.
 
 Where the stand-in had to choose without a source it says so in `source` ("assumed").
 """
@@ -226,6 +231,8 @@ _TABLE: tuple[tuple[str, ModelFamily, str], ...] = (
 )
 
 _COMPILED = tuple((re.compile(rf"\A{p}\Z"), f, s) for p, f, s in _TABLE)
+# ft:BASE:ORG:SUFFIX:ID, the suffix possibly empty, a checkpoint with :ckpt-step-N after it
+_FINE_TUNED = re.compile(r"\Aft:(?P<base>[^:]+):[^:]+:[^:]*:[^:]+(?::ckpt-step-\d+)?\Z")
 FAMILIES: tuple[ModelFamily, ...] = tuple(f for _, f, _ in _TABLE)
 
 CUSTOM = ModelFamily(
@@ -247,11 +254,15 @@ CUSTOM = ModelFamily(
 def family_for(model: str, custom: Mapping[str, ModelFamily]) -> tuple[ModelFamily, str] | None:
     """The family serving `model` and the model name the answer carries (an alias resolves to
     its dated snapshot, as the API does: `gpt-4o` answers as `gpt-4o-2024-08-06`); None for a
-    name the stand-in does not serve. `custom` maps extra served names to their family."""
+    name the stand-in does not serve. `custom` maps extra served names to their family. A
+    fine-tuned name (see [fine-tuned]) is served by its base's family and answers as itself;
+    one whose base is not served is not served either."""
     if model in custom:
         return custom[model], model
+    tuned = _FINE_TUNED.match(model)
+    base = tuned.group("base") if tuned else model
     for pattern, family, snapshot in _COMPILED:
-        if pattern.match(model):
+        if pattern.match(base):
             return family, snapshot if model == family.name else model
     return None
 
