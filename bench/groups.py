@@ -42,6 +42,7 @@ from lvlmva.vision.datasets.base import DatasetSplits
 from lvlmva.vision.metrics import evaluate, mean_std, wilcoxon
 from lvlmva.vision.models import build_model, reinitialize
 from lvlmva.vision.rrr import AlignmentPool, search_lambda
+from lvlmva.vision.seeding import seeded
 from lvlmva.vision.training import train_classifier
 
 BENCHMARKS = ("synth-lesions", "synth-knee")
@@ -193,8 +194,7 @@ def load_splits(name: str, seed: int, args: argparse.Namespace) -> DatasetSplits
 
 def fresh(info: Any, seed: int) -> nn.Module:
     """A ResNet-18 for `info`, its initial weights seeded (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return build_model(ARCH, info)
 
 
