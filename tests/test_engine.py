@@ -351,6 +351,29 @@ async def test_a_timed_out_request_is_retried_once_and_the_timeout_follows_the_m
     assert provider.timeouts[-1] == ("fake-model", 7.0)
 
 
+async def test_a_request_with_no_answer_counts_as_possibly_billed_and_a_408_does_not():
+    """A client-side timeout may still be billed: its worst case is counted apart from the
+    cost; an HTTP 408 is the server's answer that it did not run the request."""
+    prices = PriceTable({"fake-model": ModelPrice(1000.0, 1000.0)})
+
+    async def run_with(error: ProviderTimeout) -> tuple[Engine, FakeProvider]:
+        provider = FakeProvider(script=lambda kind, job, attempt: error)
+        engine = Engine(provider, None, config(prices=prices, max_tokens=100))
+        (result,) = await collect(engine, [make_job(0)])
+        assert result.provider_calls == 2 and engine.stats.cost_usd == 0
+        return engine, provider
+
+    silent, provider = await run_with(ProviderTimeout("fake: no answer in 60 s"))
+    worst = sum(
+        silent.cost.worst_case("fake-model", estimate_request_tokens(r))
+        for r in provider.requests
+    )
+    assert worst > 0 and silent.stats.possibly_billed_usd == pytest.approx(worst)
+    assert silent.cost.committed_usd == pytest.approx(worst)
+    refused, _ = await run_with(ProviderTimeout("HTTP 408", status=408))
+    assert refused.stats.possibly_billed_usd == 0 and refused.cost.committed_usd == 0
+
+
 async def test_budget_stops_new_requests_and_no_more_jobs_are_pulled():
     prices = PriceTable({"fake-model": ModelPrice(1000.0, 1000.0)})  # 0.001 USD per token
     provider = FakeProvider()  # 0.12 USD a call, 0.24 a job

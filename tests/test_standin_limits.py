@@ -195,6 +195,28 @@ async def test_a_request_that_hangs_reaches_the_stand_in_at_most_twice() -> None
     assert engine.stopped is None  # a timeout says nothing about the next request
 
 
+async def test_timed_out_requests_count_against_the_budget() -> None:
+    """A request with no answer may still have been billed: its worst case is counted apart
+    (`possibly_billed_usd`, not in the cost) and against the budget, so hanging requests
+    cannot be sent again and again under a budget that believes nothing was spent."""
+    jobs, oracle = decoy_jobs(6)
+    faults = Faults(rate_timeout=1.0, hang_s=0.3)
+    async with serve_endpoint(oracle, faults) as endpoint:
+        free = endpoint.engine(request_timeout=0.05, max_in_flight=6)
+        await asyncio.wait_for(run_all(free, jobs), 5)
+        assert len(endpoint.ledger.calls) == 12 and free.stats.cost_usd == 0
+        per_send = free.stats.possibly_billed_usd / 12
+        assert per_send > 0 and free.cost.possibly_billed_usd == free.stats.possibly_billed_usd
+        endpoint.standin.reset()
+        budget = 3.5 * per_send
+        capped = endpoint.engine(request_timeout=0.05, max_in_flight=6, budget_usd=budget)
+        results = await asyncio.wait_for(run_all(capped, jobs), 5)
+        sent = len(endpoint.ledger.calls)
+    assert sent == 3  # three worst cases fit; uncounted, all 12 would go out
+    assert capped.cost.committed_usd <= budget and capped.cost.budget_reached
+    assert JobStatus.NOT_RUN in {r.status for r in results}
+
+
 # -- 5. fine-tuned model names ---------------------------------------------------------------
 
 

@@ -326,6 +326,7 @@ class CostMeter:
     budget_usd: float | None = None
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
+    possibly_billed_usd: float = 0.0  # worst cases of requests that timed out (`timed_out`)
     _stopped: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _holds: set[Hold] = field(default_factory=set, repr=False)
@@ -338,10 +339,21 @@ class CostMeter:
             raise ConfigError(f"budget must be a positive number of USD (got {self.budget_usd})")
 
     @property
+    def committed_usd(self) -> float:
+        """What the budget counts as gone: spent, plus what timed-out requests may have cost."""
+        return self.spent_usd + self.possibly_billed_usd
+
+    def _gone(self) -> str:
+        gone = f"spent ${self.spent_usd:.4f}"
+        if self.possibly_billed_usd:
+            gone += f", timed-out requests may have cost up to ${self.possibly_billed_usd:.4f}"
+        return gone
+
+    @property
     def budget_reached(self) -> bool:
         if self.budget_usd is None:
             return False
-        return self._stopped or self.spent_usd >= self.budget_usd
+        return self._stopped or self.committed_usd >= self.budget_usd
 
     @property
     def held_usd(self) -> float:
@@ -352,7 +364,7 @@ class CostMeter:
     def remaining_usd(self) -> float | None:
         if self.budget_usd is None:
             return None
-        return max(0.0, self.budget_usd - self.spent_usd - self.held_usd)
+        return max(0.0, self.budget_usd - self.committed_usd - self.held_usd)
 
     def _price_of(self, model: str, usage: Usage, batch: bool) -> float:
         if self.budget_usd is not None:
@@ -367,13 +379,34 @@ class CostMeter:
             self.spent_usd += cost
         return cost
 
+    def timed_out(self, model: str, estimated_tokens: int) -> float:
+        """A request got no answer in time: the endpoint may still have run and billed it. Its
+        worst case (`worst_case`) is counted apart, in `possibly_billed_usd`, and the budget
+        counts it as gone; returns it (0 when the model has no price and there is no budget)."""
+        if self.budget_usd is None and self.prices.lookup(model) is None:
+            return 0.0
+        usd = self.worst_case(model, estimated_tokens)
+        with self._lock:
+            self.possibly_billed_usd += usd
+        return usd
+
+    def check_resend(self) -> None:
+        """Before a timed-out call goes out again (its first send may have used its reservation,
+        `timed_out`): `BudgetReached` unless what is gone and what calls hold fit the budget."""
+        if self.budget_usd is None or self.committed_usd + self.reserved_usd <= self.budget_usd:
+            return
+        raise BudgetReached(
+            f"not sent again, the budget of ${self.budget_usd:g} may be reached: requests that "
+            f"timed out may have been billed up to ${self.possibly_billed_usd:.4f}"
+        )
+
     # -- per job: expected cost, reconciled ---------------------------------------------------
 
     def try_hold(self, usd: float, spending: Spending) -> Hold | None:
         """Hold `usd` for a job if it fits now (always without a budget), else None."""
         if self.budget_usd is None:
             return Hold(0.0, spending, spending.cost_usd)
-        if self._stopped or self.spent_usd + self.held_usd + usd > self.budget_usd:
+        if self._stopped or self.committed_usd + self.held_usd + usd > self.budget_usd:
             return None
         hold = Hold(usd, spending, spending.cost_usd)
         self._holds.add(hold)
@@ -398,8 +431,8 @@ class CostMeter:
                     self._stop()
             if self._stopped:
                 raise BudgetReached(
-                    f"not sent, the budget of ${self.budget_usd:g} is reached (spent "
-                    f"${self.spent_usd:.4f}; a job is expected to cost ${usd:.4f})"
+                    f"not sent, the budget of ${self.budget_usd:g} is reached ({self._gone()}; "
+                    f"a job is expected to cost ${usd:.4f})"
                 )
             queued = False
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -452,7 +485,7 @@ class CostMeter:
         usd = self.worst_case(model, estimated_tokens, share)
         while True:
             with self._lock:
-                if self.spent_usd + self.reserved_usd + usd <= self.budget_usd:
+                if self.committed_usd + self.reserved_usd + usd <= self.budget_usd:
                     self.reserved_usd += usd
                     self._calls += usd > 0
                     return Reservation(model, estimated_tokens, usd)
@@ -460,8 +493,8 @@ class CostMeter:
             if not in_flight:
                 self._stop()
                 raise BudgetReached(
-                    f"not sent, the budget of ${self.budget_usd:g} is reached (spent "
-                    f"${self.spent_usd:.4f}; this call may cost up to ${usd:.4f})"
+                    f"not sent, the budget of ${self.budget_usd:g} is reached ({self._gone()}; "
+                    f"this call may cost up to ${usd:.4f})"
                 )
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._call_waiters.append(waiter)

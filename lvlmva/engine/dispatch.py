@@ -140,6 +140,8 @@ class OnlineDispatcher:
 
         async def attempt() -> ChatResponse:
             nonlocal timeouts
+            if timeouts:
+                self.meter.check_resend()
             try:
                 return await self._attempt(call, estimated)
             except ProviderTimeout as exc:
@@ -179,7 +181,13 @@ class OnlineDispatcher:
             try:
                 async with asyncio.timeout(timeout + TIMEOUT_GRACE_S):
                     response = await provider.complete(request, timeout=timeout)
-            except TimeoutError:
+            except (TimeoutError, ProviderTimeout) as exc:
+                if getattr(exc, "status", None) is None:
+                    # No answer at all (not an HTTP 408): the endpoint may still run the
+                    # request and bill it, so its worst case is counted.
+                    call.ledger.timed_out(self.meter.timed_out(request.model, estimated))
+                if isinstance(exc, ProviderTimeout):
+                    raise
                 raise ProviderTimeout(f"{provider.name}: no answer in {timeout:g} s") from None
             except RateLimited as exc:
                 saturated = self._rate_signal.record(True)

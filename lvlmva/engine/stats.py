@@ -28,6 +28,7 @@ class Ledger:
         "completion_tokens",
         "cost_usd",
         "deduplicated",
+        "possibly_billed_usd",
         "prompt_tokens",
         "provider_calls",
         "reasks",
@@ -42,7 +43,7 @@ class Ledger:
         self.cache_hits = self.deduplicated = 0
         self.prompt_tokens = self.completion_tokens = 0
         self.cached_tokens = self.reasoning_tokens = 0
-        self.cost_usd = 0.0
+        self.cost_usd = self.possibly_billed_usd = 0.0
         self.retries_by_error: Counter[str] = Counter()
 
     @property
@@ -76,6 +77,11 @@ class Ledger:
             ledger.cached_tokens += usage.cached_tokens
             ledger.reasoning_tokens += usage.reasoning_tokens
             ledger.cost_usd += cost_usd
+
+    def timed_out(self, possible_usd: float) -> None:
+        """A request timed out; the endpoint may have billed it up to `possible_usd`."""
+        for ledger in self._chain:
+            ledger.possibly_billed_usd += possible_usd
 
     def retried(self, error: Exception) -> None:
         """An attempt failed with `error` and will be retried."""
@@ -138,6 +144,11 @@ class EngineStats(TallyView):
     @property
     def retries_by_error(self) -> Counter[str]:
         return self.ledger.retries_by_error
+
+    @property
+    def possibly_billed_usd(self) -> float:
+        """Worst cases of the requests that timed out (not in `cost_usd`: maybe never billed)."""
+        return self.ledger.possibly_billed_usd
 
     @property
     def finished(self) -> int:

@@ -65,11 +65,16 @@ class CritiqueRunResult:
     def summary(self) -> str:
         t = self.counts.tally
         done = ", ".join(f"{n} {s}" for s, n in sorted(self.stored.items())) or "nothing new"
-        return (
+        lines = [
             f"critique run {self.path}: {self.requested} samples asked for, {self.skipped} "
             f"already stored, now {done}; LVLM calls {t.provider_calls}, answers reused "
             f"{t.reused}, cost ${t.cost_usd:.4f}"
-        ) + (f"\nWARNING: {self.counts.snapshot_warning}" if self.counts.snapshot_warning else "")
+        ]
+        if self.counts.possibly_billed_usd > 0:
+            lines.append(self.counts.timeout_note)
+        if self.counts.snapshot_warning:
+            lines.append(f"WARNING: {self.counts.snapshot_warning}")
+        return "\n".join(lines)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -84,7 +84,9 @@ class CritiqueCounts:
     """A run's critique totals: the engine's `Tally` (calls, answers reused, tokens, cost),
     the jobs that failed or were not run, the samples never critiqued because the run stopped
     (`not_pulled`), why it stopped early (`stopped`: the breaker's one line, or None), and the
-    models that answered per model asked for (`served`, answers used, cached or new)."""
+    models that answered per model asked for (`served`, answers used, cached or new), and the
+    worst cases of requests that timed out (`possibly_billed_usd`: the endpoint may have run
+    and billed them; not in the tally's cost)."""
 
     tally: Tally = field(default_factory=Tally)
     failed: int = 0
@@ -92,11 +94,23 @@ class CritiqueCounts:
     not_pulled: int = 0
     stopped: str | None = None
     served: dict[str, dict[str, int]] = field(default_factory=dict)
+    possibly_billed_usd: float = 0.0
 
     @classmethod
     def from_engine(cls, stats: Any, **more: Any) -> CritiqueCounts:
         """From `Engine.stats`, the one place the counters are summed."""
-        return cls(stats.tally, stats.failed, stats.not_run, served=stats.snapshots(), **more)
+        return cls(
+            stats.tally, stats.failed, stats.not_run, served=stats.snapshots(),
+            possibly_billed_usd=stats.possibly_billed_usd, **more,
+        )
+
+    @property
+    def timeout_note(self) -> str:
+        """One line on what timed-out requests may have cost (they count against a budget)."""
+        return (
+            f"timed-out requests may have been billed up to ${self.possibly_billed_usd:.4f} "
+            "(not in the cost above; counted against --budget-usd)"
+        )
 
     @property
     def snapshot_warning(self) -> str | None:
@@ -140,6 +154,7 @@ def critique_metrics(samples: list[SampleRecord], counts: CritiqueCounts) -> dic
         "reasoning_tokens": counts.tally.usage.reasoning_tokens,
         "served_models": counts.served,
         "snapshot_warning": counts.snapshot_warning,
+        "timed_out_possibly_billed_usd": round(counts.possibly_billed_usd, 6),
     }
 
 
@@ -252,6 +267,8 @@ class AlignResult:
             lines.append(self.selection.describe())
         if self.robust.get("warning"):
             lines.append(f"WARNING: {self.robust['warning']}")
+        if self.counts.possibly_billed_usd > 0:
+            lines.append(self.counts.timeout_note)
         if self.counts.snapshot_warning:
             lines.append(f"WARNING: {self.counts.snapshot_warning}")
         return "\n".join(lines)
