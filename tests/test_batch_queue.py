@@ -5,6 +5,7 @@ its own, and a manifest of an earlier version."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 
 import pytest
@@ -13,6 +14,7 @@ from standin_support import serve
 
 from lvlmva.engine.batch.options import BatchOptions
 from lvlmva.engine.batch.queue import QueueGate
+from lvlmva.engine.batch.shards import batch_line, halves
 from lvlmva.engine.batch.store import BatchStore, ShardRecord, Step
 from lvlmva.engine.types import JobStatus
 from lvlmva.simulation.answerers import FixedAnswerer
@@ -70,17 +72,42 @@ async def test_with_the_limit_given_shards_are_cut_to_it_and_none_is_refused(tmp
     assert len(critic) >= 2 and all(0 < r.tokens <= QUEUE for r in critic)
 
 
-async def test_a_shard_the_queue_never_takes_fails_saying_what_to_do_and_a_rerun_resumes(
+async def test_a_shard_larger_than_the_queue_is_split_until_its_halves_fit(tmp_path):
+    """No limit given and one shard of eight lines (2,224 prompt tokens) against a queue of
+    600: refused with nothing else queued, it is split in halves, and they again, until the
+    two-line shards fit; every job is answered once, and a rerun sends nothing."""
+    async with serve(FixedAnswerer(answer), slow(600)) as s, ticking(s, 2):
+        options = BatchOptions(poll_s=0.01, max_lines=8)
+        results = await run_jobs(batch_engine(s, tmp_path, options), [job(i) for i in range(8)],
+                                 timeout=60)  # fmt: skip
+        assert {k: r.verdicts for k, r in results.items()} == {
+            f"job{i}": verdicts_of(i) for i in range(8)
+        }
+        assert s.standin.ledger.answered_more_than_once() == {}
+        ran = [b for b in s.standin.batches._batches.values() if b.status == "completed"]
+        assert ran and all(b.queued_tokens <= 600 for b in ran)
+        created = len(s.standin.batches._batches)
+        again = await run_jobs(batch_engine(s, tmp_path, options), [job(i) for i in range(8)])
+        assert all(r.ok for r in again.values())
+        assert len(s.standin.batches._batches) == created
+    with BatchStore(tmp_path / "batches") as store:
+        shards = store.shards()
+    split = [r for r in shards if r.error and r.error.startswith("split into ")]
+    assert split and split[0].lines == 8 and split[0].finished
+    critic = [r for r in shards if r.model == "gpt-4o" and r not in split]
+    assert sorted(r.lines for r in critic if r.status == "completed") == [2, 2, 2, 2]
+
+
+async def test_a_line_the_queue_never_takes_fails_saying_what_to_do_and_a_rerun_resumes(
     tmp_path,
 ):
-    async with serve(FixedAnswerer(answer), slow(400)) as s, ticking(s, 2):
-        options = BatchOptions(poll_s=0.001, max_lines=2, queue_waits=2)
-        results = await run_jobs(batch_engine(s, tmp_path, options), [job(0), job(1)])
-        assert all(r.status is JobStatus.FAILED for r in results.values())
-        assert all("--batch-queue-tokens" in r.error for r in results.values())
+    async with serve(FixedAnswerer(answer), slow(200)) as s, ticking(s, 2):
+        options = BatchOptions(poll_s=0.001, queue_waits=2)
+        (result,) = (await run_jobs(batch_engine(s, tmp_path, options), [job(0)])).values()
+        assert result.status is JobStatus.FAILED and "--batch-queue-tokens" in result.error
         assert refused(s) == 3  # the first create and two waits
-        options = BatchOptions(poll_s=0.01, queue_tokens=400)
-        again = await run_jobs(batch_engine(s, tmp_path, options), [job(0), job(1)])
+        s.standin.batches.timing = dataclasses.replace(s.standin.batches.timing, queue_tokens=400)
+        again = await run_jobs(batch_engine(s, tmp_path, options), [job(0)])
     assert all(r.ok for r in again.values())
     assert refused(s) == 3
 
@@ -100,6 +127,32 @@ async def test_the_gate_admits_what_fits_and_learns_from_a_refusal():
     assert gate.capacity("m") == 4 and not gate.fits("m", 1)
     gate.leave("m", "b")
     assert gate.fits("m", 1_000)  # nothing of this run queued: always worth a try
+
+
+def test_a_split_moves_every_line_to_one_half_in_one_step(tmp_path):
+    lines = [batch_line(f"c{i}", b'{"x":"' + b"a" * (10 * (i + 1)) + b'"}') for i in range(4)]
+    content = b"".join(lines)
+    (first_ids, first, t1), (second_ids, second, t2) = halves(content, 1000)
+    assert first + second == content and first_ids + second_ids == ["c0", "c1", "c2", "c3"]
+    assert abs(len(first) - len(second)) < len(lines[-1]) and t1 + t2 == 1000
+    record = ShardRecord(id="s1", endpoint="e", model="m", mode="api", stages="critic",
+                         step=Step.POLLED, lines=4, bytes=len(content), written_at=0.0,
+                         updated_at=0.0, tokens=1000, status="failed")  # fmt: skip
+    with BatchStore(tmp_path / "batches") as store:
+        store.add_shard(record, first_ids + second_ids, content)
+        parts = [
+            (dataclasses.replace(record, id=f"s1{k}", step=Step.WRITTEN, lines=len(ids),
+                                 bytes=len(body), tokens=tokens, status=None), ids, body)
+            for k, (ids, body, tokens) in zip("ab", halves(content, 1000), strict=True)
+        ]  # fmt: skip
+        ended = store.split(record, parts)
+        assert ended.finished and ended.error.startswith("split into s1a, s1b")
+        assert store.read_file("s1a", "input") == first and store.read_file("s1", "input") is None
+        assert [line.custom_id for line in store.lines_of("s1b")] == second_ids
+        assert {line.tries for line in store.lines_named("c0")} == {1}  # nothing ran
+        assert store.lines_of("s1") == []
+    with pytest.raises(ValueError, match="one line"):
+        halves(lines[0], 10)
 
 
 def test_a_manifest_of_an_earlier_version_opens_with_its_shards(tmp_path):

@@ -27,7 +27,7 @@ from typing import Any
 
 from lvlmva.engine.batch.ingest import LineOutcome, read_outcomes
 from lvlmva.engine.batch.options import BatchOptions
-from lvlmva.engine.batch.poller import ShardPoller, ingest_shard
+from lvlmva.engine.batch.poller import ShardPoller, ShardSplit, ingest_shard
 from lvlmva.engine.batch.progress import BatchReporter
 from lvlmva.engine.batch.shards import OpenShard, ShardWriter, batch_line
 from lvlmva.engine.batch.store import BatchStore, LineRecord, ShardRecord, Step, new_shard_id
@@ -269,6 +269,14 @@ class BatchDispatcher:
             record, outcomes = await ingest_shard(self.store, record, self._cache)
             self.reporter.shard(record)
             self._deliver(record, outcomes)
+        except ShardSplit as split:  # its halves run in its place
+            for part, ids in split.parts:
+                for cid in ids:
+                    waiter = self._waiting.get(cid)
+                    if waiter is not None and waiter.shard == record.id:
+                        waiter.shard = part.id
+                self.reporter.shard(part)
+                self._track(self._run(part), part.id)
         except ProviderError as exc:
             self.reporter.note(f"batch {record.id}: {exc}")
             self._fail_waiters(record.id, exc)
@@ -324,7 +332,11 @@ class BatchDispatcher:
 
     def _new_writer(self) -> ShardWriter:
         o = self.options
-        return ShardWriter(max_lines=o.max_lines, max_bytes=o.max_bytes, max_tokens=o.queue_tokens)
+        learned = self._poller.queue.capacity if self._poller is not None else None
+        return ShardWriter(
+            max_lines=o.max_lines, max_bytes=o.max_bytes, max_tokens=o.queue_tokens,
+            learned=learned,
+        )  # fmt: skip
 
     def _fail_waiters(self, shard_id: str | None, error: BaseException) -> None:
         """Fail the calls waiting on `shard_id` (None: every waiting call)."""

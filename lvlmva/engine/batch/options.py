@@ -47,9 +47,10 @@ class BatchOptions:
       of the API's settings): shards are cut to it and created only while this run's queued
       batches of the model leave room (`lvlmva.engine.batch.queue`). None: learned from
       `token_limit_exceeded` refusals.
-    - `queue_waits`: how often a shard refused for a full queue, with none of this run's
-      batches of its model queued to end and make room, is created again after a wait
-      (growing from `longest_poll_s` to 30 times it) before its jobs fail.
+    - `queue_waits`: how often a one-line shard refused for a full queue, with none of this
+      run's batches of its model queued to end and make room, is created again after a wait
+      (growing from `longest_poll_s` to 30 times it) before its job fails (a shard of several
+      lines is split in two instead).
     """
 
     mode: Literal["api", "files"] = "api"

@@ -11,9 +11,11 @@ the last step done, so a later run resumes there.
 
 A shard is created only when its model's batch queue has room for it (`QueueGate`, see
 `lvlmva.engine.batch.queue`). A batch that failed validation because the queue was full
-(`token_limit_exceeded`) is created again from the same file: once enough of this run's other
-batches of the model have ended, or, when none is queued, after a growing wait (up to
-`queue_waits` times, then its lines fail saying what to do). One that failed for another
+(`token_limit_exceeded`) is created again from the same file once enough of this run's other
+batches of the model have ended. Refused with none of them queued, it is more than the queue
+takes: a shard of several lines is split in two (`ShardSplit`; both halves go through the gate
+again, and are split again if need be); a single line is created again after a growing wait
+(up to `queue_waits` times, then it fails saying what to do). One that failed for another
 reason fails its lines with the API's errors. Lines missing from both files (a cancelled
 batch's lines that never ran) are `retry`.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,16 +33,26 @@ from lvlmva.engine.batch.ingest import LineOutcome, read_outcomes, store_answers
 from lvlmva.engine.batch.options import BatchOptions
 from lvlmva.engine.batch.progress import BatchReporter
 from lvlmva.engine.batch.queue import QueueGate
-from lvlmva.engine.batch.store import BatchStore, ShardRecord, Step
+from lvlmva.engine.batch.shards import halves
+from lvlmva.engine.batch.store import BatchStore, ShardRecord, Step, new_shard_id
 from lvlmva.engine.errors import BadRequest, ProviderError, ServerError
 
-__all__ = ["MAX_TRANSIENT", "ShardPoller", "ingest_shard"]
+__all__ = ["MAX_TRANSIENT", "ShardPoller", "ShardSplit", "ingest_shard"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_TRANSIENT = 12  # transient errors in a row before a step gives up (~7 min of waits)
 QUEUE_FULL = "token_limit_exceeded"
+
+
+class ShardSplit(Exception):
+    """The shard was split in two, never having run: its lines wait in `parts` ((record,
+    custom_ids) each), which are to be run in its place."""
+
+    def __init__(self, record: ShardRecord, parts: list[tuple[ShardRecord, list[str]]]) -> None:
+        super().__init__(f"batch {record.id} split into {len(parts)} shards")
+        self.record, self.parts = record, parts
 
 
 class ShardPoller:
@@ -207,6 +220,8 @@ class ShardPoller:
                 "tokens)"
             )
             return True
+        if record.lines > 1 and (content := self.store.read_file(record.id, "input")):
+            raise self._split(record, content)
         waits = self._queue_waits[record.id] = self._queue_waits.get(record.id, 0) + 1
         if waits > self.options.queue_waits:
             return False
@@ -217,6 +232,27 @@ class ShardPoller:
         await self._sleep(pause)
         return True
 
+    def _split(self, record: ShardRecord, content: bytes) -> ShardSplit:
+        """Refused with none of this run's batches queued: the shard is more than the queue
+        takes. Its halves replace it in the manifest; the gate learns half its tokens."""
+        cap = self.queue.too_large(record.model, record.tokens)
+        now = time.time()
+        parts = [
+            (ShardRecord(
+                id=new_shard_id(), endpoint=record.endpoint, model=record.model,
+                mode=record.mode, stages=record.stages, step=Step.WRITTEN, lines=len(ids),
+                bytes=len(body), written_at=now, updated_at=now, tokens=tokens,
+            ), ids, body)
+            for ids, body, tokens in halves(content, record.tokens)
+        ]  # fmt: skip
+        self.store.split(record, parts)
+        self.reporter.note(
+            f"batch {record.id}: the batch queue of {record.model} took none of its "
+            f"~{record.tokens:,} prompt tokens with none of this run's batches in it; split "
+            f"in two, and its shards are cut to {cap:,} from now on"
+        )
+        return ShardSplit(record, [(part, ids) for part, ids, _ in parts])
+
     def _queue_full_error(self, record: ShardRecord) -> str:
         waits = self._queue_waits.get(record.id, 0) - 1
         return (
@@ -224,8 +260,8 @@ class ShardPoller:
             f"waits with none of this run's batches in it. Either other batches of the "
             f"organisation fill it (rerun later: nothing is lost), or this shard's ~"
             f"{record.tokens:,} prompt tokens are more than the model's batch queue limit: pass "
-            "--batch-queue-tokens with the limit from the API's limits page, and shards are cut "
-            "to fit"
+            "--batch-queue-tokens with the limit from the API's limits page (shards are cut to "
+            "it, and a request over it is refused before it is sent: send it without --batch)"
         )
 
     def _progress(

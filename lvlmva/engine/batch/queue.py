@@ -13,7 +13,9 @@ but it does not run either. `QueueGate` keeps this run's batches within a model'
   capacity (a lower bound, since the organisation's other batches share the queue), so the
   refused shard is created again only once enough of them have ended, not after a fixed wait;
 - a shard may always be created when none of this run's batches of its model is queued (the
-  only way to find out whether it fits).
+  only way to find out whether it fits); refused then, it is more than the queue takes
+  (`too_large`): the learned capacity drops to half of it, the shard is split in two
+  (`lvlmva.engine.batch.poller`) and the shard writer cuts new shards to the learned capacity.
 
 The gate counts this process's batches only; other processes of the organisation are seen
 through `token_limit_exceeded` alone.
@@ -79,3 +81,11 @@ class QueueGate:
         if others:
             self._learned[model] = min(others, self._learned.get(model, others))
         return others
+
+    def too_large(self, model: str, tokens: int) -> int:
+        """A shard of `tokens` was refused with none of this run's batches queued: the queue
+        takes less (or the organisation's other batches fill it). The learned capacity drops
+        to half of the shard; returns it."""
+        half = max(1, (tokens + 1) // 2)
+        self._learned[model] = min(half, self._learned.get(model, half))
+        return self._learned[model]

@@ -223,17 +223,41 @@ class BatchStore:
         self.write_file(record.id, "input", content)
         rows = [(record.endpoint, cid, record.id) for cid in custom_ids]
         with self._transaction() as db:
-            db.execute(
-                f"INSERT INTO shards ({', '.join(_SHARD_FIELDS)}) VALUES "
-                f"({', '.join('?' * len(_SHARD_FIELDS))})",
-                [_column(getattr(record, name)) for name in _SHARD_FIELDS],
-            )
+            _insert_shard(db, record)
             db.executemany(
                 "INSERT INTO lines (endpoint, custom_id, shard) VALUES (?, ?, ?) "
                 "ON CONFLICT (endpoint, custom_id) DO UPDATE SET shard = excluded.shard, "
                 "outcome = NULL, detail = NULL, tries = tries + 1",
                 rows,
             )
+
+    def split(
+        self, record: ShardRecord, parts: list[tuple[ShardRecord, list[str], bytes]]
+    ) -> ShardRecord:
+        """Replace `record` (never run) by `parts` ((record, custom_ids, content) each): their
+        input files are written, then in one transaction they are recorded, its lines move to
+        them (their `tries` unchanged: nothing ran) and it ends `ingested`, naming them."""
+        for part, _, content in parts:
+            self.write_file(part.id, "input", content)
+        names = [n for n in _SHARD_FIELDS if n != "id"]
+        updated = dataclasses.replace(
+            record, step=Step.INGESTED, updated_at=time.time(),
+            error=f"split into {', '.join(p.id for p, _, _ in parts)}: "
+            f"{record.error or 'the batch queue refused it'}",
+        )  # fmt: skip
+        with self._transaction() as db:
+            for part, ids, _ in parts:
+                _insert_shard(db, part)
+                db.executemany(
+                    "UPDATE lines SET shard = ? WHERE endpoint = ? AND custom_id = ? AND shard = ?",
+                    [(part.id, record.endpoint, cid, record.id) for cid in ids],
+                )
+            db.execute(
+                f"UPDATE shards SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
+                [*(_column(getattr(updated, n)) for n in names), updated.id],
+            )
+        self.path(record.id, "input").unlink(missing_ok=True)
+        return updated
 
     def advance(self, record: ShardRecord, **changes: Any) -> ShardRecord:
         """Record the shard's next step (or new status); returns the updated record."""
@@ -344,6 +368,14 @@ class BatchStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _insert_shard(db: sqlite3.Connection, record: ShardRecord) -> None:
+    db.execute(
+        f"INSERT INTO shards ({', '.join(_SHARD_FIELDS)}) VALUES "
+        f"({', '.join('?' * len(_SHARD_FIELDS))})",
+        [_column(getattr(record, name)) for name in _SHARD_FIELDS],
+    )
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
