@@ -196,6 +196,20 @@ def test_history_and_copy_model():
     assert all(lo >= ce for lo, ce in zip(h.loss, h.ce, strict=True))
 
 
+def test_the_trainer_keeps_scikit_learns_estimator_conventions():
+    from sklearn.base import clone
+
+    model = _mlp()
+    trainer = RRRTrainer(model, lam=10.0, epochs=2, seed=3, progress=False)
+    assert trainer.get_params()["lam"] == 10.0 and trainer.get_params()["model"] is model
+    twin = clone(trainer).set_params(lam=0.5)
+    assert twin.lam == 0.5 and trainer.lam == 10.0 and twin.seed == 3
+    assert twin.model is not model  # a clone trains its own copy
+    assert all(torch.equal(a, b) for a, b in zip(
+        twin.model.parameters(), model.parameters(), strict=True))  # fmt: skip
+    assert not hasattr(twin, "model_")  # fitted attributes are not cloned
+
+
 def test_labelled_alignment_samples_enter_the_cross_entropy():
     train = _decoy_data(64, 0, True)
     ce = {}

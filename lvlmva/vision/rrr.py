@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from sklearn.base import BaseEstimator
 from torch import Tensor, nn
 
 from lvlmva.errors import ConfigError, DataError
@@ -190,7 +191,7 @@ class StepResult:
     penalty: float
 
 
-class RRRTrainer:
+class RRRTrainer(BaseEstimator):
     """Trains `model` with RRR on mixed batches of ordinary and alignment samples: pass a
     trained model to fine-tune it, or a freshly initialised one to retrain from scratch.
 
@@ -206,7 +207,9 @@ class RRRTrainer:
     pool holds `min_pool` samples (or is closed) and takes in later samples as they arrive;
     with `last_epoch_waits` (default) the last epoch starts only once the pool is closed, so
     every mask that arrives is trained on even when the critique is slower than training.
-    Deterministic for a seed when the pool does not change during training.
+    Deterministic for a seed when the pool does not change during training. A scikit-learn
+    `BaseEstimator`: `get_params`, `set_params` and `sklearn.base.clone` (which copies the
+    model) work, so a grid over `lam` needs no code of its own.
     """
 
     def __init__(
