@@ -13,6 +13,7 @@ from batch_support import answer, batch_engine, job, run_jobs, ticking, verdicts
 from standin_support import serve
 
 from lvlmva.engine.batch.options import BatchOptions
+from lvlmva.engine.batch.progress import describe_shard
 from lvlmva.engine.batch.queue import QueueGate
 from lvlmva.engine.batch.shards import batch_line, halves
 from lvlmva.engine.batch.store import BatchStore, ShardRecord, Step
@@ -94,6 +95,7 @@ async def test_a_shard_larger_than_the_queue_is_split_until_its_halves_fit(tmp_p
         shards = store.shards()
     split = [r for r in shards if r.error and r.error.startswith("split into ")]
     assert split and split[0].lines == 8 and split[0].finished
+    assert "refused as too large for the batch queue, split into" in describe_shard(split[0])
     critic = [r for r in shards if r.model == "gpt-4o" and r not in split]
     assert sorted(r.lines for r in critic if r.status == "completed") == [2, 2, 2, 2]
 

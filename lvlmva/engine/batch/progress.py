@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TextIO
 
-from lvlmva.engine.batch.store import ShardRecord, Step
+from lvlmva.engine.batch.store import SPLIT_INTO, ShardRecord, Step
 
 __all__ = ["BatchReporter", "describe_shard", "time_left"]
 
@@ -40,6 +40,8 @@ def describe_shard(record: ShardRecord, now: float | None = None) -> str:
         return f"{head}: {step} ({record.file_id}), {record.lines:,} requests"
     done = f"{record.completed:,}/{record.lines:,} done, {record.failed:,} failed"
     status = record.status or "created"
+    if step is Step.INGESTED and (record.error or "").startswith(SPLIT_INTO):
+        return f"{head}: refused as too large for the batch queue, {record.error}"
     if step is Step.INGESTED:
         return f"{head}: {status}, ingested, {done}" + (
             f" ({record.error})" if record.error else ""

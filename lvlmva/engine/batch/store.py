@@ -35,10 +35,11 @@ from typing import Any
 
 from lvlmva.errors import ConfigError
 
-__all__ = ["BatchStore", "LineRecord", "ShardRecord", "Step", "write_atomic"]
+__all__ = ["SPLIT_INTO", "BatchStore", "LineRecord", "ShardRecord", "Step", "write_atomic"]
 
 MANIFEST = "manifest.sqlite3"
 FILE_KINDS = ("input", "output", "errors")
+SPLIT_INTO = "split into"  # how the error of a shard replaced by its halves begins
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards (
@@ -242,7 +243,7 @@ class BatchStore:
         names = [n for n in _SHARD_FIELDS if n != "id"]
         updated = dataclasses.replace(
             record, step=Step.INGESTED, updated_at=time.time(),
-            error=f"split into {', '.join(p.id for p, _, _ in parts)}: "
+            error=f"{SPLIT_INTO} {', '.join(p.id for p, _, _ in parts)}: "
             f"{record.error or 'the batch queue refused it'}",
         )  # fmt: skip
         with self._transaction() as db:
