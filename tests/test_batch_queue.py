@@ -87,6 +87,8 @@ async def test_a_shard_larger_than_the_queue_is_split_until_its_halves_fit(tmp_p
         assert s.standin.ledger.answered_more_than_once() == {}
         ran = [b for b in s.standin.batches._batches.values() if b.status == "completed"]
         assert ran and all(b.queued_tokens <= 600 for b in ran)
+        # 8 lines refused, then 4 (its twin of 4 is split untried), then none: 2 refusals
+        assert refused(s) == 2
         created = len(s.standin.batches._batches)
         again = await run_jobs(batch_engine(s, tmp_path, options), [job(i) for i in range(8)])
         assert all(r.ok for r in again.values())

@@ -190,6 +190,13 @@ def _strict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-finalizing-s", type=_non_negative, default=1.0, help="seconds in finalizing"
     )
+    p.add_argument(
+        "--batch-queue-tokens",
+        type=int,
+        default=None,
+        help="each model's batch queue limit in prompt tokens (past it a batch fails with "
+        "token_limit_exceeded, as at OpenAI); default: no limit",
+    )
 
 
 def palette() -> dict[str, tuple[int, int, int]]:
@@ -241,6 +248,7 @@ def _standin(args: argparse.Namespace, sim):
             validation_s=args.batch_validation_s,
             lines_per_s=args.batch_lines_per_s,
             finalizing_s=args.batch_finalizing_s,
+            queue_tokens=args.batch_queue_tokens,
         ),
         seed=args.seed,
     )

@@ -117,6 +117,11 @@ class ShardPoller:
     async def _create(self, record: ShardRecord) -> ShardRecord:
         assert record.file_id is not None
         await self._admit(record)
+        if record.lines > 1 and self.queue.never_fits(record.model, record.tokens):
+            content = self.store.read_file(record.id, "input")
+            if content:  # the queue refused a shard this large already: split it untried
+                self.queue.leave(record.model, record.id)
+                raise self._split(record, content, tried=False)
         tries = self._creates[record.id] = self._creates.get(record.id, 0) + 1
         record = self.store.advance(record, step=Step.CREATING)
         try:
@@ -232,10 +237,18 @@ class ShardPoller:
         await self._sleep(pause)
         return True
 
-    def _split(self, record: ShardRecord, content: bytes) -> ShardSplit:
-        """Refused with none of this run's batches queued: the shard is more than the queue
-        takes. Its halves replace it in the manifest; the gate learns half its tokens."""
-        cap = self.queue.too_large(record.model, record.tokens)
+    def _split(self, record: ShardRecord, content: bytes, *, tried: bool = True) -> ShardSplit:
+        """The shard is more than the queue takes (`tried`: it was refused with none of this
+        run's batches queued, and the gate learns half its tokens; else one no larger was).
+        Its halves replace it in the manifest."""
+        if tried:
+            cap = self.queue.too_large(record.model, record.tokens)
+            why = (f"the batch queue of {record.model} took none of its ~{record.tokens:,} "
+                   "prompt tokens with none of this run's batches in it; split in two, and "
+                   f"its shards are cut to {cap:,} from now on")  # fmt: skip
+        else:
+            why = (f"~{record.tokens:,} prompt tokens, as many as a shard the batch queue of "
+                   f"{record.model} refused; split in two without trying")  # fmt: skip
         now = time.time()
         parts = [
             (ShardRecord(
@@ -245,12 +258,9 @@ class ShardPoller:
             ), ids, body)
             for ids, body, tokens in halves(content, record.tokens)
         ]  # fmt: skip
-        self.store.split(record, parts)
-        self.reporter.note(
-            f"batch {record.id}: the batch queue of {record.model} took none of its "
-            f"~{record.tokens:,} prompt tokens with none of this run's batches in it; split "
-            f"in two, and its shards are cut to {cap:,} from now on"
-        )
+        self.store.split(record, parts, "the batch queue refused it" if tried else
+                         "as large as a shard the batch queue refused")  # fmt: skip
+        self.reporter.note(f"batch {record.id}: {why}")
         return ShardSplit(record, [(part, ids) for part, ids, _ in parts])
 
     def _queue_full_error(self, record: ShardRecord) -> str:

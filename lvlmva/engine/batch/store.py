@@ -233,7 +233,10 @@ class BatchStore:
             )
 
     def split(
-        self, record: ShardRecord, parts: list[tuple[ShardRecord, list[str], bytes]]
+        self,
+        record: ShardRecord,
+        parts: list[tuple[ShardRecord, list[str], bytes]],
+        reason: str = "the batch queue refused it",
     ) -> ShardRecord:
         """Replace `record` (never run) by `parts` ((record, custom_ids, content) each): their
         input files are written, then in one transaction they are recorded, its lines move to
@@ -244,7 +247,7 @@ class BatchStore:
         updated = dataclasses.replace(
             record, step=Step.INGESTED, updated_at=time.time(),
             error=f"{SPLIT_INTO} {', '.join(p.id for p, _, _ in parts)}: "
-            f"{record.error or 'the batch queue refused it'}",
+            f"{reason}",
         )  # fmt: skip
         with self._transaction() as db:
             for part, ids, _ in parts:
