@@ -119,7 +119,7 @@ class ShardPoller:
         await self._admit(record)
         if record.lines > 1 and self.queue.never_fits(record.model, record.tokens):
             content = self.store.read_file(record.id, "input")
-            if content:  # the queue refused a shard this large already: split it untried
+            if content:  # larger than what the queue is now thought to take: split untried
                 self.queue.leave(record.model, record.id)
                 raise self._split(record, content, tried=False)
         tries = self._creates[record.id] = self._creates.get(record.id, 0) + 1
@@ -247,8 +247,8 @@ class ShardPoller:
                    "prompt tokens with none of this run's batches in it; split in two, and "
                    f"its shards are cut to {cap:,} from now on")  # fmt: skip
         else:
-            why = (f"~{record.tokens:,} prompt tokens, as many as a shard the batch queue of "
-                   f"{record.model} refused; split in two without trying")  # fmt: skip
+            why = (f"~{record.tokens:,} prompt tokens, more than half of a shard the batch "
+                   f"queue of {record.model} refused; split in two without trying")  # fmt: skip
         now = time.time()
         parts = [
             (ShardRecord(
@@ -259,7 +259,7 @@ class ShardPoller:
             for ids, body, tokens in halves(content, record.tokens)
         ]  # fmt: skip
         self.store.split(record, parts, "the batch queue refused it" if tried else
-                         "as large as a shard the batch queue refused")  # fmt: skip
+                         "more than half of a shard the batch queue refused")  # fmt: skip
         self.reporter.note(f"batch {record.id}: {why}")
         return ShardSplit(record, [(part, ids) for part, ids, _ in parts])
 

@@ -16,7 +16,7 @@ but it does not run either. `QueueGate` keeps this run's batches within a model'
   only way to find out whether it fits); refused then, it is more than the queue takes
   (`too_large`): the learned capacity drops to half of it, the shard is split in two
   (`lvlmva.engine.batch.poller`) and the shard writer cuts new shards to the learned capacity;
-  a shard as large as one refused this way is split without being tried (`never_fits`).
+  a shard written before, larger than that, is split without being tried (`never_fits`).
 
 The gate counts this process's batches only; other processes of the organisation are seen
 through `token_limit_exceeded` alone.
@@ -38,7 +38,7 @@ class QueueGate:
         self.limit = limit
         self._held: dict[str, dict[str, int]] = defaultdict(dict)  # model -> shard -> tokens
         self._learned: dict[str, int] = {}
-        self._refused_alone: dict[str, int] = {}  # model -> fewest tokens refused, none queued
+        self._alone: dict[str, int] = {}  # model -> half the fewest tokens refused, none queued
         self._changed: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
     def capacity(self, model: str) -> int | None:
@@ -88,12 +88,13 @@ class QueueGate:
         """A shard of `tokens` was refused with none of this run's batches queued: the queue
         takes less (or the organisation's other batches fill it). The learned capacity drops
         to half of the shard; returns it."""
-        self._refused_alone[model] = min(tokens, self._refused_alone.get(model, tokens))
         half = max(1, (tokens + 1) // 2)
+        self._alone[model] = min(half, self._alone.get(model, half))
         self._learned[model] = min(half, self._learned.get(model, half))
         return self._learned[model]
 
     def never_fits(self, model: str, tokens: int) -> bool:
-        """Whether a shard of `tokens` is at least as large as one the queue refused with none
-        of this run's batches in it (so it would be refused too: split it without trying)."""
-        return tokens >= self._refused_alone.get(model, tokens + 1)
+        """Whether a shard of `tokens` is larger than half of one the queue refused with none
+        of this run's batches in it: the size new shards are cut to, so it is split without
+        trying (a try costs a validation round; a split, only one more batch)."""
+        return tokens > self._alone.get(model, tokens)
