@@ -5,8 +5,11 @@ simulated critic, DFR, JTT and SUBG.
     python bench/groups.py --seeds 0 1 2 3 4 5 6 7 8 9 --out runs/groups \
         --write-md docs/benchmarks.md docs/bench_groups.md
 
-Per benchmark, lambda is first chosen on the *validation* split of the first seed
-(`search_lambda` over `--lambda-grid`, scored by validation WGA) unless `--lam` fixes it. Then,
+lambda is chosen as `align` chooses it by default (`--lambda-from align`: per seed, one member
+per lambda of its grid in units of lambda0, the best on validation or the original), or, with
+`--lambda-from search` (the protocol of the first tables), once per benchmark on the
+*validation* split of the first seed (`search_lambda` over `--lambda-grid`, absolute values,
+scored by validation WGA), unless `--lam` fixes it. Then,
 per benchmark and seed: the original ResNet-18 is trained; `lvlmva.api.align` runs with the
 simulated critic (an offline simulation answering from the ground-truth masks with verdict
 accuracy 0.87, not a real model); DFR retrains the original's last layer; JTT and SUBG train
@@ -86,7 +89,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="masks weighted by the 'no' clusters' responsibilities instead of 0/1",
     )
     p.add_argument("--verdict-accuracy", type=float, default=0.87)
-    p.add_argument("--lam", type=float, help="fix the RRR weight (default: search on val)")
+    p.add_argument("--lam", type=float, help="fix the RRR weight (default: --lambda-from)")
+    p.add_argument(
+        "--lambda-from",
+        choices=("align", "search"),
+        default="align",
+        help="align: align's own choice per seed (its default); search: search_lambda over "
+        "--lambda-grid on the first seed, then fixed",
+    )
     p.add_argument("--lambda-grid", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0])
     p.add_argument("--jtt-id-epochs", type=int, nargs="+", default=[3])
     p.add_argument("--jtt-upweights", type=float, nargs="+", default=[20.0])
@@ -118,6 +128,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "n_align",
         "verdict_accuracy",
         "lam",
+        "lambda_from",
         "lambda_grid",
         "jtt_id_epochs",
         "jtt_upweights",
@@ -135,14 +146,15 @@ _ALIGN = ("n_align", "verdict_accuracy", "lambda_grid", "soft_masks")
 RELEVANT = {
     "original": (*_DATA, "severities", "corruption_n"),
     "lambda-search": (*_DATA, *_ALIGN),
-    "lvlm-va": (*_DATA, *_ALIGN, "lam", "severities", "corruption_n"),
+    "lvlm-va": (*_DATA, *_ALIGN, "lam", "lambda_from", "severities", "corruption_n"),
     "dfr": (*_DATA, "dfr_resamples"),
     "jtt": (*_DATA, "jtt_id_epochs", "jtt_upweights"),
     "subg": _DATA,
 }
 
 
-_ADDED_LATER = {"soft_masks": False}  # settings added later: rows without them had these
+# settings added later: rows without them had these
+_ADDED_LATER = {"soft_masks": False, "lambda_from": "search"}
 
 
 def matches(row: dict[str, Any], config: dict[str, Any]) -> bool:
@@ -234,7 +246,8 @@ def mask_coverage(samples: Sequence[Any], splits: DatasetSplits) -> dict[str, fl
 
 
 def run_align(
-    model: nn.Module, splits: DatasetSplits, seed: int, lam: float, args: argparse.Namespace
+    model: nn.Module, splits: DatasetSplits, seed: int, lam: float | None,
+    args: argparse.Namespace,
 ) -> Any:
     """`lvlmva.api.align` with the simulated critic: retrain from scratch with the RRR loss.
 
@@ -260,11 +273,14 @@ def run_align(
     )
 
 
-def choose_lambda(name: str, results: Results, args: argparse.Namespace) -> float:
-    """The RRR weight for `name`: `--lam`, or `search_lambda` on the first seed's validation
-    split (WGA), with the masks the simulated critic gives for that seed's original model."""
+def choose_lambda(name: str, results: Results, args: argparse.Namespace) -> float | None:
+    """The RRR weight for `name`: `--lam`; None for `align`'s own choice per seed; or
+    `search_lambda` on the first seed's validation split (WGA), with the masks the simulated
+    critic gives for that seed's original model."""
     if args.lam is not None:
         return args.lam
+    if args.lambda_from == "align":
+        return None
     seed = args.seeds[0]
     done = results.find(benchmark=name, seed=seed, method="lambda-search")
     if done is not None:
@@ -360,7 +376,7 @@ def run_cell(
     name: str,
     seed: int,
     splits: DatasetSplits,
-    lam: float,
+    lam: float | None,
     results: Results,
     args: argparse.Namespace,
     methods: Sequence[str],
@@ -404,12 +420,16 @@ def run_cell(
         results.add({"benchmark": name, "seed": seed, "method": method, **jobs[method]()})
 
 
-def aligned_row(model: nn.Module, splits: DatasetSplits, seed: int, lam: float, args) -> dict:
+def aligned_row(
+    model: nn.Module, splits: DatasetSplits, seed: int, lam: float | None, args
+) -> dict:
     result = run_align(copy.deepcopy(model), splits, seed, lam, args)
+    selection = result.selection
     return {
         **metrics_row(result.model, splits),
         "corruptions": corruption_row(result.model, splits, args),
-        "lambda": lam,
+        "lambda": result.lam,
+        "chosen": None if selection is None else selection.chosen,
         "verdict_accuracy": result.verdict_accuracy.to_dict(),
         "masks": mask_coverage(result.samples, splits),
         "n_masks": sum(s.mask is not None for s in result.samples),
@@ -450,7 +470,8 @@ def render(results: Results, args: argparse.Namespace, command: str) -> str:
         f"Settings: ResNet-18 ({args.image_size} px, {args.n_train} train / {args.n_val} val / "
         f"{args.n_test} test images), {args.epochs} epochs for every training run, Adam lr "
         f"{args.lr:g}; LVLM-VA: `lvlmva.api.align`, retrain, {args.n_align} alignment samples, "
-        f"{'soft' if args.soft_masks else 'hard (0/1)'} masks, "
+        f"{'soft' if args.soft_masks else 'hard (0/1)'} masks, lambda "
+        f"{lambda_note(args)}, "
         f"DeepLiftShap + PPEPS-WGM (J = 7), simulated critic (offline simulation answering from "
         f"ground-truth masks, verdict accuracy {args.verdict_accuracy}, not a real model); JTT "
         f"T in {args.jtt_id_epochs}, upweight in {args.jtt_upweights}; DFR "
@@ -580,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for seed in args.seeds:
                 for name in args.benchmarks:
                     splits = load_splits(name, seed, args)
-                    run_cell(name, seed, splits, lams.get(name, 1.0), results, args, methods)
+                    run_cell(name, seed, splits, lams.get(name), results, args, methods)
     text = render(results, args, command)
     print(text)
     for path in args.write_md:
@@ -588,6 +609,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 BEGIN, END = "<!-- bench/groups.py: begin -->", "<!-- bench/groups.py: end -->"
+
+
+def lambda_note(args: argparse.Namespace) -> str:
+    if args.lam is not None:
+        return f"fixed at {args.lam:g}"
+    if args.lambda_from == "align":
+        return "chosen by `align` per seed (its default: grid in units of lambda0, or the original)"
+    return f"by `search_lambda` over {args.lambda_grid} on the first seed"
 
 
 def write_markdown(path: Path, text: str) -> None:

@@ -73,6 +73,10 @@ def test_cells_match_on_the_settings_their_method_depends_on(bench, tmp_path):
     soft = bench.settings(bench.parse_args(["--out", str(tmp_path), "--soft-masks"]))
     assert not bench.matches({"method": "lvlm-va", "config": before_soft_masks}, soft)
     assert bench.matches({"method": "original", "config": before_soft_masks}, soft)
+    before_align = {k: v for k, v in base.items() if k != "lambda_from"}  # searched lambdas
+    assert not bench.matches({"method": "lvlm-va", "config": before_align}, base)
+    search = bench.settings(bench.parse_args(["--out", str(tmp_path), "--lambda-from", "search"]))
+    assert bench.matches({"method": "lvlm-va", "config": before_align}, search)
 
 
 def test_write_markdown_keeps_the_prose_around_the_markers(bench, tmp_path):
