@@ -17,6 +17,7 @@ from lvlmva.engine.cost import PriceTable
 from lvlmva.engine.engine import Engine, EngineConfig
 from lvlmva.engine.ratelimit import RateLimiter
 from lvlmva.engine.types import ChatRequest, JobStatus, Usage
+from lvlmva.pipeline.records import CritiqueCounts
 from lvlmva.prompts import load_prompt_set
 from lvlmva.simulation.answerers import Answerer, FixedAnswerer
 from lvlmva.simulation.clock import FakeClock
@@ -215,6 +216,10 @@ async def test_timed_out_requests_count_against_the_budget() -> None:
     assert sent == 3  # three worst cases fit; uncounted, all 12 would go out
     assert capped.cost.committed_usd <= budget and capped.cost.budget_reached
     assert JobStatus.NOT_RUN in {r.status for r in results}
+    (note,) = CritiqueCounts.from_engine(capped.stats).notes()  # the run summary's line
+    billed = capped.stats.possibly_billed_usd
+    assert billed > 2.5 * per_send  # the three sends' worst cases
+    assert note.startswith(f"timed-out requests may have been billed up to ${billed:.4f} ")
 
 
 # -- 5. fine-tuned model names ---------------------------------------------------------------

@@ -70,10 +70,7 @@ class CritiqueRunResult:
             f"already stored, now {done}; LVLM calls {t.provider_calls}, answers reused "
             f"{t.reused}, cost ${t.cost_usd:.4f}"
         ]
-        if self.counts.possibly_billed_usd > 0:
-            lines.append(self.counts.timeout_note)
-        if self.counts.snapshot_warning:
-            lines.append(f"WARNING: {self.counts.snapshot_warning}")
+        lines.extend(self.counts.notes())
         return "\n".join(lines)
 
 

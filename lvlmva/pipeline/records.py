@@ -104,13 +104,18 @@ class CritiqueCounts:
             possibly_billed_usd=stats.possibly_billed_usd, **more,
         )
 
-    @property
-    def timeout_note(self) -> str:
-        """One line on what timed-out requests may have cost (they count against a budget)."""
-        return (
-            f"timed-out requests may have been billed up to ${self.possibly_billed_usd:.4f} "
-            "(not in the cost above; counted against --budget-usd)"
-        )
+    def notes(self) -> list[str]:
+        """The summary lines a run's totals call for: what timed-out requests may have cost
+        (they count against a budget), and a moved alias."""
+        lines = []
+        if self.possibly_billed_usd > 0:
+            lines.append(
+                f"timed-out requests may have been billed up to ${self.possibly_billed_usd:.4f} "
+                "(not in the cost above; counted against --budget-usd)"
+            )
+        if self.snapshot_warning:
+            lines.append(f"WARNING: {self.snapshot_warning}")
+        return lines
 
     @property
     def snapshot_warning(self) -> str | None:
@@ -267,8 +272,5 @@ class AlignResult:
             lines.append(self.selection.describe())
         if self.robust.get("warning"):
             lines.append(f"WARNING: {self.robust['warning']}")
-        if self.counts.possibly_billed_usd > 0:
-            lines.append(self.counts.timeout_note)
-        if self.counts.snapshot_warning:
-            lines.append(f"WARNING: {self.counts.snapshot_warning}")
+        lines.extend(self.counts.notes())
         return "\n".join(lines)

@@ -243,7 +243,6 @@ class BatchStore:
         them (their `tries` unchanged: nothing ran) and it ends `ingested`, naming them."""
         for part, _, content in parts:
             self.write_file(part.id, "input", content)
-        names = [n for n in _SHARD_FIELDS if n != "id"]
         updated = dataclasses.replace(
             record, step=Step.INGESTED, updated_at=time.time(),
             error=f"{SPLIT_INTO} {', '.join(p.id for p, _, _ in parts)}: "
@@ -256,22 +255,15 @@ class BatchStore:
                     "UPDATE lines SET shard = ? WHERE endpoint = ? AND custom_id = ? AND shard = ?",
                     [(part.id, record.endpoint, cid, record.id) for cid in ids],
                 )
-            db.execute(
-                f"UPDATE shards SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
-                [*(_column(getattr(updated, n)) for n in names), updated.id],
-            )
+            _update_shard(db, updated)
         self.path(record.id, "input").unlink(missing_ok=True)
         return updated
 
     def advance(self, record: ShardRecord, **changes: Any) -> ShardRecord:
         """Record the shard's next step (or new status); returns the updated record."""
         updated = dataclasses.replace(record, updated_at=time.time(), **changes)
-        names = [n for n in _SHARD_FIELDS if n != "id"]
         with self._transaction() as db:
-            db.execute(
-                f"UPDATE shards SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
-                [*(_column(getattr(updated, n)) for n in names), updated.id],
-            )
+            _update_shard(db, updated)
         return updated
 
     def resolve(
@@ -283,7 +275,6 @@ class BatchStore:
         """Record the outcome of lines of `record` ((custom_id, outcome, detail)) and the
         shard's changes in one transaction. Lines that moved to another shard are left."""
         updated = dataclasses.replace(record, updated_at=time.time(), **changes)
-        names = [n for n in _SHARD_FIELDS if n != "id"]
         rows = [(o, d, record.endpoint, cid, record.id) for cid, o, d in outcomes]
         with self._transaction() as db:
             db.executemany(
@@ -291,10 +282,7 @@ class BatchStore:
                 "WHERE endpoint = ? AND custom_id = ? AND shard = ?",
                 rows,
             )
-            db.execute(
-                f"UPDATE shards SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
-                [*(_column(getattr(updated, n)) for n in names), updated.id],
-            )
+            _update_shard(db, updated)
         return updated
 
     def shard(self, shard_id: str) -> ShardRecord | None:
@@ -379,6 +367,14 @@ def _insert_shard(db: sqlite3.Connection, record: ShardRecord) -> None:
         f"INSERT INTO shards ({', '.join(_SHARD_FIELDS)}) VALUES "
         f"({', '.join('?' * len(_SHARD_FIELDS))})",
         [_column(getattr(record, name)) for name in _SHARD_FIELDS],
+    )
+
+
+def _update_shard(db: sqlite3.Connection, record: ShardRecord) -> None:
+    names = [n for n in _SHARD_FIELDS if n != "id"]
+    db.execute(
+        f"UPDATE shards SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
+        [*(_column(getattr(record, n)) for n in names), record.id],
     )
 
 
