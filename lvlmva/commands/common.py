@@ -276,6 +276,10 @@ _REQUEST_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--judge-reasoning-effort", {"help": "reasoning models: the Judge's reasoning_effort"}),
     ("--temperature", {"default": "0", "help": "sampling temperature, sent where the model "
      "takes one (default 0; none: never sent, for a server that refuses it)"}),
+    ("--verdict-logprobs", {"type": int, "metavar": "N", "help": "ask the Judge (or the fused "
+     "call) for token log-probabilities with N alternatives (e.g. 5), where the model gives "
+     "them (not reasoning models): each verdict's P(\"no\") then weights the neighbour "
+     "consensus instead of 0 / 1 (no extra tokens; default: not asked)"}),
 )  # fmt: skip
 """The `RequestSettings` flags but --detail (see `add_detail_argument`)."""
 
@@ -347,6 +351,7 @@ def critic_settings(args: argparse.Namespace) -> Any:
             judge_reasoning_effort=args.judge_reasoning_effort,
             image_detail=args.detail,
             temperature=_temperature(args.temperature),
+            verdict_logprobs=args.verdict_logprobs,
         ),
         batch=_batch_options(args, kind),
     )

@@ -81,6 +81,7 @@ async def open_session(
             reasoning_effort=request.reasoning_effort,
             judge_reasoning_effort=request.judge_reasoning_effort,
             image_detail=request.image_detail,
+            verdict_logprobs=request.verdict_logprobs,
             prices=prices,
             budget_usd=limits.budget_usd,
             progress=progress,

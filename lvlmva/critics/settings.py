@@ -93,13 +93,17 @@ class RequestSettings:
     it for the Judge); `image_detail`: "fit" (default: low for images of at most 512 px, which
     then lose no pixel at a third of gpt-4o's image tokens, high for larger ones), "auto",
     "low", "high" or None (none sent); `temperature`: sent where the model allows one (None:
-    never sent, for a server that refuses it)."""
+    never sent, for a server that refuses it); `verdict_logprobs`: ask the verdict requests
+    (Judge, fused) for token log-probabilities with this many alternatives, where the model
+    gives them (not reasoning models), so that each verdict's P("no") weights the consensus
+    (`lvlmva.engine.confidence`; None: not asked)."""
 
     max_completion_tokens: int | None = None
     reasoning_effort: str | None = None
     judge_reasoning_effort: str | None = None
     image_detail: str | None = "fit"
     temperature: float | None = 0.0
+    verdict_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         from lvlmva.engine.model_params import DETAILS
@@ -114,6 +118,10 @@ class RequestSettings:
             )
         if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
             raise ConfigError(f"temperature must be in [0, 2], got {self.temperature}")
+        if self.verdict_logprobs is not None and not 0 <= self.verdict_logprobs <= 20:
+            raise ConfigError(
+                f"--verdict-logprobs must be 0 to 20 alternatives, got {self.verdict_logprobs}"
+            )
 
 
 def _positive(flag: str, value: float | None) -> None:
@@ -165,6 +173,7 @@ _SHORTHAND = {
     "judge_reasoning_effort": ("request", "judge_reasoning_effort"),
     "image_detail": ("request", "image_detail"),
     "temperature": ("request", "temperature"),
+    "verdict_logprobs": ("request", "verdict_logprobs"),
 }
 
 

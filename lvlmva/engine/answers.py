@@ -2,8 +2,9 @@
 and whether an answer can be used at all.
 
 The cache stores plain entries `{"text": str, "usage": [prompt, completion, cached, reasoning],
-"model": str, "finish_reason": str | None}`; `answer_entry` / `answer_from_entry` convert a
-`ChatResponse` to and from one. An entry that does not decode (another format, a damaged file,
+"model": str, "finish_reason": str | None}`, plus `"logprobs": [[token, logprob, [[alternative,
+logprob], ...]], ...]` when the answer has them; `answer_entry` / `answer_from_entry` convert
+a `ChatResponse` to and from one. An entry that does not decode (another format, a damaged file,
 an answer that was cut off) is a miss: the answer is asked for again and stored over it, never
 used and never an error.
 
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 from lvlmva.cache.verdict_cache import SingleFlight, Source, VerdictCache
 from lvlmva.engine.stats import Ledger
-from lvlmva.engine.types import ChatRequest, ChatResponse, Usage
+from lvlmva.engine.types import ChatRequest, ChatResponse, TokenLogprob, Usage
 
 __all__ = ["AnswerSource", "answer_entry", "answer_from_entry", "unusable", "unusable_reason"]
 
@@ -37,6 +38,9 @@ def answer_entry(answer: ChatResponse) -> dict[str, Any]:
         ],
         "model": answer.model,
         "finish_reason": answer.finish_reason,
+        **({} if answer.logprobs is None else {"logprobs": [
+            [t.token, t.logprob, [list(alt) for alt in t.top]] for t in answer.logprobs
+        ]}),
     }  # fmt: skip
 
 
@@ -53,7 +57,21 @@ def answer_from_entry(entry: Any) -> ChatResponse:
         raise ValueError("usage must be [prompt, completion, cached, reasoning tokens]")
     if finish not in USABLE_FINISH or not text.strip():
         raise ValueError(f"an unusable answer (finish_reason {finish!r})")
-    return ChatResponse(text, Usage(*usage), model, finish_reason=finish)
+    logprobs = _logprobs_from_entry(entry.get("logprobs"))
+    return ChatResponse(text, Usage(*usage), model, finish_reason=finish, logprobs=logprobs)
+
+
+def _logprobs_from_entry(raw: Any) -> tuple[TokenLogprob, ...] | None:
+    if raw is None:
+        return None
+    try:
+        return tuple(
+            TokenLogprob(str(token), float(logprob), tuple((str(a), float(b)) for a, b in top))
+            for token, logprob, top in raw
+        )
+    except (TypeError, ValueError):
+        shape = "[[token, logprob, [[token, logprob], ...]], ...]"
+        raise ValueError(f"logprobs must be {shape}") from None
 
 
 def unusable(answer: ChatResponse) -> str | None:

@@ -30,8 +30,10 @@ class EngineConfig:
     `image_detail` is the
     detail policy of the Critic's images (`DETAILS`; "fit": low for images of at most 512 px,
     which then lose nothing, high for larger ones; None: no detail sent). `breaker_burst`
-    identical client errors in a row stop the run. The limits, timeout, retries, prices and
-    budget configure the default `OnlineDispatcher`."""
+    identical client errors in a row stop the run. `verdict_logprobs` asks the verdict
+    requests (Judge, fused) for token log-probabilities with that many alternatives (0 to 20;
+    sent only to models that give them), from which each result's `no_probability` is read.
+    The limits, timeout, retries, prices and budget configure the default `OnlineDispatcher`."""
 
     critic_model: str
     judge_model: str | None = None  # default: the critic model
@@ -46,6 +48,7 @@ class EngineConfig:
     reasoning_effort: str | None = None
     judge_reasoning_effort: str | None = None
     image_detail: str | None = "fit"
+    verdict_logprobs: int | None = None
     request_timeout: float | None = None
     max_reasks: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -72,6 +75,10 @@ class EngineConfig:
             raise ConfigError(
                 f"image_detail must be one of {', '.join(DETAILS)} (got {self.image_detail!r})"
             )
+        if self.verdict_logprobs is not None and not 0 <= self.verdict_logprobs <= 20:
+            raise ConfigError(
+                f"verdict_logprobs must be 0 to 20 alternatives (got {self.verdict_logprobs})"
+            )
         if self.breaker_burst < 1:
             raise ConfigError(f"breaker_burst must be at least 1 (got {self.breaker_burst})")
         check_efforts(
@@ -82,8 +89,9 @@ class EngineConfig:
     def sampling(self) -> Sampling:
         """What the Critic (and fused) requests carry."""
         return Sampling(
-            self.temperature, self.max_tokens, self.seed, self.reasoning_effort, self.image_detail
-        )
+            self.temperature, self.max_tokens, self.seed, self.reasoning_effort, self.image_detail,
+            self.verdict_logprobs,
+        )  # fmt: skip
 
     @property
     def judge_sampling(self) -> Sampling:

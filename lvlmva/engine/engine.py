@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -43,19 +42,20 @@ from lvlmva.engine.answers import (
 )
 from lvlmva.engine.breaker import Breaker, StopReason
 from lvlmva.engine.budget import JobBudget, JobHold
+from lvlmva.engine.confidence import no_probabilities
 from lvlmva.engine.config import EngineConfig
-from lvlmva.engine.cost import CostMeter, estimate_prompt_tokens
+from lvlmva.engine.cost import CostMeter
 from lvlmva.engine.dispatch import Call, Dispatcher
 from lvlmva.engine.errors import NotSent, ProviderError
 from lvlmva.engine.idle import IdleWatch
 from lvlmva.engine.keys import ProviderIdentity, request_key, schema_sha256
-from lvlmva.engine.model_params import rules_for
 from lvlmva.engine.progress import CritiqueProgress
 from lvlmva.engine.requests import (
     STEPS,
     critic_request,
     fused_request,
     judge_request,
+    larger_budget,
     reask_request,
     step_template_sha256,
     with_budget,
@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _Verdicts = tuple[ChatResponse, dict[str, bool]]  # a validated answer and its verdicts
+_Checked = tuple[dict[str, bool], dict[str, float] | None]  # verdicts and their P("no")
 
 
 class _Failed(Exception):
@@ -262,7 +263,7 @@ class Engine:
         """critic -> judge -> validate (-> re-ask), or fused -> validate (-> re-ask)."""
         held = JobHold(Ledger(self.stats.ledger))
         critique: str | None = None
-        status, verdicts, error = JobStatus.OK, None, None
+        status, verdicts, error, p_no = JobStatus.OK, None, None, None
         try:
             if not job.colors or len(set(job.colors)) != len(job.colors):
                 raise _Failed(f"job has no or repeated colours: {list(job.colors)}")
@@ -273,13 +274,13 @@ class Engine:
                     structured=self.critic.supports_structured_output,
                 )  # fmt: skip
                 await self._hold(job, held, "fused", request)
-                verdicts = await self._validated("fused", self.critic, request, job, held)
+                verdicts, p_no = await self._validated("fused", self.critic, request, job, held)
             else:
                 sampling = self._sampling
                 request = critic_request(c.prompts, job, model=c.critic_model, sampling=sampling)
                 await self._hold(job, held, "critic", request)
                 critique = await self._critique(held, request)
-                verdicts = await self._judge(job, critique, held)
+                verdicts, p_no = await self._judge(job, critique, held)
         except _Failed as exc:
             status, error = JobStatus.FAILED, str(exc)
         except _NotRun as exc:
@@ -290,6 +291,7 @@ class Engine:
             job_id=job.job_id,
             status=status,
             verdicts=verdicts,
+            no_probability=p_no,
             critique=critique,
             error=error,
             tally=held.ledger.tally,
@@ -328,7 +330,7 @@ class Engine:
         self.stats.answered(request.model, answer.model)
         return answer.text
 
-    async def _judge(self, job: CritiqueJob, critique: str, held: JobHold) -> dict[str, bool]:
+    async def _judge(self, job: CritiqueJob, critique: str, held: JobHold) -> _Checked:
         c, provider = self.config, self.judge
         request = judge_request(
             c.prompts,
@@ -347,10 +349,11 @@ class Engine:
         request: ChatRequest,
         job: CritiqueJob,
         held: JobHold,
-    ) -> dict[str, bool]:
+    ) -> _Checked:
         """Ask until the answer validates (re-asking with the error), then cache the valid
         answer under the first request's key; invalid answers are never cached, and a cached
-        answer that does not validate is a miss."""
+        answer that does not validate is a miss. Gives the verdicts and, where the answer has
+        token log-probabilities, P("no") per colour (`lvlmva.engine.confidence`)."""
         colors, ledger = job.colors, held.ledger
         key = self._key(step, provider, request, schema_sha256(colors))
 
@@ -387,7 +390,8 @@ class Engine:
         finally:
             self._budget.step_ended(held, step)
         self.stats.answered(request.model, answer.model)
-        return dict(verdicts)  # a copy: identical jobs in flight share the parsed answer
+        p_no = no_probabilities(answer.text, answer.logprobs, verdicts)
+        return dict(verdicts), p_no  # a copy: identical jobs in flight share the parsed answer
 
     async def _complete(self, call: Call, held: JobHold) -> ChatResponse:
         """The usable answer to `call`: one cut at the token limit is asked once more with a
@@ -396,7 +400,7 @@ class Engine:
         problem = unusable(response)
         if problem is None:
             return response
-        larger = _larger_budget(call.request, self.config.tpm) if problem == "length" else None
+        larger = larger_budget(call.request, self.config.tpm) if problem == "length" else None
         if larger is None:
             raise _Failed(f"{call.step}: {unusable_reason(problem, response, call.request)}")
         held.ledger.budget_retried()
@@ -499,17 +503,6 @@ class Engine:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-def _larger_budget(request: ChatRequest, tpm: float | None) -> int | None:
-    """Twice the request's output budget within the model's limit and so that the request
-    stays within half of `tpm` (None: no larger one). A request near tpm would stall the run:
-    the `RateLimiter` refills tpm less its largest request per window."""
-    limit = rules_for(request.model).max_output_tokens
-    larger = request.max_tokens * 2 if limit is None else min(request.max_tokens * 2, limit)
-    if tpm is not None:
-        larger = min(larger, math.floor(tpm / 2) - estimate_prompt_tokens(request))
-    return larger if larger > request.max_tokens else None
 
 
 def _length(jobs: object) -> int | None:

@@ -5,10 +5,10 @@ answer.
 step, the provider's identity (who answers: an endpoint URL, or the settings of a simulation),
 the model, the prompt templates' hash, the rendered text of every message (with its role), the
 image hashes, the request parameters (temperature, output budget, seed, reasoning effort, image
-detail, structured output) and the verdict schema's hash, so a changed prompt, image, setting
-or endpoint is a miss and a rerun after a crash pays only for what was not answered yet. The
-same key names a request wherever it is sent (online or in a batch file, where it is the
-natural `custom_id`).
+detail, structured output; token log-probabilities when asked for) and the verdict schema's
+hash, so a changed prompt, image, setting or endpoint is a miss and a rerun after a crash pays
+only for what was not answered yet. The same key names a request wherever it is sent (online
+or in a batch file, where it is the natural `custom_id`).
 
 Bump `KEY_VERSION` when the derivation or the meaning of a cached entry changes (3: the
 endpoint identity and the reasoning and image-detail parameters joined the key).
@@ -156,6 +156,8 @@ def request_key(
             "structured_output": request.response_schema is not None,
             "reasoning_effort": request.reasoning_effort,
             "image_detail": request.image_detail,
+            # only when asked for, so that the keys of earlier runs stay valid
+            **({} if request.top_logprobs is None else {"top_logprobs": request.top_logprobs}),
         },
         schema_sha256=schema_sha256,
     )

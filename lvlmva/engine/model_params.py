@@ -139,11 +139,19 @@ class ModelRules:
 
     def temperature(self, wanted: float | None, effort: str | None) -> float | None:
         """The temperature to send (None: leave it out, the model allows only its default)."""
+        return wanted if self._samples_freely(effort) else None
+
+    def top_logprobs(self, wanted: int | None, effort: str | None) -> int | None:
+        """How many token alternatives to ask for (None: ask for no log-probabilities; the
+        API refuses `logprobs` where it refuses a temperature: reasoning models)."""
+        return wanted if self._samples_freely(effort) else None
+
+    def _samples_freely(self, effort: str | None) -> bool:
         if self.sampling == "default_only":
-            return None
-        if self.sampling == "only_without_reasoning" and (effort or self.default_effort) != "none":
-            return None
-        return wanted
+            return False
+        if self.sampling == "only_without_reasoning":
+            return (effort or self.default_effort) == "none"
+        return True
 
     def max_tokens(self, wanted: int | None) -> int:
         """The output budget: `wanted`, else the family default, within the model's limit."""

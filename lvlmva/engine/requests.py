@@ -13,10 +13,12 @@ requests here.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from lvlmva.engine.cost import estimate_prompt_tokens
 from lvlmva.engine.keys import template_sha256
 from lvlmva.engine.model_params import rules_for
 from lvlmva.engine.types import ChatRequest, CritiqueJob, ImagePart, Message, TextPart
@@ -30,6 +32,7 @@ __all__ = [
     "critic_request",
     "fused_request",
     "judge_request",
+    "larger_budget",
     "prompt_variables",
     "reask_request",
     "shared_verdict_schema",
@@ -70,13 +73,16 @@ class Sampling:
     and for models that allow only their default, `max_tokens` (the output budget, reasoning
     included; None: the family's default) is capped at the model's limit, `reasoning_effort`
     is sent when set to models that take one, and `image_detail` (a `DETAILS` policy, "fit"
-    by default) rides on requests with images."""
+    by default) rides on requests with images; `verdict_logprobs` asks the verdict requests
+    (Judge, fused) for token log-probabilities with that many alternatives, where the model
+    gives them."""
 
     temperature: float | None = 0.0
     max_tokens: int | None = None
     seed: int | None = 0
     reasoning_effort: str | None = None
     image_detail: str | None = "fit"
+    verdict_logprobs: int | None = None
 
 
 def prompt_variables(job: CritiqueJob) -> dict[str, str]:
@@ -192,6 +198,7 @@ def _request(
     system, user = _templates(prompts, step)
     rules = rules_for(model)
     effort = sampling.reasoning_effort if rules.efforts != () else None  # chat models take none
+    logprobs = sampling.verdict_logprobs if step != "critic" else None
     return ChatRequest(
         model=model,
         messages=(
@@ -204,9 +211,21 @@ def _request(
         response_schema=schema,
         reasoning_effort=effort,
         image_detail=sampling.image_detail if images else None,
+        top_logprobs=rules.top_logprobs(logprobs, effort),
     )
 
 
 def with_budget(request: ChatRequest, max_tokens: int) -> ChatRequest:
     """`request` with a larger output budget (an answer cut at the limit is asked again so)."""
     return replace(request, max_tokens=max_tokens)
+
+
+def larger_budget(request: ChatRequest, tpm: float | None) -> int | None:
+    """Twice the request's output budget within the model's limit and so that the request
+    stays within half of `tpm` (None: no larger one). A request near tpm would stall the run:
+    the `RateLimiter` refills tpm less its largest request per window."""
+    limit = rules_for(request.model).max_output_tokens
+    larger = request.max_tokens * 2 if limit is None else min(request.max_tokens * 2, limit)
+    if tpm is not None:
+        larger = min(larger, math.floor(tpm / 2) - estimate_prompt_tokens(request))
+    return larger if larger > request.max_tokens else None

@@ -70,7 +70,9 @@ class ChatRequest:
     """A provider-neutral chat completion request. `temperature=None` leaves it out (models
     that allow only their default); `max_tokens` is the output budget, reasoning included,
     whatever the wire calls it; `reasoning_effort` is sent when set; `image_detail` is the
-    detail policy of the images (`lvlmva.engine.model_params.DETAILS`; None: none sent)."""
+    detail policy of the images (`lvlmva.engine.model_params.DETAILS`; None: none sent);
+    `top_logprobs` asks for the answer tokens' log-probabilities with that many alternatives
+    (sent only to models that give them: `ModelRules.top_logprobs`)."""
 
     model: str
     messages: tuple[Message, ...]
@@ -81,6 +83,17 @@ class ChatRequest:
     schema_name: str = "verdicts"
     reasoning_effort: str | None = None
     image_detail: str | None = None
+    top_logprobs: int | None = None  # ask for token log-probabilities, this many alternatives
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One answer token with its log-probability and the most likely alternatives at its
+    position (`top`: (token, logprob) pairs, the API's `top_logprobs`)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,7 +198,9 @@ class RateLimitInfo:
 @dataclass(frozen=True)
 class ChatResponse:
     """An answer: its text (`""` for null content), usage, the answering model, and
-    `finish_reason` ("stop", "length", "content_filter" ...; None when the server sent none)."""
+    `finish_reason` ("stop", "length", "content_filter" ...; None when the server sent none);
+    `logprobs` the content's tokens with their log-probabilities when they were asked for and
+    given."""
 
     text: str
     usage: Usage
@@ -193,6 +208,7 @@ class ChatResponse:
     finish_reason: str | None = "stop"
     rate_limits: RateLimitInfo | None = field(default=None, compare=False)
     content_null: bool = False  # the server sent `content: null`
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @runtime_checkable
@@ -230,6 +246,8 @@ class JobResult(TallyView):
     job_id: str
     status: JobStatus
     verdicts: Mapping[str, bool] | None = None  # colour -> True for "yes" (relevant)
+    # colour -> P("no") from the verdict tokens' log-probabilities (None: none were given)
+    no_probability: Mapping[str, float] | None = None
     critique: str | None = None
     error: str | None = None
     tally: Tally = field(default_factory=Tally)  # this job's calls, reused answers, tokens and cost

@@ -127,7 +127,8 @@ async def critique_stream(
 ) -> AsyncIterator[tuple[str, RenderedSample, SampleRecord]]:
     """Critique `(split name, sample)` pairs of `dataset` (`votes` Critic samples each,
     `lvlmva.pipeline.votes`) and yield `(split name, sample, record)` in completion order; a
-    record's `votes` holds the share of "no" per colour when there were several samples.
+    record's `votes` holds the share of "no" per colour when there were several samples or
+    the answers' tokens graded the verdicts.
     `splits` names the splits the samples may come from (checked for ground truth up front)."""
     info = dataset.info
     if session.needs_truth:
@@ -152,7 +153,7 @@ async def critique_stream(
             continue
         split_name, sample = pending.pop(voted.result.job_id)
         record = record_for(sample, voted.result, info.class_names[sample.label], soft=soft_masks)
-        if votes > 1 and voted.no_share is not None:
+        if (votes > 1 or voted.graded) and voted.no_share is not None:
             record.votes = dict(voted.no_share)
         yield split_name, sample, record
 

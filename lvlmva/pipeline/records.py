@@ -74,7 +74,8 @@ class SampleRecord:
     images: dict[str, bytes] = field(default_factory=dict, repr=False)
     tally: Tally = field(default_factory=Tally)  # what its critique cost (calls, reuse, USD)
     # robust verdicts (lvlmva.pipeline.masking): share of "no" per colour over the Critic's
-    # samples (several votes only), and P(spurious) after pooling with similar clusters
+    # samples (several votes, or the verdict tokens' P("no") where the Judge gave
+    # log-probabilities), and P(spurious) after pooling with similar clusters
     votes: dict[str, float] | None = None
     consensus: dict[str, float] | None = None
 

@@ -49,11 +49,13 @@ def base_job_id(job_id: str, votes: int) -> str:
 class VotedResult:
     """A sample's combined result: `result` has the majority verdicts and the summed calls and
     cost of every vote; `no_share` maps each colour to the share of "no" among the validated
-    votes (None when none validated); `validated` counts them."""
+    votes (None when none validated), each vote counting its P("no") where its answer had
+    token log-probabilities (`graded`); `validated` counts them."""
 
     result: JobResult
     no_share: Mapping[str, float] | None
     validated: int
+    graded: bool = False
 
 
 class VoteCollector:
@@ -89,7 +91,15 @@ def _combine(job_id: str, results: list[JobResult]) -> VotedResult:
         combined = JobResult(job_id=job_id, status=status, error=error, critique=first.critique)
         return VotedResult(dataclasses.replace(combined, **costs), None, 0)
     colors = list(ok[0].verdicts)
-    no_share = {c: sum(not r.verdicts.get(c, True) for r in ok) / len(ok) for c in colors}
-    verdicts = {c: no_share[c] <= 0.5 for c in colors}
+    said = {c: sum(not r.verdicts.get(c, True) for r in ok) / len(ok) for c in colors}
+    verdicts = {c: said[c] <= 0.5 for c in colors}
+    graded = any(r.no_probability for r in ok)
+    no_share = {c: sum(_p_no(r, c) for r in ok) / len(ok) for c in colors} if graded else said
     combined = dataclasses.replace(ok[0], job_id=job_id, verdicts=verdicts, **costs)
-    return VotedResult(combined, no_share, len(ok))
+    return VotedResult(combined, no_share, len(ok), graded)
+
+
+def _p_no(result: JobResult, color: str) -> float:
+    """P("no") of one answer's verdict on `color`: its tokens' where it has them, else 0 / 1."""
+    found = (result.no_probability or {}).get(color)
+    return float(not result.verdicts.get(color, True)) if found is None else found  # type: ignore[union-attr]

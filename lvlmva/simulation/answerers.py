@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from lvlmva.engine.types import ChatRequest
+from lvlmva.engine.types import ChatRequest, TokenLogprob
 from lvlmva.errors import ConfigError
 from lvlmva.simulation.simulator import SimulatedLVLM
 
-__all__ = ["Answerer", "CannotAnswer", "FixedAnswerer", "SimulatedAnswerer"]
+__all__ = ["Answer", "Answerer", "CannotAnswer", "FixedAnswerer", "SimulatedAnswerer"]
 
 
 class CannotAnswer(Exception):
@@ -25,9 +26,18 @@ class CannotAnswer(Exception):
     verdict lines); the stand-in answers 400 with code `simulation_cannot_answer`."""
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An answer with its tokens' log-probabilities (None: the stand-in makes every token
+    certain when they are asked for)."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
 @runtime_checkable
 class Answerer(Protocol):
-    def answer(self, request: ChatRequest) -> str: ...
+    def answer(self, request: ChatRequest) -> str | Answer: ...
 
 
 class FixedAnswerer:
@@ -57,11 +67,11 @@ class SimulatedAnswerer:
             )
         self.sim = sim
 
-    def answer(self, request: ChatRequest) -> str:
+    def answer(self, request: ChatRequest) -> Answer:
         outcome = self.sim.plan(dataclasses.replace(request, max_tokens=0))
         self.sim.deliver(outcome)
         if outcome.kind == "ok" and outcome.response is not None:
-            return outcome.response.text
+            return Answer(outcome.response.text, outcome.response.logprobs)
         raise CannotAnswer(outcome.message or f"the simulation answered {outcome.kind}")
 
     def __repr__(self) -> str:

@@ -25,7 +25,8 @@ SIMULATION_NOTE = "[lvlm-va simulated critic: answers derive from ground-truth m
 @dataclass(frozen=True)
 class SimVerdict:
     """The simulated Critic's answer for one colour: `relevant` is its verdict ("yes"),
-    `truly_spurious` the ground truth it was drawn from."""
+    `truly_spurious` the ground truth it was drawn from, `error_probability` the error
+    model's chance that a verdict on this cluster is wrong."""
 
     color: str
     relevant: bool
@@ -33,6 +34,14 @@ class SimVerdict:
     row: float
     col: float
     share: float
+    error_probability: float = 0.0
+
+    @property
+    def p_no(self) -> float:
+        """The P("no") a calibrated model would report for this verdict: its verdict holds
+        with probability 1 - `error_probability`."""
+        p = self.error_probability
+        return p if self.relevant else 1.0 - p
 
 
 def unit_draw(*key: object) -> float:

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lvlmva.simulation.answerers import Answerer, CannotAnswer
+from lvlmva.simulation.answerers import Answer, Answerer, CannotAnswer
 from lvlmva.simulation.clock import Clock
+from lvlmva.simulation.logprobs import answer_logprobs, tokens_within, wire_logprobs
 from lvlmva.simulation.openai_errors import (
     APIError,
     invalid_request,
@@ -30,6 +31,7 @@ from lvlmva.simulation.openai_rules import ChatParams, validate_chat
 from lvlmva.simulation.openai_usage import (
     PrefixCache,
     ReasoningLengths,
+    Shaped,
     completion_body,
     random_id,
     shape_answer,
@@ -161,13 +163,14 @@ class ChatEngine:
                     raise admission.error
             if draw.transport is not None:
                 raise self._transport_error(draw, params.model, headers)
-            text = self.answerer.answer(params.request)
+            answer = self.answerer.answer(params.request)
         except APIError as exc:
             return self._fail(exc, (channel, sha, model), headers, draw, ids)
         except CannotAnswer as exc:
             error = invalid_request(f"simulated answerer: {exc}", None, "simulation_cannot_answer")
             return self._fail(error, (channel, sha, model), headers, draw, ids)
-        return self._answer(params, text, draw, headers, channel, sha, ids)
+        answer = Answer(answer) if isinstance(answer, str) else answer
+        return self._answer(params, answer, draw, headers, channel, sha, ids)
 
     def _transport_error(self, draw: FaultDraw, model: str, headers: Mapping[str, str]):
         if draw.transport == "429":
@@ -193,7 +196,7 @@ class ChatEngine:
     def _answer(
         self,
         params: ChatParams,
-        text: str,
+        answer: Answer,
         draw: FaultDraw,
         headers: Mapping[str, str],
         channel: Channel,
@@ -203,7 +206,9 @@ class ChatEngine:
         family = params.family
         budget = params.max_output or family.max_output_tokens
         reasoning = self.settings.reasoning.tokens(params.effort) if family.reasoning else 0
-        choices = [shape_answer(text, budget, reasoning, draw.shape) for _ in range(params.n)]
+        choices = [
+            shape_answer(answer.text, budget, reasoning, draw.shape) for _ in range(params.n)
+        ]
         prompt = params.parsed.prompt_tokens
         cached = self.prefixes.lookup_and_store(params.answer_model, params.parsed.segments)
         usage = usage_body(prompt, cached, choices)
@@ -213,6 +218,7 @@ class ChatEngine:
             model=params.answer_model,
             choices=choices,
             usage=usage,
+            logprobs=[_logprobs(answer, c, params.request.top_logprobs) for c in choices],
         )
         record = self._record(
             channel,
@@ -227,3 +233,12 @@ class ChatEngine:
             **ids,
         )
         return ChatOutcome(200, body, dict(headers), record, draw)
+
+
+def _logprobs(answer: Answer, choice: Shaped, top: int | None) -> dict[str, Any] | None:
+    """A choice's `logprobs` object when they were asked for and it has content: the
+    answerer's tokens that the (possibly cut) content still holds, or certain ones."""
+    if top is None or choice.content is None:
+        return None
+    tokens = answer.logprobs or answer_logprobs(choice.content, None, top)
+    return wire_logprobs(tokens_within(tokens, choice.content))

@@ -288,6 +288,7 @@ def validate_chat(body: Any, family: ModelFamily, answer_model: str) -> ChatPara
         seed=body.get("seed"),
         response_schema=schema,
         schema_name=fmt.name or "response",
+        top_logprobs=(body.get("top_logprobs") or 0) if body.get("logprobs") else None,
     )
     return ChatParams(
         model=body["model"],

@@ -176,8 +176,10 @@ def completion_body(
     model: str,
     choices: Sequence[Shaped],
     usage: Mapping[str, Any],
+    logprobs: Sequence[Mapping[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """A `chat.completion` object as the API returns it."""
+    """A `chat.completion` object as the API returns it (`logprobs`: each choice's, when
+    they were asked for)."""
     fingerprint = "fp_" + hashlib.sha256(model.encode()).hexdigest()[:10]
     return {
         "id": completion_id,
@@ -193,7 +195,7 @@ def completion_body(
                     "refusal": c.refusal,
                     "annotations": [],
                 },
-                "logprobs": None,
+                "logprobs": None if logprobs is None else logprobs[i],
                 "finish_reason": c.finish_reason,
             }
             for i, c in enumerate(choices)

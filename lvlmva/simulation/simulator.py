@@ -61,6 +61,7 @@ from lvlmva.simulation.error_models import (
     is_wrong,
 )
 from lvlmva.simulation.faults import FaultRates, spoil_json
+from lvlmva.simulation.logprobs import answer_logprobs
 from lvlmva.simulation.oracle import MaskOracle
 from lvlmva.vision.render import decode_cluster_map
 
@@ -365,12 +366,17 @@ class SimulatedLVLM:
                     row=finding.row,
                     col=finding.col,
                     share=finding.share,
+                    error_probability=p,
                 )
             )
         return out
 
-    def _answer(self, request: ChatRequest) -> tuple[str, list[tuple[str, str]] | None]:
-        """The answer text, and for JSON answers the (colour, verdict) entries."""
+    def _answer(
+        self, request: ChatRequest
+    ) -> tuple[str, list[tuple[str, str]] | None, list[float] | None]:
+        """The answer text, for JSON answers the (colour, verdict) entries, and for verdicts
+        given with the images the P("no") of each entry (`SimVerdict.p_no`). A Judge that
+        reads a critique is sure of what it says: the critique states its verdicts flatly."""
         images = [p for m in request.messages for p in m.parts if isinstance(p, ImagePart)]
         if images:
             if len(images) < 2:
@@ -383,11 +389,10 @@ class SimulatedLVLM:
                 images[0].data, images[1].data, sample=sample_key(request)
             )
             if request.response_schema is None:
-                return write_critique(verdicts, key=images[0].sha256), None
+                return write_critique(verdicts, key=images[0].sha256), None, None
             entries = [(v.color, "yes" if v.relevant else "no") for v in verdicts]
-            return json.dumps({"output": [{"color": c, "verdict": v} for c, v in entries]}), (
-                entries
-            )
+            text = json.dumps({"output": [{"color": c, "verdict": v} for c, v in entries]})
+            return text, entries, [v.p_no for v in verdicts]
         allowed = _schema_colors(request.response_schema) or list(self.palette)
         text = "\n".join(t for m in request.messages if m.role == "user" for t in _message_texts(m))
         found = read_verdicts(text, allowed)
@@ -398,7 +403,8 @@ class SimulatedLVLM:
                 status=400,
             )
         entries = [(c, "yes" if relevant else "no") for c, relevant in found]
-        return json.dumps({"output": [{"color": c, "verdict": v} for c, v in entries]}), entries
+        text = json.dumps({"output": [{"color": c, "verdict": v} for c, v in entries]})
+        return text, entries, None
 
     def plan(self, request: ChatRequest) -> SimOutcome:
         """Decide the outcome of `request` (draws from the fault/latency stream; counts the
@@ -420,18 +426,22 @@ class SimulatedLVLM:
         if fault == "timeout":
             return SimOutcome("timeout", delay, key, message="simulated hang")
         try:
-            text, entries = self._answer(request)
+            text, entries, p_no = self._answer(request)
         except BadRequest as exc:
             return SimOutcome("400", 0.0, key, message=str(exc))
         if entries is not None:
             spoil = self.faults.json(self._rng)
             if spoil is not None:
-                text = spoil_json(entries, spoil, self._rng, list(self.palette))
+                text, p_no = spoil_json(entries, spoil, self._rng, list(self.palette)), None
         completion = math.ceil(len(text) / 4)
         if completion > request.max_tokens > 0:
             text = text[: request.max_tokens * 4]
             completion = request.max_tokens
-        response = ChatResponse(text, Usage(_prompt_tokens(request), completion), request.model)
+        logprobs = None
+        if request.top_logprobs is not None:
+            logprobs = answer_logprobs(text, p_no, request.top_logprobs)
+        usage = Usage(_prompt_tokens(request), completion)
+        response = ChatResponse(text, usage, request.model, logprobs=logprobs)
         return SimOutcome("ok", delay, key, response=response)
 
     def deliver(self, outcome: SimOutcome) -> None:

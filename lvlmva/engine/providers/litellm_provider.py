@@ -18,6 +18,7 @@ from lvlmva.engine.errors import (
 from lvlmva.engine.providers.wire import (
     build_chat_kwargs,
     error_for_status,
+    parse_logprobs,
     parse_retry_after,
     scrub,
 )
@@ -119,7 +120,14 @@ def response_text_and_usage(completion: Any, *, where: str) -> ChatResponse:
         model if isinstance(model, str) else "",
         finish_reason=finish if isinstance(finish, str) else None,
         content_null=message.content is None,
+        logprobs=parse_logprobs(_plain(getattr(choices[0], "logprobs", None))),
     )
+
+
+def _plain(value: Any) -> Any:
+    """An SDK object as plain data (pydantic models dump themselves; dicts stay)."""
+    dump = getattr(value, "model_dump", None)
+    return dump() if callable(dump) else value
 
 
 class LiteLLMProvider:

@@ -31,6 +31,7 @@ from lvlmva.engine.providers.wire import (
     build_chat_kwargs,
     error_for_status,
     parse_error_body,
+    parse_logprobs,
     parse_rate_limits,
     parse_retry_after,
     scrub,
@@ -99,6 +100,7 @@ def parse_chat_response(body: bytes, *, where: str) -> ChatResponse:
         refusal = message.get("refusal")
         usage = _usage(data.get("usage"))
         finish = choice.get("finish_reason")
+        logprobs = parse_logprobs(choice.get("logprobs"))
     except (IndexError, KeyError) as exc:
         if isinstance(exc, IndexError) or exc.args == ("choices",):
             raise ServerError(f"{where}: response has no choices") from None
@@ -116,7 +118,9 @@ def parse_chat_response(body: bytes, *, where: str) -> ChatResponse:
         model if isinstance(model, str) else "",
         finish_reason=finish if isinstance(finish, str) else None,
         content_null=content is None,
+        logprobs=logprobs,
     )
+
 
 
 def openai_headers(
@@ -270,6 +274,7 @@ class OpenAICompatibleProvider:
             finish_reason=answer.finish_reason,
             rate_limits=parse_rate_limits(headers),
             content_null=answer.content_null,
+            logprobs=answer.logprobs,
         )
 
     async def _read(self, response: aiohttp.ClientResponse, where: str) -> bytes:

@@ -24,13 +24,14 @@ from lvlmva.engine.errors import (
     ServerError,
 )
 from lvlmva.engine.model_params import ModelRules, image_detail, rules_for
-from lvlmva.engine.types import ChatRequest, Message, RateLimitInfo, TextPart
+from lvlmva.engine.types import ChatRequest, Message, RateLimitInfo, TextPart, TokenLogprob
 
 __all__ = [
     "PLACEHOLDER_KEY",
     "build_chat_kwargs",
     "error_for_status",
     "parse_error_body",
+    "parse_logprobs",
     "parse_rate_limits",
     "parse_retry_after",
     "scrub",
@@ -213,7 +214,8 @@ def build_chat_kwargs(
     `litellm.acompletion`), a pure function of `request` and the two provider settings: the
     output budget goes out under the family's name (`max_completion_tokens` for OpenAI's
     models, `max_tokens` for a server of one's own; `max_tokens_param` overrides it), the
-    temperature only when the request has one, `reasoning_effort` when set, and the response
+    temperature only when the request has one, `reasoning_effort` when set, `logprobs` with
+    `top_logprobs` when the request asks for them, and the response
     schema as a strict `json_schema` response format only when `structured_output` is on."""
     rules = rules_for(request.model)
     kwargs: dict[str, Any] = {
@@ -230,6 +232,9 @@ def build_chat_kwargs(
         kwargs["seed"] = request.seed
     if request.reasoning_effort is not None:
         kwargs["reasoning_effort"] = request.reasoning_effort
+    if request.top_logprobs is not None:
+        kwargs["logprobs"] = True
+        kwargs["top_logprobs"] = request.top_logprobs
     if request.response_schema is not None and structured_output:
         kwargs["response_format"] = {
             "type": "json_schema",
@@ -240,3 +245,28 @@ def build_chat_kwargs(
             },
         }
     return kwargs
+
+
+def parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
+    """The content tokens of a choice's `logprobs` object (`content[{token, logprob,
+    top_logprobs[{token, logprob}]}]`), or None when there are none or they are malformed:
+    log-probabilities only refine verdicts, so a server's odd shape never fails an answer."""
+    content = raw.get("content") if isinstance(raw, dict) else None
+    if not isinstance(content, list) or not content:
+        return None
+    tokens = []
+    for item in content:
+        if not isinstance(item, dict):
+            return None
+        token, logprob = item.get("token"), item.get("logprob")
+        if not isinstance(token, str) or not isinstance(logprob, int | float):
+            return None
+        top = item.get("top_logprobs") or []
+        alternatives = tuple(
+            (alt["token"], float(alt["logprob"]))
+            for alt in top
+            if isinstance(alt, dict) and isinstance(alt.get("token"), str)
+            and isinstance(alt.get("logprob"), int | float)
+        )  # fmt: skip
+        tokens.append(TokenLogprob(token, float(logprob), alternatives))
+    return tuple(tokens)
