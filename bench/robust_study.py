@@ -5,8 +5,9 @@ accuracy, error model, robust mechanism, J and number of alignment samples, on f
         --data-dir /work/shared/data --out docs/data/robust/study.jsonl
     python bench/robust_study.py --render            # tables into docs/robust.md, figures
 
-Pilot plans (`start`, `val-samples`, `hard-masks`, `gaussian-consensus`) write to `--out` files
-under `docs/data/robust/pilots/`, which the tables do not read; docs/robust.md reports them.
+Pilot plans (`start`, `val-samples`, `hard-masks`, `gaussian-consensus`, `logprobs`) write to
+`--out` files under `docs/data/robust/pilots/`, which the tables do not read; docs/robust.md
+reports them.
 So do pilot tasks (`PILOT_TASKS`, run only when named with `--tasks`).
 
 Every cell (dataset, seed, critic, settings) is one `lvlmva.pipeline.align` call on the seed's
@@ -159,11 +160,14 @@ class Cell:
     val_samples: int | None = None  # CritiqueOptions.val_samples (None: the default count)
     masks: str = "soft"  # CritiqueOptions.soft_masks: "soft" or "hard"
     kernel: str = "uniform"  # CritiqueOptions.neighbour_kernel
+    fused: bool = False  # one structured-output call per image (CriticSettings.fused)
+    logprobs: int | None = None  # RequestSettings.verdict_logprobs
 
     def key(self) -> dict[str, Any]:
-        """The cell's settings; `start`, `val_samples`, `masks` and `kernel` only where they are
-        not the default (older rows keep their ids)."""
-        default = {"start": "retrain", "val_samples": None, "masks": "soft", "kernel": "uniform"}
+        """The cell's settings; `start`, `val_samples`, `masks`, `kernel`, `fused` and
+        `logprobs` only where they are not the default (older rows keep their ids)."""
+        default = {"start": "retrain", "val_samples": None, "masks": "soft", "kernel": "uniform",
+                   "fused": False, "logprobs": None}  # fmt: skip
         return {k: v for k, v in self.__dict__.items() if default.get(k, object()) != v}
 
 
@@ -225,6 +229,15 @@ def plan(name: str, tasks: list[str], seeds: list[int]) -> Iterator[Cell]:
         for cell in plan("main", tasks, seeds):  # by likeness (the true masks are not pooled)
             if cell.critic != "ground-truth":
                 yield dataclasses.replace(cell, kernel="gaussian")
+    elif name == "logprobs":  # verdict confidence from token log-probabilities (fused calls:
+        for task in ("decoy-digits", "stamp"):  # the simulated Judge of two-step runs is sure)
+            for seed in seeds:
+                for accuracy in (0.87, 0.46):
+                    for model in ("independent", "ambiguity"):
+                        yield sim(task, seed, accuracy, model, fused=True)
+                        yield sim(task, seed, accuracy, model, fused=True, logprobs=5)
+                        yield sim(task, seed, accuracy, model, fused=True, logprobs=5,
+                                  confidence=True)  # fmt: skip
     elif name == "clusters":
         for seed in seeds[:3]:
             for j in (3, 5, 9):
@@ -326,7 +339,8 @@ def run_cell(cell: Cell, task: Task, splits, model: torch.nn.Module) -> dict[str
     else:
         critic = CriticSettings(
             "simulated", verdict_accuracy=cell.accuracy, error_model=cell.error_model,
-            systematic=cell.systematic, seed=cell.seed,
+            systematic=cell.systematic, seed=cell.seed, fused=cell.fused,
+            verdict_logprobs=cell.logprobs,
         )  # fmt: skip
     started = time.perf_counter()
     load_before = os.getloadavg()[0]

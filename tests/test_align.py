@@ -204,3 +204,21 @@ async def test_masks_are_soft_by_default_and_hard_on_request(digits, shortcut_mo
     soft = masks[True]
     assert ((soft > 0) & (soft < 1)).any()  # responsibilities, not 0/1
     assert soft.max() <= 1.0 and soft.min() >= 0.0
+
+
+async def test_fused_verdicts_with_logprobs_grade_the_consensus(digits, shortcut_model):
+    """The simulation's calibrated P("no") (ambiguity errors: lower on mixed clusters) reaches
+    each record's shares; the run says how many samples were graded."""
+    critic = CriticSettings(kind="simulated", verdict_accuracy=0.87, error_model="ambiguity",
+                            fused=True, verdict_logprobs=5)  # fmt: skip
+    result = await align(
+        copy.deepcopy(shortcut_model), digits, critic=critic, n_align=24, epochs=0,
+        streaming=False, val_samples=0, progress=False,
+    )
+    assert result.provider_calls == 24  # one fused call a sample: logprobs cost no call
+    assert result.robust["graded_by_logprobs"] == 24
+    shares = [p for s in result.samples for p in s.votes.values()]
+    assert all(0.0 < p < 1.0 for p in shares) and len(set(shares)) > 2
+    for sample in result.samples:  # the stated verdict is the likelier word (or a tie)
+        assert all(p >= 0.5 if not sample.verdicts[c] else p <= 0.5
+                   for c, p in sample.votes.items())  # fmt: skip

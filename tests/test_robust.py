@@ -414,12 +414,13 @@ def test_the_run_warns_when_the_neighbours_overturn_many_verdicts():
 
     def records(overturned: int, total: int = 20):
         # each record: one "no" verdict; the first `overturned` are pooled to "yes"
-        return [SimpleNamespace(verdicts={"red": False},
+        return [SimpleNamespace(verdicts={"red": False}, votes=None,
                                 consensus={"red": 0.2 if i < overturned else 0.9})
                 for i in range(total)]  # fmt: skip
 
     calm = robust_summary(CritiqueOptions(), records(2))
     assert calm["overturned_share"] == 0.1 and calm["warning"] is None
+    assert calm["graded_by_logprobs"] == 0
     noisy = robust_summary(CritiqueOptions(), records(8))
     assert noisy["overturned_share"] == 0.4 > DISAGREEMENT_WARNING
     assert "40% of the critic's verdicts" in noisy["warning"]

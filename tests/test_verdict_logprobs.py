@@ -175,6 +175,8 @@ def test_votes_average_p_no_and_keep_the_stated_majority():
     assert voted.result.verdicts == {"red": True}  # a tie keeps the cluster
     single = VoteCollector(1).add(_result("t", {"red": False, "blue": True}, None))
     assert not single.graded and single.no_share == {"red": 1.0, "blue": 0.0}
+    sure = VoteCollector(1).add(_result("u", {"red": False}, {"red": 1.0}))
+    assert not sure.graded  # a sure answer's tokens change nothing
 
 
 def test_the_cache_entry_round_trips_logprobs_and_rejects_a_damaged_one():

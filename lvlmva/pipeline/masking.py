@@ -98,6 +98,7 @@ def robust_summary(options: CritiqueOptions, records: Sequence[SampleRecord]) ->
             to_yes += (not relevant) and not flagged
             to_no += relevant and flagged
     share = (to_yes + to_no) / clusters if clusters else None
+    graded = sum(r.votes is not None for r in records) if options.votes == 1 else 0
     warning = None
     if share is not None and share > DISAGREEMENT_WARNING:
         warning = (
@@ -112,6 +113,7 @@ def robust_summary(options: CritiqueOptions, records: Sequence[SampleRecord]) ->
         "neighbours": options.neighbours,
         "neighbour_kernel": options.neighbour_kernel,
         "confidence_weights": options.confidence,
+        "graded_by_logprobs": graded,  # samples whose shares came from token log-probabilities
         "clusters": clusters,
         "overturned_no_to_yes": to_yes,
         "overturned_yes_to_no": to_no,

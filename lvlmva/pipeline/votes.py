@@ -50,7 +50,7 @@ class VotedResult:
     """A sample's combined result: `result` has the majority verdicts and the summed calls and
     cost of every vote; `no_share` maps each colour to the share of "no" among the validated
     votes (None when none validated), each vote counting its P("no") where its answer had
-    token log-probabilities (`graded`); `validated` counts them."""
+    token log-probabilities; `graded`: that changed a share; `validated` counts them."""
 
     result: JobResult
     no_share: Mapping[str, float] | None
@@ -93,8 +93,8 @@ def _combine(job_id: str, results: list[JobResult]) -> VotedResult:
     colors = list(ok[0].verdicts)
     said = {c: sum(not r.verdicts.get(c, True) for r in ok) / len(ok) for c in colors}
     verdicts = {c: said[c] <= 0.5 for c in colors}
-    graded = any(r.no_probability for r in ok)
-    no_share = {c: sum(_p_no(r, c) for r in ok) / len(ok) for c in colors} if graded else said
+    no_share = {c: sum(_p_no(r, c) for r in ok) / len(ok) for c in colors}
+    graded = no_share != said  # a sure answer's tokens change nothing
     combined = dataclasses.replace(ok[0], job_id=job_id, verdicts=verdicts, **costs)
     return VotedResult(combined, no_share, len(ok), graded)
 

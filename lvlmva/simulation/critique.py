@@ -38,9 +38,11 @@ class SimVerdict:
 
     @property
     def p_no(self) -> float:
-        """The P("no") a calibrated model would report for this verdict: its verdict holds
-        with probability 1 - `error_probability`."""
-        p = self.error_probability
+        """The P("no") the simulation reports for this verdict: its verdict holds with
+        probability 1 - `error_probability` (calibrated), but never less than a coin flip,
+        as a model decoding its likelier word would say (clusters the error model gets wrong
+        more often than not are reported at 0.5)."""
+        p = min(self.error_probability, 0.5)
         return p if self.relevant else 1.0 - p
 
 
