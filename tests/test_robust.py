@@ -426,3 +426,38 @@ def test_the_run_warns_when_the_neighbours_overturn_many_verdicts():
     assert "40% of the critic's verdicts" in noisy["warning"]
     assert "lvlmva review" in noisy["warning"]
     assert robust_summary(CritiqueOptions(), [])["warning"] is None
+
+
+class _Table(torch.nn.Module):
+    """Predicts `table[i]` for the image whose first pixel holds i."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.as_tensor(table)
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        out = torch.zeros(len(x), 2)
+        out[torch.arange(len(x)), self.table[x[:, 0, 0, 0].long()]] = 1.0
+        return out + 0 * self.weight
+
+
+def test_a_choice_by_worst_group_accuracy_that_costs_average_accuracy_says_so():
+    # two majority groups (100 each: the shortcut agrees) and two minority ones (30 each)
+    labels = torch.tensor([0] * 100 + [1] * 100 + [0] * 30 + [1] * 30)
+    shortcut = torch.tensor([0] * 100 + [1] * 100 + [1] * 30 + [0] * 30)
+    index = torch.arange(len(labels)).float().view(-1, 1, 1, 1)
+    split = ShortcutDataset(index.expand(-1, 1, 2, 2).clone(), labels, labels * 2 + shortcut)
+    original = _Table(shortcut)  # accuracy 200 / 260, WGA 0
+    halfway = labels.clone()
+    halfway[:50], halfway[100:150] = 1, 0  # WGA 0.5, accuracy 160 / 260
+    members = [SimpleNamespace(lam=1.0, scale=1.0, model=_Table(halfway))]
+    chosen, sel = select_model(original, members, split, ("wga", "groups"), keep_original=True,
+                               lambda0=None, device=torch.device("cpu"))  # fmt: skip
+    assert chosen is members[0].model and sel.candidates[1].score == 0.5
+    assert sel.to_dict()["accuracy"] == {"original": 0.7692, "lambda=1": 0.6154}
+    assert "loses average accuracy" in sel.note and "NOTE:" in sel.describe()
+    members.append(SimpleNamespace(lam=2.0, scale=2.0, model=_Table(labels)))  # right everywhere
+    _, sel = select_model(original, members, split, ("wga", "groups"), keep_original=True,
+                          lambda0=None, device=torch.device("cpu"))  # fmt: skip
+    assert sel.chosen == "lambda=2" and sel.note is None

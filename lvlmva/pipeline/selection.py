@@ -48,6 +48,7 @@ __all__ = [
     "Candidate",
     "ModelCheck",
     "Selection",
+    "accuracy_note",
     "chance_floor",
     "choose_criterion",
     "counterfactual_split",
@@ -131,23 +132,27 @@ def criterion_score(
     name: CriterionName,
     groups: Sequence[int],
     device: torch.device,
-) -> float:
-    """The criterion's score of `model` on `split` (accuracy, or WGA over `groups`)."""
+) -> tuple[float, float]:
+    """The criterion's score of `model` on `split` (accuracy, or WGA over `groups`) and its
+    plain accuracy there."""
     correct = predict_labels(model, split.images, device=device).eq(split.labels.cpu())
+    accuracy = float(correct.float().mean())
     if name != "wga":
-        return float(correct.float().mean())
+        return accuracy, accuracy
     assert split.groups is not None
-    return worst_of_groups(correct, split.groups, groups)
+    return worst_of_groups(correct, split.groups, groups), accuracy
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One model that could be returned, and its validation score."""
+    """One model that could be returned, its validation score and its validation accuracy
+    (the score itself for the counterfactual criterion)."""
 
     name: str  # "original" or "lambda=<value>"
     lam: float | None
     scale: float | None
     score: float
+    accuracy: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,7 @@ class Selection:
     n_val: int = 0
     warning: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # what the choice costs elsewhere (`accuracy_note`)
 
     @property
     def kept_original(self) -> bool:
@@ -173,6 +179,7 @@ class Selection:
         text = f"Model choice by {self.reason}: {scores}; chose {self.chosen}."
         if self.lambda0 is not None:
             text += f" (Grid in units of lambda0 = {self.lambda0:.4g}.)"
+        text += f" NOTE: {self.note}" if self.note else ""
         return text + (f" WARNING: {self.warning}" if self.warning else "")
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +193,10 @@ class Selection:
             "kept_original": self.kept_original,
             "warning": self.warning,
             "scores": {c.name: round(c.score, 4) for c in self.candidates},
+            "accuracy": {
+                c.name: round(c.accuracy, 4) for c in self.candidates if not math.isnan(c.accuracy)
+            },
+            "note": self.note,
             **self.extra,
         }
 
@@ -214,11 +225,11 @@ def select_model(
             name, reason, candidates, _label(member), member.lam, lambda0, n_val, warning
         )
     groups = scored_groups(split) if name == "wga" else []
-    def score(model: nn.Module) -> float:
+    def scores(model: nn.Module) -> tuple[float, float]:
         return criterion_score(model, split, name, groups, device)
 
-    scored = [Candidate("original", None, None, score(original))]
-    scored += [Candidate(_label(m), m.lam, m.scale, score(m.model)) for m in members]
+    scored = [Candidate("original", None, None, *scores(original))]
+    scored += [Candidate(_label(m), m.lam, m.scale, *scores(m.model)) for m in members]
     best_member = max(range(len(members)), key=lambda i: (scored[i + 1].score, -members[i].lam))
     best = scored[best_member + 1]
     warning = _rejection(name, best, scored[0], split)
@@ -230,8 +241,25 @@ def select_model(
             )
         warning += "; the aligned model is returned anyway (keep_original=False)"
     chosen = members[best_member]
+    note = accuracy_note(best, scored[0], len(split)) if name == "wga" else None
     return chosen.model, Selection(
-        name, reason, tuple(scored), best.name, chosen.lam, lambda0, n_val, warning
+        name, reason, tuple(scored), best.name, chosen.lam, lambda0, n_val, warning, note=note
+    )
+
+
+def accuracy_note(chosen: Candidate, original: Candidate, n: int) -> str | None:
+    """A note when the model chosen for its worst-group accuracy is less accurate on
+    validation than the original by more than two standard errors of the original's accuracy
+    on `n` images (the user decides whether that trade is wanted), else None."""
+    p = original.accuracy
+    if not chosen.accuracy < p - 2.0 * math.sqrt(p * (1.0 - p) / max(n, 1)):
+        return None
+    return (
+        f"{chosen.name} gains worst-group accuracy but loses average accuracy on validation: "
+        f"{chosen.accuracy:.4f} against the original's {p:.4f}. Where the shortcut holds on "
+        "validation, part of that is the shortcut's help given up; if average accuracy "
+        "matters as much, compare the candidates' accuracy (metrics.json, "
+        "selection.accuracy) and pass --lambda"
     )
 
 
