@@ -24,6 +24,13 @@ It answers from ground truth, not from looking at images the way a model does:
   turned into ``{"output": [{"color", "verdict"}]}``. A critique without such lines gets a
   `BadRequest` (the simulated Judge reads only the simulated Critic's prose).
 - **Fused requests** (images and a response schema): the Critic's verdicts as that JSON.
+- **Token log-probabilities** (`request.top_logprobs` set; `lvlmva.simulation.logprobs`): a
+  fused answer grades each verdict with the P("no") of a calibrated model, the verdict right
+  with probability 1 - its cluster's error probability, never below a coin flip
+  (`SimVerdict.p_no`): uninformative with independent errors (every verdict at the same
+  confidence), lower on mixed and small clusters with ambiguity errors, an optimistic case
+  for a real model's log-probabilities. A Judge answer is sure of every token: the critique it
+  reads states its verdicts flatly.
 
 Faults are drawn per request from a seeded stream (`random.Random(seed)`), so a retried request
 can succeed: 429 (with `retry_after_s`, answered at once), 500, timeout (hangs for the caller's
