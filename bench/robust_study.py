@@ -229,15 +229,17 @@ def plan(name: str, tasks: list[str], seeds: list[int]) -> Iterator[Cell]:
         for cell in plan("main", tasks, seeds):  # by likeness (the true masks are not pooled)
             if cell.critic != "ground-truth":
                 yield dataclasses.replace(cell, kernel="gaussian")
-    elif name == "logprobs":  # verdict confidence from token log-probabilities (fused calls:
-        for task in ("decoy-digits", "stamp"):  # the simulated Judge of two-step runs is sure)
+    elif name == "logprobs":  # verdict confidence from token log-probabilities, two-step
+        for task in ("decoy-digits", "stamp"):  # (the default: "main" has its rows) and fused
             for seed in seeds:
                 for accuracy in (0.87, 0.46):
                     for model in ("independent", "ambiguity"):
-                        yield sim(task, seed, accuracy, model, fused=True)
-                        yield sim(task, seed, accuracy, model, fused=True, logprobs=5)
-                        yield sim(task, seed, accuracy, model, fused=True, logprobs=5,
-                                  confidence=True)  # fmt: skip
+                        for fused in (False, True):
+                            if fused:
+                                yield sim(task, seed, accuracy, model, fused=True)
+                            yield sim(task, seed, accuracy, model, fused=fused, logprobs=5)
+                            yield sim(task, seed, accuracy, model, fused=fused, logprobs=5,
+                                      confidence=True)  # fmt: skip
     elif name == "clusters":
         for seed in seeds[:3]:
             for j in (3, 5, 9):

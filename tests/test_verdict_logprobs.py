@@ -1,6 +1,7 @@
-"""Verdict confidence from token log-probabilities: read from OpenAI-shaped tokens, asked for
-only where the model gives them, served by the strict stand-in in the API's own shape (the
-official SDK parses it), cached with the answer, and weighting the neighbour consensus."""
+"""Verdict confidence from token log-probabilities: read from OpenAI-shaped tokens (a verdict
+answer's, and the Critic's verdict lines, preferred), asked for only where the model gives
+them, served by the strict stand-in in the API's own shape (the official SDK parses it),
+cached with the answer, and weighting the neighbour consensus."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from endpoint_support import decoy_jobs, run_all, serve_endpoint
 from standin_support import serve, user
 
 from lvlmva.cache import VerdictCache
-from lvlmva.engine.confidence import no_probabilities
+from lvlmva.engine.confidence import no_probabilities, preferred, stated_no_probabilities
 from lvlmva.engine.keys import ProviderIdentity, request_key
 from lvlmva.engine.providers.wire import build_chat_kwargs
 from lvlmva.engine.types import ChatRequest, JobResult, JobStatus, Message, TokenLogprob
@@ -83,7 +84,7 @@ def test_logprobs_are_sent_when_asked_and_keyed_only_then():
 
 def test_reasoning_models_are_never_asked_for_logprobs():
     from lvlmva.engine.config import EngineConfig
-    from lvlmva.engine.requests import judge_request
+    from lvlmva.engine.requests import critic_request, judge_request
     from lvlmva.engine.types import CritiqueJob
     from lvlmva.prompts import load_prompt_set
 
@@ -94,6 +95,7 @@ def test_reasoning_models_are_never_asked_for_logprobs():
         sampling = EngineConfig(critic_model=model, prompts=prompts, verdict_logprobs=5).sampling
         request = judge_request(prompts, job, "x", model=model, sampling=sampling, structured=True)
         assert request.top_logprobs == expected, model
+        assert critic_request(prompts, job, model=model, sampling=sampling).top_logprobs == expected
     with pytest.raises(ConfigError, match="verdict_logprobs"):
         EngineConfig(critic_model="gpt-4o", prompts=prompts, verdict_logprobs=21)
 
@@ -152,15 +154,46 @@ async def test_fused_verdicts_carry_the_simulations_calibrated_p_no_and_survive_
             assert result.no_probability[color] == pytest.approx(expected, abs=1e-6)
 
 
-async def test_a_judge_reading_a_flat_critique_is_sure_and_a_reasoning_judge_gives_none():
+async def test_two_step_runs_take_the_critics_doubt_and_a_judge_alone_is_sure():
     jobs, oracle = decoy_jobs(4)
     async with serve_endpoint(oracle, verdict_accuracy=0.87) as endpoint:
         chat = endpoint.engine(critic_model="gpt-4o", judge_model="gpt-4o-mini", verdict_logprobs=5)
-        sure = await run_all(chat, jobs)
+        graded = await run_all(chat, jobs)
+        judge_only = endpoint.engine(critic_model="gpt-5-mini", judge_model="gpt-4o-mini",
+                                     verdict_logprobs=5)  # fmt: skip
+        sure = await run_all(judge_only, jobs)
         none = await run_all(endpoint.engine(verdict_logprobs=5), jobs)  # gpt-5 family
-    for result in sure:
+    for result in graded:  # read at the Critic's verdict lines: independent errors, 0.87
+        assert result.no_probability == {
+            c: pytest.approx(0.13 if r else 0.87, abs=1e-6) for c, r in result.verdicts.items()
+        }
+    for result in sure:  # the Judge transcribes a flat critique
         assert result.no_probability == {c: 0.0 if r else 1.0 for c, r in result.verdicts.items()}
     assert all(r.ok and r.no_probability is None for r in none)
+
+
+def test_the_critics_verdict_lines_are_read_and_preferred_where_they_agree():
+    critique = "Red: on the square.\n**Verdict for Red:** no\n\nBlue: digit.\nVerdict for blue: yes"
+    pieces, at = [], 0
+    for word in ("no", "yes"):  # tokens: the text around each value certain, the value graded
+        i = critique.index(word, critique.index("Verdict", at))
+        pieces += [TokenLogprob(critique[at:i], 0.0)]
+        top = ((word, math.log(0.7)), ("yes" if word == "no" else "no", math.log(0.3)))
+        pieces += [TokenLogprob(word, math.log(0.7), top)]
+        at = i + len(word)
+    if at < len(critique):
+        pieces.append(TokenLogprob(critique[at:], 0.0))
+    stated = stated_no_probabilities(critique, pieces, ("red", "blue", "green"))
+    assert stated == {"red": (True, pytest.approx(0.7)), "blue": (False, pytest.approx(0.3))}
+    judged = {"red": 1.0, "blue": 0.0, "green": 0.0}
+    assert preferred({"red": False, "blue": True, "green": True}, judged, stated) == {
+        "red": pytest.approx(0.7), "blue": pytest.approx(0.3), "green": 0.0
+    }
+    # the Judge read blue as "no": the Critic's P for blue does not fit that verdict
+    assert preferred({"red": False, "blue": False}, None, stated) == {
+        "red": pytest.approx(0.7), "blue": 1.0
+    }
+    assert preferred({"red": False}, None, {}) is None
 
 
 def _result(job_id: str, verdicts: dict, p_no: dict | None) -> JobResult:

@@ -42,7 +42,7 @@ from lvlmva.engine.answers import (
 )
 from lvlmva.engine.breaker import Breaker, StopReason
 from lvlmva.engine.budget import JobBudget, JobHold
-from lvlmva.engine.confidence import no_probabilities
+from lvlmva.engine.confidence import no_probabilities, preferred, stated_no_probabilities
 from lvlmva.engine.config import EngineConfig
 from lvlmva.engine.cost import CostMeter
 from lvlmva.engine.dispatch import Call, Dispatcher
@@ -279,8 +279,11 @@ class Engine:
                 sampling = self._sampling
                 request = critic_request(c.prompts, job, model=c.critic_model, sampling=sampling)
                 await self._hold(job, held, "critic", request)
-                critique = await self._critique(held, request)
+                answer = await self._critique(held, request)
+                critique = answer.text
                 verdicts, p_no = await self._judge(job, critique, held)
+                stated = stated_no_probabilities(critique, answer.logprobs, job.colors)
+                p_no = preferred(verdicts, p_no, stated)
         except _Failed as exc:
             status, error = JobStatus.FAILED, str(exc)
         except _NotRun as exc:
@@ -316,7 +319,7 @@ class Engine:
             self._idle.send_ended(key)
             self._idle.unwant(key)
 
-    async def _critique(self, held: JobHold, request: ChatRequest) -> str:
+    async def _critique(self, held: JobHold, request: ChatRequest) -> ChatResponse:
         key = self._key("critic", self.critic, request)
         call = Call("critic", self.critic, request, key, held.ledger)
         self._budget.step_started(held, "critic")
@@ -328,7 +331,7 @@ class Engine:
         finally:
             self._budget.step_ended(held, "critic")
         self.stats.answered(request.model, answer.model)
-        return answer.text
+        return answer
 
     async def _judge(self, job: CritiqueJob, critique: str, held: JobHold) -> _Checked:
         c, provider = self.config, self.judge

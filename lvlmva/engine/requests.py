@@ -73,9 +73,9 @@ class Sampling:
     and for models that allow only their default, `max_tokens` (the output budget, reasoning
     included; None: the family's default) is capped at the model's limit, `reasoning_effort`
     is sent when set to models that take one, and `image_detail` (a `DETAILS` policy, "fit"
-    by default) rides on requests with images; `verdict_logprobs` asks the verdict requests
-    (Judge, fused) for token log-probabilities with that many alternatives, where the model
-    gives them."""
+    by default) rides on requests with images; `verdict_logprobs` asks for token
+    log-probabilities with that many alternatives, where the model gives them (the Critic's
+    verdict lines and the Judge's or fused call's verdicts are read from them)."""
 
     temperature: float | None = 0.0
     max_tokens: int | None = None
@@ -198,7 +198,6 @@ def _request(
     system, user = _templates(prompts, step)
     rules = rules_for(model)
     effort = sampling.reasoning_effort if rules.efforts != () else None  # chat models take none
-    logprobs = sampling.verdict_logprobs if step != "critic" else None
     return ChatRequest(
         model=model,
         messages=(
@@ -211,7 +210,7 @@ def _request(
         response_schema=schema,
         reasoning_effort=effort,
         image_detail=sampling.image_detail if images else None,
-        top_logprobs=rules.top_logprobs(logprobs, effort),
+        top_logprobs=rules.top_logprobs(sampling.verdict_logprobs, effort),
     )
 
 

@@ -3,8 +3,9 @@
 The simulation has no tokenizer: an answer is cut into words, digit runs, white space and
 runs of punctuation, so that a verdict value ("yes" / "no") is a token of its own, as it is
 for OpenAI's tokenizers. Every token is certain (log-probability 0, no other alternative)
-except the verdict values given a P("no"): there the chosen word gets log P(chosen) and the
-other word the rest. What P("no") the simulated LVLM reports is its business
+except the verdict values given a P("no") (found where the engine looks for them,
+`lvlmva.engine.confidence`): there the chosen word gets log P(chosen) and the other word the
+rest. What P("no") the simulated LVLM reports is its business
 (`lvlmva.simulation.simulator`); here it is only written down.
 """
 
@@ -12,27 +13,29 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lvlmva.engine.confidence import json_verdict_offsets, line_verdict_offsets
 from lvlmva.engine.types import TokenLogprob
 
 __all__ = ["answer_logprobs", "tokens_within", "wire_logprobs"]
 
 _TOKEN = re.compile(r"[A-Za-z]+|[0-9]+|\s+|[^\sA-Za-z0-9]+")
-_VALUE = re.compile(r'"verdict"\s*:\s*"(?P<value>yes|no)"')
 _FLOOR = 1e-6  # no word is impossible: log 0 has no wire form
 
 
 def answer_logprobs(
-    text: str, p_no: Sequence[float] | None, top: int
+    text: str, p_no: Mapping[str, float] | None, top: int
 ) -> tuple[TokenLogprob, ...]:
-    """The tokens of `text`; the k-th verdict value gets P("no") = `p_no[k]` (None, or past
-    its end: certain), with at most `top` alternatives listed per token."""
+    """The tokens of `text`; the verdict value of each colour in `p_no` (a JSON entry's, or a
+    critique's ``Verdict for <colour>:`` line's) gets P("no") = `p_no[colour]`, every other
+    token is certain; at most `top` alternatives are listed per token."""
     graded = {}
-    for k, match in enumerate(_VALUE.finditer(text)):
-        if p_no is not None and k < len(p_no):
-            graded[match.start("value")] = min(max(float(p_no[k]), _FLOOR), 1 - _FLOOR)
+    found = json_verdict_offsets(text) + line_verdict_offsets(text)
+    for color, offset in found if p_no is not None else ():
+        if color in p_no:
+            graded[offset] = min(max(float(p_no[color]), _FLOOR), 1 - _FLOOR)
     out = []
     for match in _TOKEN.finditer(text):
         token = match.group()

@@ -25,12 +25,12 @@ It answers from ground truth, not from looking at images the way a model does:
   `BadRequest` (the simulated Judge reads only the simulated Critic's prose).
 - **Fused requests** (images and a response schema): the Critic's verdicts as that JSON.
 - **Token log-probabilities** (`request.top_logprobs` set; `lvlmva.simulation.logprobs`): a
-  fused answer grades each verdict with the P("no") of a calibrated model, the verdict right
-  with probability 1 - its cluster's error probability, never below a coin flip
-  (`SimVerdict.p_no`): uninformative with independent errors (every verdict at the same
-  confidence), lower on mixed and small clusters with ambiguity errors, an optimistic case
-  for a real model's log-probabilities. A Judge answer is sure of every token: the critique it
-  reads states its verdicts flatly.
+  critique's verdict lines and a fused answer grade each verdict with the P("no") of a
+  calibrated model, the verdict right with probability 1 - its cluster's error probability,
+  never below a coin flip (`SimVerdict.p_no`): uninformative with independent errors (every
+  verdict at the same confidence), lower on mixed and small clusters with ambiguity errors, an
+  optimistic case for a real model's log-probabilities. A Judge answer is sure of every
+  token: the critique it reads states its verdicts flatly.
 
 Faults are drawn per request from a seeded stream (`random.Random(seed)`), so a retried request
 can succeed: 429 (with `retry_after_s`, answered at once), 500, timeout (hangs for the caller's
@@ -380,10 +380,11 @@ class SimulatedLVLM:
 
     def _answer(
         self, request: ChatRequest
-    ) -> tuple[str, list[tuple[str, str]] | None, list[float] | None]:
+    ) -> tuple[str, list[tuple[str, str]] | None, dict[str, float] | None]:
         """The answer text, for JSON answers the (colour, verdict) entries, and for verdicts
-        given with the images the P("no") of each entry (`SimVerdict.p_no`). A Judge that
-        reads a critique is sure of what it says: the critique states its verdicts flatly."""
+        given with the images (a critique's lines, a fused answer) the P("no") of each colour
+        (`SimVerdict.p_no`). A Judge that reads a critique is sure of what it says: the
+        critique states its verdicts flatly."""
         images = [p for m in request.messages for p in m.parts if isinstance(p, ImagePart)]
         if images:
             if len(images) < 2:
@@ -395,11 +396,12 @@ class SimulatedLVLM:
             verdicts = self.critic_verdicts(
                 images[0].data, images[1].data, sample=sample_key(request)
             )
+            p_no = {v.color: v.p_no for v in verdicts}
             if request.response_schema is None:
-                return write_critique(verdicts, key=images[0].sha256), None, None
+                return write_critique(verdicts, key=images[0].sha256), None, p_no
             entries = [(v.color, "yes" if v.relevant else "no") for v in verdicts]
             text = json.dumps({"output": [{"color": c, "verdict": v} for c, v in entries]})
-            return text, entries, [v.p_no for v in verdicts]
+            return text, entries, p_no
         allowed = _schema_colors(request.response_schema) or list(self.palette)
         text = "\n".join(t for m in request.messages if m.role == "user" for t in _message_texts(m))
         found = read_verdicts(text, allowed)
