@@ -240,6 +240,10 @@ def plan(name: str, tasks: list[str], seeds: list[int]) -> Iterator[Cell]:
                             yield sim(task, seed, accuracy, model, fused=fused, logprobs=5)
                             yield sim(task, seed, accuracy, model, fused=fused, logprobs=5,
                                       confidence=True)  # fmt: skip
+    elif name == "logprobs-confidence":  # the two-step cells of "logprobs" with confidence
+        for cell in plan("logprobs", tasks, seeds):  # weights only (more seeds for the best)
+            if not cell.fused and cell.confidence:
+                yield cell
     elif name == "clusters":
         for seed in seeds[:3]:
             for j in (3, 5, 9):
