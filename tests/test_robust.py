@@ -461,3 +461,25 @@ def test_a_choice_by_worst_group_accuracy_that_costs_average_accuracy_says_so():
     _, sel = select_model(original, members, split, ("wga", "groups"), keep_original=True,
                           lambda0=None, device=torch.device("cpu"))  # fmt: skip
     assert sel.chosen == "lambda=2" and sel.note is None
+
+
+def test_members_trained_on_empty_masks_are_not_returned_as_aligned():
+    from lvlmva.pipeline.selection import ModelCheck
+
+    labels = torch.tensor([0] * 100 + [1] * 100 + [0] * 30 + [1] * 30)
+    shortcut = torch.tensor([0] * 100 + [1] * 100 + [1] * 30 + [0] * 30)
+    index = torch.arange(len(labels)).float().view(-1, 1, 1, 1)
+    val = ShortcutDataset(index.expand(-1, 1, 2, 2).clone(), labels, labels * 2 + shortcut)
+    members = [SimpleNamespace(lam=1.0, scale=1.0, model=_Table(labels))]  # beats the original
+    check = ModelCheck(("wga", "groups"), torch.zeros(0, dtype=torch.long), val, 0)
+
+    def select(flags: bool):
+        masks = SimpleNamespace(flags_anything=lambda: flags)
+        return check.select(_Table(shortcut), members, masks, [], keep_original=True,
+                            lambda0=None, device=torch.device("cpu"))  # fmt: skip
+
+    chosen, sel = select(True)
+    assert chosen is members[0].model and not sel.kept_original
+    chosen, sel = select(False)
+    assert sel.kept_original and sel.lam is None and "flagged nothing" in sel.warning
+    assert sel.candidates[1].score == 1.0  # the scores are still there to read

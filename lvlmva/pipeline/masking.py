@@ -157,6 +157,10 @@ class RobustMasks:
         entries = [e for e in self.entries() if e.voted]
         self._masks(entries, entries, write=True)
 
+    def flags_anything(self) -> bool:
+        """Whether any alignment sample's mask (after `finalize`) marks a pixel."""
+        return any(e.record.mask is not None and bool(e.record.mask.any()) for e in self.entries())
+
     def masks_for(self, extra: Sequence[CritiquedSample]) -> list[Tensor | None]:
         """Masks of `extra` (e.g. validation samples), the alignment samples their neighbours;
         None for a sample whose critique failed. Their records are updated too."""

@@ -23,12 +23,14 @@ Every candidate and the original are scored on the validation split by one crite
 The best score wins; ties go to the original, then to the smaller lambda. When no aligned
 model beats the original, or (``counterfactual``) none is above chance on the counterfactual
 images (`chance_floor`: the critic flagged the class evidence itself, so the criterion would
-reward ignoring the object), and `keep_original` is set, the original is returned and the
-result says so (`Selection.warning`).
+reward ignoring the object), or no alignment mask marks a pixel (the members were retrained
+without a penalty: nothing was aligned), and `keep_original` is set, the original is returned
+and the result says so (`Selection.warning`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -332,10 +334,19 @@ class ModelCheck:
             if kept:
                 index, chosen = zip(*kept, strict=True)
                 split = counterfactual_split(self.val, index, chosen, self.seed)
-        return select_model(
+        chosen, selection = select_model(
             original, members, split, self.criterion, keep_original=keep_original,
             lambda0=lambda0, device=device, n_val=n_val,
         )  # fmt: skip
+        if masks.flags_anything() or selection.kept_original or not keep_original:
+            return chosen, selection
+        warning = (
+            "the critic flagged nothing in any alignment sample (every mask is empty), so the "
+            "members were only retrained, not aligned; the ORIGINAL model is returned unchanged"
+        )
+        return original, dataclasses.replace(
+            selection, chosen="original", lam=None, warning=warning, note=None
+        )
 
 
 def plan_check(
