@@ -223,3 +223,30 @@ def test_the_cache_entry_round_trips_logprobs_and_rejects_a_damaged_one():
     assert "logprobs" not in answer_entry(ChatResponse("x", Usage(), "m"))
     with pytest.raises(ValueError, match="logprobs"):
         answer_from_entry({**entry, "logprobs": [["no"]]})
+
+
+async def test_batch_answers_keep_their_logprobs_through_ingest_and_the_cache(tmp_path):
+    from batch_support import COLORS, answer, batch_engine, job, run_jobs, ticking, verdicts_of
+
+    from lvlmva.simulation.answerers import Answer, FixedAnswerer
+    from lvlmva.simulation.batch_api import BatchTiming
+    from lvlmva.simulation.logprobs import answer_logprobs
+    from lvlmva.simulation.openai_standin import StandInConfig
+
+    def graded(request):  # the Judge's verdicts each at P(its word) = 0.8
+        text = answer(request)
+        if not text.startswith("{"):
+            return text
+        said = json.loads(text)["output"]
+        p_no = {e["color"]: 0.8 if e["verdict"] == "no" else 0.2 for e in said}
+        return Answer(text, answer_logprobs(text, p_no, 5))
+
+    config = StandInConfig(batch=BatchTiming(validation_s=1, lines_per_s=50, finalizing_s=1))
+    async with serve(FixedAnswerer(graded), config) as s, ticking(s, 5):
+        results = await run_jobs(batch_engine(s, tmp_path, verdict_logprobs=5), [job(0), job(1)])
+    for i in (0, 1):
+        result = results[f"job{i}"]
+        assert result.ok and result.verdicts == verdicts_of(i)
+        assert result.no_probability == {
+            c: pytest.approx(0.2 if verdicts_of(i)[c] else 0.8) for c in COLORS
+        }
