@@ -244,6 +244,12 @@ def plan(name: str, tasks: list[str], seeds: list[int]) -> Iterator[Cell]:
         for cell in plan("logprobs", tasks, seeds):  # weights only (more seeds for the best)
             if not cell.fused and cell.confidence:
                 yield cell
+    elif name == "confidence-control":  # the control of "logprobs-confidence": confidence
+        for task in ("decoy-digits", "stamp"):  # weights from agreement alone, no logprobs
+            for seed in seeds:
+                for accuracy in (0.87, 0.46):
+                    for model in ("independent", "ambiguity"):
+                        yield sim(task, seed, accuracy, model, confidence=True)
     elif name == "clusters":
         for seed in seeds[:3]:
             for j in (3, 5, 9):
