@@ -276,10 +276,11 @@ _REQUEST_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--judge-reasoning-effort", {"help": "reasoning models: the Judge's reasoning_effort"}),
     ("--temperature", {"default": "0", "help": "sampling temperature, sent where the model "
      "takes one (default 0; none: never sent, for a server that refuses it)"}),
-    ("--verdict-logprobs", {"type": int, "metavar": "N", "help": "ask the Judge (or the fused "
-     "call) for token log-probabilities with N alternatives (e.g. 5), where the model gives "
-     "them (not reasoning models): each verdict's P(\"no\") then weights the neighbour "
-     "consensus instead of 0 / 1 (no extra tokens; default: not asked)"}),
+    ("--verdict-logprobs", {"type": int, "metavar": "N", "help": "ask for token "
+     "log-probabilities with N alternatives (e.g. 5), where the model gives them (not "
+     "reasoning models): each verdict's P(\"no\"), read at the Critic's verdict line (else "
+     "the Judge's or fused verdict), then stands for its 0 / 1 in the neighbour consensus "
+     "and, with --confidence-weights, the mask weights (no extra tokens; default: not asked)"}),
 )  # fmt: skip
 """The `RequestSettings` flags but --detail (see `add_detail_argument`)."""
 

@@ -93,8 +93,8 @@ class RequestSettings:
     it for the Judge); `image_detail`: "fit" (default: low for images of at most 512 px, which
     then lose no pixel at a third of gpt-4o's image tokens, high for larger ones), "auto",
     "low", "high" or None (none sent); `temperature`: sent where the model allows one (None:
-    never sent, for a server that refuses it); `verdict_logprobs`: ask the verdict requests
-    (Judge, fused) for token log-probabilities with this many alternatives, where the model
+    never sent, for a server that refuses it); `verdict_logprobs`: ask the Critic, Judge and
+    fused requests for token log-probabilities with this many alternatives, where the model
     gives them (not reasoning models), so that each verdict's P("no") weights the consensus
     (`lvlmva.engine.confidence`; None: not asked)."""
 

@@ -30,8 +30,8 @@ class EngineConfig:
     `image_detail` is the
     detail policy of the Critic's images (`DETAILS`; "fit": low for images of at most 512 px,
     which then lose nothing, high for larger ones; None: no detail sent). `breaker_burst`
-    identical client errors in a row stop the run. `verdict_logprobs` asks the verdict
-    requests (Judge, fused) for token log-probabilities with that many alternatives (0 to 20;
+    identical client errors in a row stop the run. `verdict_logprobs` asks the Critic,
+    Judge and fused requests for token log-probabilities with that many alternatives (0 to 20;
     sent only to models that give them), from which each result's `no_probability` is read.
     The limits, timeout, retries, prices and budget configure the default `OnlineDispatcher`."""
 
