@@ -250,3 +250,31 @@ async def test_batch_answers_keep_their_logprobs_through_ingest_and_the_cache(tm
         assert result.no_probability == {
             c: pytest.approx(0.2 if verdicts_of(i)[c] else 0.8) for c in COLORS
         }
+
+
+def test_a_character_split_over_tokens_keeps_the_verdicts_after_it_readable():
+    """Servers write the pieces of a split character as escapes (or U+FFFD, or ""): the tokens'
+    bytes put the character on the token that completes it, so offsets hold after it."""
+    from lvlmva.engine.providers.wire import parse_logprobs
+
+    critique = "Red \u2014 on the square.\nVerdict for red: no"
+    dash = "\u2014".encode()
+
+    def item(token, data, logprob=0.0, top=()):
+        return {"token": token, "logprob": logprob, "bytes": None if data is None else list(data),
+                "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())}
+                                 for t, lp in top]}  # fmt: skip
+
+    tail_text = critique.split("\u2014")[1][: -len("no")]
+    wire = {"content": [
+        item("Red ", b"Red "), item("\\xe2\\x80", dash[:2]), item("\\x94", dash[2:]),
+        item(tail_text, tail_text.encode()),
+        item("no", b"no", math.log(0.9), [("no", math.log(0.9)), ("yes", math.log(0.1))]),
+    ]}  # fmt: skip
+    tokens = parse_logprobs(wire)
+    assert "".join(t.token for t in tokens) == critique
+    read = stated_no_probabilities(critique, tokens, ("red",))
+    assert read == {"red": (True, pytest.approx(0.9))}
+    # without bytes the escaped pieces do not spell the text: nothing is guessed
+    blind = [{**i, "bytes": None} for i in wire["content"]]
+    assert stated_no_probabilities(critique, parse_logprobs({"content": blind}), ("red",)) == {}

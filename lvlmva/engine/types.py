@@ -89,7 +89,9 @@ class ChatRequest:
 @dataclass(frozen=True)
 class TokenLogprob:
     """One answer token with its log-probability and the most likely alternatives at its
-    position (`top`: (token, logprob) pairs, the API's `top_logprobs`)."""
+    position (`top`: (token, logprob) pairs, the API's `top_logprobs`). `token` is the text the
+    token adds to the answer (`lvlmva.engine.providers.wire.parse_logprobs`), so the tokens
+    spell the answer."""
 
     token: str
     logprob: float

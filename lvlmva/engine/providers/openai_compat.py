@@ -122,7 +122,6 @@ def parse_chat_response(body: bytes, *, where: str) -> ChatResponse:
     )
 
 
-
 def openai_headers(
     key: str, organization: str | None = None, project: str | None = None
 ) -> dict[str, str]:

@@ -5,6 +5,7 @@ secret scrubbing. No SDK is imported here."""
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import json
 import math
@@ -248,12 +249,18 @@ def build_chat_kwargs(
 
 
 def parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
-    """The content tokens of a choice's `logprobs` object (`content[{token, logprob,
-    top_logprobs[{token, logprob}]}]`), or None when there are none or they are malformed:
-    log-probabilities only refine verdicts, so a server's odd shape never fails an answer."""
+    """The content tokens of a choice's `logprobs` object (`content[{token, logprob, bytes,
+    top_logprobs[{token, logprob, bytes}]}]`), or None when there are none or they are
+    malformed: log-probabilities only refine verdicts, so a server's odd shape never fails an
+    answer. Each token's text is what its `bytes` add to the answer, decoded across tokens: a
+    character split over several tokens (servers write such pieces as escapes like
+    "\\xe2\\x80", as U+FFFD or as "") belongs to the token that completes it, so the tokens
+    still spell the answer and character offsets hold after it. Without `bytes`, the `token`
+    string is taken as it is."""
     content = raw.get("content") if isinstance(raw, dict) else None
     if not isinstance(content, list) or not content:
         return None
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
     tokens = []
     for item in content:
         if not isinstance(item, dict):
@@ -261,12 +268,32 @@ def parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
         token, logprob = item.get("token"), item.get("logprob")
         if not isinstance(token, str) or not isinstance(logprob, int | float):
             return None
+        data = _token_bytes(item)
+        if data is None:
+            decoder.reset()
+        text = token if data is None else decoder.decode(data)
         top = item.get("top_logprobs") or []
         alternatives = tuple(
-            (alt["token"], float(alt["logprob"]))
+            (_alternative_text(alt), float(alt["logprob"]))
             for alt in top
             if isinstance(alt, dict) and isinstance(alt.get("token"), str)
             and isinstance(alt.get("logprob"), int | float)
         )  # fmt: skip
-        tokens.append(TokenLogprob(token, float(logprob), alternatives))
+        tokens.append(TokenLogprob(text, float(logprob), alternatives))
     return tuple(tokens)
+
+
+def _token_bytes(item: Mapping[str, Any]) -> bytes | None:
+    raw = item.get("bytes")
+    if not isinstance(raw, list) or not all(type(b) is int and 0 <= b < 256 for b in raw):
+        return None
+    return bytes(raw)
+
+
+def _alternative_text(alt: Mapping[str, Any]) -> str:
+    """An alternative's text: its `bytes` decoded where they are whole UTF-8, else `token`."""
+    data = _token_bytes(alt)
+    try:
+        return alt["token"] if data is None else data.decode("utf-8")
+    except UnicodeDecodeError:
+        return alt["token"]
