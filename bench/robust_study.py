@@ -152,7 +152,7 @@ class Cell:
     error_model: str | None = None
     votes: int = 1
     neighbours: int = 10
-    confidence: bool = False
+    confidence: bool | str = False  # CritiqueOptions.confidence: False, True or "auto"
     clusters: int = 7
     n_align: int | None = None  # None: the task's
     systematic: float = 0.5
@@ -250,6 +250,13 @@ def plan(name: str, tasks: list[str], seeds: list[int]) -> Iterator[Cell]:
                 for accuracy in (0.87, 0.46):
                     for model in ("independent", "ambiguity"):
                         yield sim(task, seed, accuracy, model, confidence=True)
+    elif name == "auto-confidence":  # "auto" confidence weights (docs/robust.md) beside the
+        for seed in seeds:  # default and the true masks, on the tasks given (run on one machine)
+            for task in tasks:
+                yield Cell(task, seed, "ground-truth")
+                for model in ("independent", "ambiguity"):
+                    yield sim(task, seed, 0.87, model)
+                    yield sim(task, seed, 0.87, model, confidence="auto")
     elif name == "clusters":
         for seed in seeds[:3]:
             for j in (3, 5, 9):

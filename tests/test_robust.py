@@ -483,3 +483,50 @@ def test_members_trained_on_empty_masks_are_not_returned_as_aligned():
     chosen, sel = select(False)
     assert sel.kept_original and sel.lam is None and "flagged nothing" in sel.warning
     assert sel.candidates[1].score == 1.0  # the scores are still there to read
+
+
+def _critiqued_pool(flip_every: int):
+    """Two-cluster samples (descriptors of `_two_kinds`), one verdict in `flip_every` wrong."""
+    from lvlmva.pipeline.masking import CritiquedSample
+    from lvlmva.pipeline.records import SampleRecord
+
+    feats, shares, owners, _ = _two_kinds(flip_every=flip_every)
+    labels = torch.tensor([[0, 0], [1, 1]])
+    entries = []
+    for i in range(int(owners.max()) + 1):
+        rows = (owners == i).nonzero().flatten()
+        colors = tuple(f"c{j}" for j in range(len(rows)))
+        verdicts = {c: float(shares[r]) < 0.5 for c, r in zip(colors, rows.tolist(), strict=True)}
+        record = SampleRecord(i, 0, "a", labels, colors, tuple(range(len(rows))), "ok",
+                              verdicts=verdicts)  # fmt: skip
+        entries.append(CritiquedSample(record, None, feats[rows], shares[rows]))
+    return entries
+
+
+@pytest.mark.parametrize(("flip_every", "expected"), [(10, True), (3, False)])
+def test_auto_confidence_weights_only_while_the_neighbours_overturn_few_verdicts(
+    flip_every, expected
+):
+    import copy
+
+    from lvlmva.errors import ConfigError
+    from lvlmva.pipeline.masking import RobustMasks, robust_summary
+    from lvlmva.pipeline.options import CritiqueOptions
+
+    masks = {}
+    for setting in (True, False, "auto"):
+        options = CritiqueOptions(soft_masks=False, confidence=setting)
+        entries = copy.deepcopy(_critiqued_pool(flip_every))
+        robust = RobustMasks(None, options, len(entries))
+        for i, entry in enumerate(entries):
+            robust.add(i, entry)
+        robust.finalize()
+        masks[setting] = torch.stack([e.record.mask for e in entries])
+        summary = robust_summary(options, [e.record for e in entries])
+        if setting == "auto":
+            assert summary["confidence_weights_used"] is expected
+            assert (summary["overturned_share"] <= 0.25) is expected
+    assert not torch.equal(masks[True], masks[False])  # the two rules differ on this pool
+    assert torch.equal(masks["auto"], masks[expected])
+    with pytest.raises(ConfigError, match="confidence-weights"):
+        CritiqueOptions(confidence="sometimes")

@@ -398,8 +398,10 @@ _ROBUST_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--neighbour-kernel", {"choices": ("uniform", "gaussian"), "default": "uniform",
      "help": "each neighbour counts fully (uniform, default) or as far as it is alike "
      "(gaussian, median-heuristic bandwidth)"}),
-    ("--confidence-weights", {"action": "store_true", "help": "mask weights from the verdicts' "
-     "agreement instead of 0/1"}),
+    ("--confidence-weights", {"nargs": "?", "const": "on", "default": "off",
+     "choices": ("on", "off", "auto"), "help": "mask weights from the verdicts' agreement "
+     "instead of 0/1 (on; the bare flag), or only while the neighbours overturn at most a "
+     "quarter of the verdicts (auto); default off"}),
     ("--val-samples", {"type": int, "help": "validation images critiqued for the model check "
      "when the validation split has no usable groups (default: max(100, n-align / 4))"}),
     ("--keep-aligned", {"action": "store_true", "help": "return the aligned model even when it "
@@ -421,6 +423,6 @@ def robust_options(args: argparse.Namespace) -> dict[str, Any]:
         "votes": args.votes,
         "neighbours": args.neighbours,
         "neighbour_kernel": args.neighbour_kernel,
-        "confidence": args.confidence_weights,
+        "confidence": {"on": True, "off": False}.get(args.confidence_weights, "auto"),
         "val_samples": args.val_samples,
     }

@@ -31,7 +31,10 @@ from lvlmva.vision.consensus import (
 )
 from lvlmva.vision.datasets.base import ShortcutDataset
 
-__all__ = ["CritiquedSample", "RobustMasks", "critiqued", "fixed_mask", "robust_summary"]
+__all__ = [
+    "CritiquedSample", "RobustMasks", "critiqued", "fixed_mask", "robust_summary",
+    "uses_confidence",
+]
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def robust_summary(options: CritiqueOptions, records: Sequence[SampleRecord]) ->
         "neighbours": options.neighbours,
         "neighbour_kernel": options.neighbour_kernel,
         "confidence_weights": options.confidence,
+        "confidence_weights_used": uses_confidence(options, share),
         "graded_by_logprobs": graded,  # samples whose shares came from token log-probabilities
         "clusters": clusters,
         "overturned_no_to_yes": to_yes,
@@ -189,13 +193,14 @@ class RobustMasks:
             )  # fmt: skip
             for i, part in enumerate(torch.split(pooled, [len(e.no_share) for e in voted])):
                 p_spurious[id(voted[i])] = part
+        confidence = uses_confidence(self.options, _pool_share(voted, p_spurious))
         out = []
         for entry in targets:
             if not entry.voted:
                 out.append(entry.record.mask)
                 continue
             p = p_spurious[id(entry)]
-            weights = consensus_weights(p, confidence=self.options.confidence)
+            weights = consensus_weights(p, confidence=confidence)
             record = entry.record
             if _own_weights(record) is not None and torch.equal(weights, _own_weights(record)):
                 mask = record.mask  # the critic's own mask, as record_for made it
@@ -213,6 +218,24 @@ class RobustMasks:
                 record.consensus = {c: round(v, 4) for c, v in pairs}
             out.append(mask)
         return out
+
+
+def uses_confidence(options: CritiqueOptions, share: float | None) -> bool:
+    """Whether the masks are weighted by agreement: `options.confidence` True, or "auto" and the
+    neighbours overturned at most `DISAGREEMENT_WARNING` of the verdicts (`share`). Agreement
+    is a confidence only while most verdicts are right; past that, the 0/1 rule."""
+    if options.confidence == "auto":
+        return share is not None and share <= DISAGREEMENT_WARNING
+    return bool(options.confidence)
+
+
+def _pool_share(voted: Sequence[CritiquedSample], pooled: Mapping[int, Tensor]) -> float | None:
+    """The share of the pool's verdicts (own "no" share > 1/2) the consensus overturns."""
+    if not voted:
+        return None
+    own = torch.cat([e.no_share for e in voted]) > 0.5
+    after = torch.cat([pooled[id(e)] for e in voted]) > 0.5
+    return float((own != after).float().mean()) if len(own) else None
 
 
 def _own_weights(record: SampleRecord) -> Tensor | None:

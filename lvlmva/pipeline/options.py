@@ -26,9 +26,11 @@ class CritiqueOptions:
     (cross-sample consistency, no LVLM call; 0 = off), each neighbour counted fully
     (`neighbour_kernel="uniform"`) or as far as it is alike (`"gaussian"`,
     `lvlmva.vision.consensus.neighbour_weights`); `confidence`: mask weights from the
-    agreement instead of 0/1. `val_samples`: validation images critiqued for the
-    counterfactual check that chooses lambda when the validation split has no usable groups
-    (None: max(100, n_align // 4), at most the split; 0: none)."""
+    agreement instead of 0/1 (True), or only while the neighbours overturn at most a quarter
+    of the verdicts ("auto", `lvlmva.pipeline.masking.uses_confidence`). `val_samples`:
+    validation images critiqued for the counterfactual check that chooses lambda when the
+    validation split has no usable groups (None: max(100, n_align // 4), at most the split;
+    0: none)."""
 
     n_align: int = 1000
     n_clusters: int = 7
@@ -38,7 +40,7 @@ class CritiqueOptions:
     votes: int = 1
     neighbours: int = 10
     neighbour_kernel: Literal["uniform", "gaussian"] = "uniform"
-    confidence: bool = False
+    confidence: bool | Literal["auto"] = False
     val_samples: int | None = None
 
     def __post_init__(self) -> None:
@@ -49,6 +51,10 @@ class CritiqueOptions:
         if self.neighbour_kernel not in ("uniform", "gaussian"):
             raise ConfigError(
                 f"--neighbour-kernel must be uniform or gaussian, got {self.neighbour_kernel!r}"
+            )
+        if self.confidence not in (True, False, "auto"):
+            raise ConfigError(
+                f"--confidence-weights must be on, off or auto, got {self.confidence!r}"
             )
         if self.val_samples is not None and self.val_samples < 0:
             raise ConfigError(f"--val-samples must be 0 or more, got {self.val_samples}")
