@@ -13,7 +13,12 @@ from lvlmva.api import CriticSettings, align
 from lvlmva.errors import ConfigError
 from lvlmva.pipeline import CritiqueOptions
 from lvlmva.pipeline.critique_run import critique_run, sample_order
-from lvlmva.pipeline.from_run import align_from_run, check_run_fits, reviewed_records
+from lvlmva.pipeline.from_run import (
+    align_from_run,
+    check_run_fits,
+    reviewed_entries,
+    reviewed_records,
+)
 from lvlmva.runs import CritiqueRun
 
 
@@ -77,22 +82,26 @@ async def test_a_resumed_run_must_be_made_the_same_way(digits, model, tmp_path):
         await critique_run(model, digits, tmp_path / "gt", critic=CriticSettings("ground-truth"))
 
 
+@pytest.mark.parametrize("neighbours", [0, 10])
 async def test_aligning_from_an_unreviewed_run_equals_align_with_the_same_verdicts(
-    digits, model, tmp_path
+    digits, model, tmp_path, neighbours
 ):
     out = tmp_path / "run"
     options = CritiqueOptions(explain_batch=24)
     await critique_run(copy.deepcopy(model), digits, out, critic=_critic(tmp_path),
                        critique=options, n=40, progress=False)
-    # no neighbour pooling and no validation critique: a run's masks enter as they are
+    # no validation critique in a run: the check has no counterfactual on either side
     direct = await align(copy.deepcopy(model), digits, critic=_critic(tmp_path), n_align=40,
                          explain_batch=24, epochs=1, streaming=False, progress=False,
-                         neighbours=0, val_samples=0)
+                         neighbours=neighbours, val_samples=0)
     assert direct.provider_calls == 0  # the same requests: all answered from the cache
     with CritiqueRun.open(out) as run:
         from_run = await align_from_run(copy.deepcopy(model), digits, run, epochs=1,
-                                        progress=False)
+                                        progress=False, neighbours=neighbours)
     assert from_run.provider_calls == 0 and from_run.cache_hits == 0
+    overturned = from_run.robust["overturned_no_to_yes"] + from_run.robust["overturned_yes_to_no"]
+    assert (overturned > 0) == (neighbours > 0)  # the pooling did change masks
+    assert from_run.robust == direct.robust
     assert [r.index for r in from_run.samples] == [r.index for r in direct.samples]
     for a, b in zip(from_run.samples, direct.samples, strict=True):
         assert torch.equal(a.mask, b.mask) and a.verdicts == b.verdicts
@@ -120,6 +129,33 @@ async def test_overrides_change_the_masks_used_exactly_at_the_overridden_cluster
             changed = (mask != before[index]).numpy()
             labels = run.arrays(index).labels
             assert np.array_equal(changed, np.isin(labels, flipped.get(index, []))), index
+
+
+async def test_the_neighbours_never_outvote_a_reviewers_override(digits, model, tmp_path):
+    out = tmp_path / "run"
+    await critique_run(copy.deepcopy(model), digits, out, critic=_critic(tmp_path), n=24,
+                       progress=False)
+    with CritiqueRun.open(out) as run:
+        # make every sample's first colour the odd one out: the reviewer says the opposite of
+        # what the neighbours say, so only pinning keeps it
+        pooled = {e.record.index: e for e in reviewed_entries(run, digits)}
+        first = {i: run.get(i).record.colors[0] for i in pooled}
+        chosen = list(pooled)[:6]
+        for index in chosen:
+            run.override(index, first[index], not run.get(index).effective_verdicts[first[index]],
+                         reviewer="t")  # fmt: skip
+        entries = reviewed_entries(run, digits)
+        result = await align_from_run(copy.deepcopy(model), digits, run, epochs=1,
+                                      progress=False, lam=1.0)
+    for entry in entries:
+        index = entry.record.index
+        assert bool(entry.pinned[0]) == (index in chosen)
+        assert not bool(entry.pinned[1:].any())
+    by_index = {r.index: r for r in result.samples}
+    for index in chosen:
+        record = by_index[index]
+        reviewer_says_no = not record.verdicts[first[index]]
+        assert record.consensus[first[index]] == float(reviewer_says_no)
 
 
 async def test_a_run_of_another_split_or_model_is_refused(digits, model, tmp_path):

@@ -194,7 +194,7 @@ def _run_from_critique(args: argparse.Namespace) -> int:
                 checkpoint.model, splits, run, training=training,
                 soft=None if args.masks is None else args.masks == "soft",
                 checkpoint_sha256=file_sha256(args.model), seed=args.seed, device=device,
-                progress=not args.quiet,
+                progress=not args.quiet, **robust_options(args),
             )
         )  # fmt: skip
         for record in result.samples[: args.report_samples]:  # the report shows their images

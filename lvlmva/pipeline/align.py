@@ -85,7 +85,7 @@ async def align(
     device: str | torch.device = "cpu",
     progress: bool = True,
     on_sample: Callable[[SampleRecord], None] | None = None,
-    records: Sequence[SampleRecord] | None = None,
+    records: Sequence[SampleRecord | CritiquedSample] | None = None,
     **options: Any,
 ) -> AlignResult:
     """Explain, critique, mask and retrain `model` on `dataset` with the class-level `spec`.
@@ -95,8 +95,10 @@ async def align(
     `critic_provider` / `judge_provider`: ready `Provider`s instead of the critic's own.
     Explanations come from the original `model`, left unchanged. Unless `lam` is given, one
     model per lambda of the grid is trained and the best on validation returned, or the
-    original when none beats it (`AlignResult.selection`). `records`: masks made already (a
-    reviewed critique run): no LVLM call, no neighbour pooling, a check by validation groups.
+    original when none beats it (`AlignResult.selection`). `records`: verdicts or masks made
+    already (a reviewed critique run, `lvlmva.pipeline.from_run`): no LVLM call; a
+    `CritiquedSample` is pooled with its neighbours, a `SampleRecord`'s mask taken as it is;
+    the check is by validation groups only.
     An endpoint that refuses the run raises `RunStopped` (status, message, the result trained
     on the masks received); a `DataError` when every critique failed."""
     critic = critic or CriticSettings()
@@ -168,19 +170,20 @@ def _given_masks(
     dataset: DatasetSplits,
     indices: Tensor,
     val_indices: Tensor,
-    records: Sequence[SampleRecord] | None,
+    records: Sequence[SampleRecord | CritiquedSample] | None,
     run: AlignmentTraining,
 ) -> tuple[list[SampleRecord], list[CritiquedSample]]:
-    """Records whose masks are given (`records`, or the true masks when None) fed to `run` in
-    order, and the validation samples of the model check (true masks; none for `records`)."""
+    """Records whose verdicts or masks are given (`records`, or the true masks when None) fed
+    to `run` in order, and the validation samples of the model check (true masks; none for
+    `records`)."""
+    val_entries: list[CritiquedSample] = []
     if records is None:
         records = ground_truth_records(dataset, indices)
         val_entries = [fixed_mask(r) for r in ground_truth_records(dataset, val_indices, "val")]
-    else:
-        records, val_entries = list(records), []
-    for position, record in enumerate(records):
-        run.add(position, fixed_mask(record))
-    return list(records), val_entries
+    entries = [r if isinstance(r, CritiquedSample) else fixed_mask(r) for r in records]
+    for position, entry in enumerate(entries):
+        run.add(position, entry)
+    return [e.record for e in entries], val_entries
 
 
 def _check_some_masks(
@@ -216,10 +219,14 @@ def _stop_line(counts: CritiqueCounts, critiqued: int, n: int) -> str:
 
 
 def _alignment_indices(
-    dataset: DatasetSplits, n_align: int, seed: int, records: Sequence[SampleRecord] | None
+    dataset: DatasetSplits,
+    n_align: int,
+    seed: int,
+    records: Sequence[SampleRecord | CritiquedSample] | None,
 ) -> Tensor:
     if records is not None:
-        return torch.tensor([r.index for r in records], dtype=torch.long)
+        given = [r.record if isinstance(r, CritiquedSample) else r for r in records]
+        return torch.tensor([r.index for r in given], dtype=torch.long)
     return choose_alignment_indices(len(dataset.train), n_align, seed)
 
 

@@ -1,5 +1,6 @@
-"""Aligning from a critique run: the reviewed (effective) verdicts and masks of a
-`lvlmva.runs.CritiqueRun` become the alignment records, with no LVLM call.
+"""Aligning from a critique run: the reviewed (effective) verdicts of a `lvlmva.runs.CritiqueRun`
+become the alignment records, with no LVLM call, pooled with similar clusters as a critique's
+are (`lvlmva.pipeline.masking`), the reviewer's overrides kept as given.
 
 The records follow the run's sample order (the seeded permutation `align` draws its alignment
 samples from), so a run critiqued with the same seed and critic, left unreviewed, trains exactly
@@ -16,12 +17,14 @@ from torch import nn
 from lvlmva.errors import ConfigError, DataError
 from lvlmva.pipeline.align import align
 from lvlmva.pipeline.critique_run import manifest_critic, sample_order
+from lvlmva.pipeline.masking import CritiquedSample
 from lvlmva.pipeline.options import TrainOptions
 from lvlmva.pipeline.records import AlignResult, SampleRecord
-from lvlmva.runs import CritiqueRun, RunQuery
+from lvlmva.runs import CritiqueRun, ReviewedSample, RunQuery
+from lvlmva.vision.consensus import cluster_descriptors
 from lvlmva.vision.datasets.base import DatasetSplits
 
-__all__ = ["align_from_run", "check_run_fits", "reviewed_records"]
+__all__ = ["align_from_run", "check_run_fits", "reviewed_entries", "reviewed_records"]
 
 
 def check_run_fits(
@@ -58,38 +61,59 @@ def reviewed_records(
 ) -> list[SampleRecord]:
     """One record per "ok" sample of `run`: its effective verdicts and mask (the critic's with
     the reviewer's overrides, by the run's mask rule or `soft`), in the run's sample order."""
+    return [entry.record for entry in reviewed_entries(run, dataset, soft=soft)]
+
+
+def reviewed_entries(
+    run: CritiqueRun, dataset: DatasetSplits, *, soft: bool | None = None
+) -> list[CritiquedSample]:
+    """`reviewed_records` as the neighbour consensus takes them: each with its clusters'
+    descriptors, its effective verdicts as "no" shares and the reviewer's overrides pinned (an
+    expert's verdict is never outvoted; it counts as a neighbour of similar clusters)."""
     seed = int(run.manifest.extra.get("seed", 0))
     order = sample_order(len(dataset.train), None, seed)
     position = torch.empty(len(order), dtype=torch.long)
     position[order] = torch.arange(len(order))
-    records = []
+    entries = []
     for sample in run.iter_samples(RunQuery(statuses=("ok",))):
-        record, index = sample.record, sample.record.index
+        index = sample.record.index
         if not 0 <= index < len(dataset.train):
             raise DataError(f"sample {index} of {run.root} is not in the training split")
-        stored = run.arrays(index)
-        mask = run.effective_mask(index, soft=soft)
-        records.append(
-            SampleRecord(
-                index=index,
-                label=record.label,
-                class_name=record.class_name,
-                cluster_labels=torch.from_numpy(stored.labels.astype("int64")),
-                colors=record.colors,
-                cluster_ids=record.cluster_ids,
-                status="ok",
-                mask=torch.from_numpy(mask),
-                verdicts=dict(sample.effective_verdicts or {}),
-                critique=record.critique,
-            )
-        )
-    records.sort(key=lambda r: int(position[r.index]))
-    if not records:
+        entries.append(_entry(run, dataset, sample, soft))
+    entries.sort(key=lambda e: int(position[e.record.index]))
+    if not entries:
         raise DataError(
             f"critique run {run.root} has no critiqued sample (status ok) to align with; "
             "resume it with `lvlmva critique`"
         )
-    return records
+    return entries
+
+
+def _entry(
+    run: CritiqueRun, dataset: DatasetSplits, sample: ReviewedSample, soft: bool | None
+) -> CritiquedSample:
+    """The `CritiquedSample` of one reviewed "ok" sample of `run`."""
+    record, stored = sample.record, run.arrays(sample.record.index)
+    labels = torch.from_numpy(stored.labels.astype("int64"))
+    verdicts = dict(sample.effective_verdicts or {})
+    features = cluster_descriptors(
+        dataset.train.images[record.index], labels, record.cluster_ids, _run_clusters(run)
+    )
+    responsibilities = None
+    if stored.responsibilities is not None:
+        responsibilities = torch.from_numpy(stored.responsibilities).to(torch.float16)
+    return CritiquedSample(
+        SampleRecord(
+            index=record.index, label=record.label, class_name=record.class_name,
+            cluster_labels=labels, colors=record.colors, cluster_ids=record.cluster_ids,
+            status="ok", mask=torch.from_numpy(run.effective_mask(record.index, soft=soft)),
+            verdicts=verdicts, critique=record.critique,
+        ),
+        responsibilities,
+        features,
+        torch.tensor([0.0 if verdicts[c] else 1.0 for c in record.colors]),
+        pinned=torch.tensor([c in sample.overrides for c in record.colors], dtype=torch.bool),
+    )
 
 
 async def align_from_run(
@@ -105,10 +129,19 @@ async def align_from_run(
     progress: bool = True,
     **options: Any,
 ) -> AlignResult:
-    """`align` with the reviewed masks of `run` (see `reviewed_records`): no LVLM call."""
+    """`align` with the reviewed verdicts of `run` (see `reviewed_entries`), pooled with
+    similar clusters like a critique's (`neighbours`; the reviewer's overrides are kept as
+    given), masks by the run's rule or `soft`: no LVLM call."""
     check_run_fits(run, dataset, checkpoint_sha256)
-    records = reviewed_records(run, dataset, soft=soft)
+    entries = reviewed_entries(run, dataset, soft=soft)
+    soft_masks = run.manifest.masks == "soft" if soft is None else soft
     return await align(
         model, dataset, critic=manifest_critic(run.manifest), training=training, seed=seed,
-        device=device, progress=progress, records=records, **options,
+        device=device, progress=progress, records=entries,
+        **{"soft_masks": soft_masks, "n_clusters": _run_clusters(run), **options},
     )  # fmt: skip
+
+
+def _run_clusters(run: CritiqueRun) -> int:
+    """The clusters per image the run segmented into (7 for runs that did not record it)."""
+    return int(run.manifest.extra.get("n_clusters", 7))

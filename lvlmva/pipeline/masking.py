@@ -40,12 +40,15 @@ __all__ = [
 @dataclass(frozen=True)
 class CritiquedSample:
     """What the consensus needs of one critiqued sample: its record, its clusters
-    (`responsibilities` kept as float16), their descriptors and "no" shares, in colour order."""
+    (`responsibilities` kept as float16), their descriptors and "no" shares, in colour order;
+    `pinned` [n] marks the clusters whose share is a reviewer's verdict: kept as given, never
+    pooled, though they count as neighbours of the others."""
 
     record: SampleRecord
     responsibilities: Tensor | None
     features: Tensor  # [n, F]
     no_share: Tensor  # [n]
+    pinned: Tensor | None = None  # [n] bool
 
     @property
     def voted(self) -> bool:
@@ -191,8 +194,11 @@ class RobustMasks:
                 features, shares, owner, k=self.options.neighbours,
                 kernel=self.options.neighbour_kernel,
             )  # fmt: skip
-            for i, part in enumerate(torch.split(pooled, [len(e.no_share) for e in voted])):
-                p_spurious[id(voted[i])] = part
+            for e, part in zip(voted, torch.split(pooled, [len(e.no_share) for e in voted]),
+                               strict=True):  # fmt: skip
+                if e.pinned is not None:
+                    part = torch.where(e.pinned, e.no_share.float(), part)
+                p_spurious[id(e)] = part
         confidence = uses_confidence(self.options, _pool_share(voted, p_spurious))
         out = []
         for entry in targets:
