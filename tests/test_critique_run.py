@@ -131,6 +131,22 @@ async def test_overrides_change_the_masks_used_exactly_at_the_overridden_cluster
             assert np.array_equal(changed, np.isin(labels, flipped.get(index, []))), index
 
 
+async def test_a_run_is_checked_on_validation_images_masked_by_their_nearest_clusters(
+    digits, model, tmp_path
+):
+    out = tmp_path / "run"
+    await critique_run(copy.deepcopy(model), digits, out, critic=_critic(tmp_path), n=40,
+                       progress=False)
+    with CritiqueRun.open(out) as run:
+        result = await align_from_run(copy.deepcopy(model), digits, run, epochs=1,
+                                      progress=False, val_samples=40)
+    selection = result.selection
+    assert result.provider_calls == 0 and selection.criterion == "counterfactual"
+    assert "nearest critiqued clusters" in selection.reason
+    assert selection.n_val == 40
+    assert all(c.score == c.score for c in selection.candidates)  # every one scored, no NaN
+
+
 async def test_the_neighbours_never_outvote_a_reviewers_override(digits, model, tmp_path):
     out = tmp_path / "run"
     await critique_run(copy.deepcopy(model), digits, out, critic=_critic(tmp_path), n=24,

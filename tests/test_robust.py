@@ -530,3 +530,29 @@ def test_auto_confidence_weights_only_while_the_neighbours_overturn_few_verdicts
     assert torch.equal(masks["auto"], masks[expected])
     with pytest.raises(ConfigError, match="confidence-weights"):
         CritiqueOptions(confidence="sometimes")
+
+
+def test_samples_no_critic_saw_get_the_masks_of_their_nearest_critiqued_clusters():
+    from lvlmva.pipeline.masking import CritiquedSample, RobustMasks
+    from lvlmva.pipeline.options import CritiqueOptions
+    from lvlmva.pipeline.records import SampleRecord
+
+    entries = _critiqued_pool(flip_every=7)
+    robust = RobustMasks(None, CritiqueOptions(soft_masks=False), len(entries))
+    for i, entry in enumerate(entries):
+        robust.add(i, entry)
+    robust.finalize()
+    feats, _, owners, truth = _two_kinds(n_images=8, flip_every=1000)
+    labels = torch.tensor([[0, 0], [1, 1]])
+    unseen = []
+    for i in range(8):
+        rows = (owners == i).nonzero().flatten()
+        record = SampleRecord(100 + i, 0, "a", labels, ("c0", "c1"), (0, 1), "not_run")
+        unseen.append(CritiquedSample(record, None, feats[rows], torch.zeros(0)))
+    masks = robust.masks_for(unseen)
+    for mask, entry in zip(masks, unseen, strict=True):
+        spurious = truth[(owners == entry.record.index - 100).nonzero().flatten()]
+        # cluster 0 (top row) is the spurious corner, cluster 1 the relevant centre
+        assert mask[0].tolist() == [float(spurious[0])] * 2 and mask[1].tolist() == [0.0, 0.0]
+        assert entry.record.consensus is not None and entry.record.verdicts is None
+    assert robust.masks_for([]) == []

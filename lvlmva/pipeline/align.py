@@ -33,6 +33,7 @@ from lvlmva.pipeline.masking import (
     critiqued,
     fixed_mask,
     robust_summary,
+    uncritiqued,
 )
 from lvlmva.pipeline.options import CritiqueOptions, TrainOptions, split_options
 from lvlmva.pipeline.records import (
@@ -98,7 +99,8 @@ async def align(
     original when none beats it (`AlignResult.selection`). `records`: verdicts or masks made
     already (a reviewed critique run, `lvlmva.pipeline.from_run`): no LVLM call; a
     `CritiquedSample` is pooled with its neighbours, a `SampleRecord`'s mask taken as it is;
-    the check is by validation groups only.
+    where the check needs masks on validation images, they come from the nearest critiqued
+    clusters of `records` (`RobustMasks.masks_for`).
     An endpoint that refuses the run raises `RunStopped` (status, message, the result trained
     on the masks received); a `DataError` when every critique failed."""
     critic = critic or CriticSettings()
@@ -113,7 +115,8 @@ async def align(
             await backend.preflight(critic)
     before = await asyncio.to_thread(_evaluate, model, dataset)
     indices = _alignment_indices(dataset, what.n_align, seed, records)
-    check = plan_check(dataset, what, backend, seed, critiques=records is None)
+    check = plan_check(dataset, what, backend, seed, critiques=records is None,
+                       transfer=_has_verdicts(records))  # fmt: skip
     masks = RobustMasks(dataset.train, what, len(indices))
     run = AlignmentTraining(
         _start_model(model, how, seed), dataset.train, how, masks,
@@ -130,6 +133,9 @@ async def align(
             _check_some_masks(records, counts, len(indices), critic)
         else:  # masks made already, or the true ones
             records, val_entries = _given_masks(dataset, indices, check.indices, records, run)
+            if _has_verdicts(records) and len(check.indices):  # a run: nothing critiqued in val
+                val_entries = await _uncritiqued_validation(
+                    model, dataset, check.indices, what, seed, device, timings)  # fmt: skip
             counts = CritiqueCounts()
         timings["critique_s"] = time.perf_counter() - started
         members = await run.finish()
@@ -184,6 +190,39 @@ def _given_masks(
     for position, entry in enumerate(entries):
         run.add(position, entry)
     return [e.record for e in entries], val_entries
+
+
+def _has_verdicts(records: Sequence[SampleRecord | CritiquedSample] | None) -> bool:
+    """Whether given records carry verdicts to pool (a critique run's), not only masks."""
+    return records is not None and any(
+        (r.record if isinstance(r, CritiquedSample) else r).verdicts is not None for r in records
+    )
+
+
+async def _uncritiqued_validation(
+    model: nn.Module,
+    dataset: DatasetSplits,
+    indices: Tensor,
+    options: CritiqueOptions,
+    seed: int,
+    device: torch.device,
+    timings: dict[str, float],
+) -> list[CritiquedSample]:
+    """The validation samples of the check explained, segmented and rendered (no critique)."""
+    explained = copy.deepcopy(model).eval()
+    out = []
+    async for sample in rendered_samples(
+        explained, dataset.val, indices, options, seed=seed, device=device, timings=timings
+    ):
+        name = dataset.info.class_names[sample.label]
+        record = SampleRecord(
+            index=sample.index, label=sample.label, class_name=name,
+            cluster_labels=sample.cluster_labels, colors=sample.colors,
+            cluster_ids=sample.cluster_ids, status="not_run",
+        )  # fmt: skip
+        out.append(uncritiqued(sample, record, dataset.val.images[sample.index],
+                               options.n_clusters))  # fmt: skip
+    return out
 
 
 def _check_some_masks(

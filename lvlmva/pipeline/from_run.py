@@ -138,10 +138,19 @@ async def align_from_run(
     return await align(
         model, dataset, critic=manifest_critic(run.manifest), training=training, seed=seed,
         device=device, progress=progress, records=entries,
-        **{"soft_masks": soft_masks, "n_clusters": _run_clusters(run), **options},
+        **{"soft_masks": soft_masks, **_run_options(run), **options},
     )  # fmt: skip
 
 
 def _run_clusters(run: CritiqueRun) -> int:
     """The clusters per image the run segmented into (7 for runs that did not record it)."""
     return int(run.manifest.extra.get("n_clusters", 7))
+
+
+def _run_options(run: CritiqueRun) -> dict[str, Any]:
+    """The run's explain and segment settings, for the validation images the check renders."""
+    extra = run.manifest.extra
+    options: dict[str, Any] = {"n_clusters": _run_clusters(run)}
+    if extra.get("attribution"):
+        options["attribution"] = str(extra["attribution"])
+    return options

@@ -24,16 +24,18 @@ from torch import Tensor
 from lvlmva.pipeline.options import CritiqueOptions
 from lvlmva.pipeline.records import RenderedSample, SampleRecord
 from lvlmva.vision.consensus import (
+    DEFAULT_NEIGHBOURS,
     cluster_descriptors,
     consensus_weights,
     neighbour_consensus,
+    transferred_shares,
     weighted_mask,
 )
 from lvlmva.vision.datasets.base import ShortcutDataset
 
 __all__ = [
     "CritiquedSample", "RobustMasks", "critiqued", "fixed_mask", "robust_summary",
-    "uses_confidence",
+    "uncritiqued", "uses_confidence",
 ]
 
 
@@ -73,6 +75,16 @@ def critiqued(
         sample.responsibilities.to(torch.float16),
         features,
         torch.tensor([float(shares[c]) for c in sample.colors]),
+    )
+
+
+def uncritiqued(sample: RenderedSample, record: SampleRecord, image: Tensor,
+                n_clusters: int) -> CritiquedSample:  # fmt: skip
+    """A rendered sample no critic saw (`record` without verdicts): its clusters' descriptors,
+    for a mask transferred from the nearest critiqued clusters (`RobustMasks.masks_for`)."""
+    features = cluster_descriptors(image, sample.cluster_labels, sample.cluster_ids, n_clusters)
+    return CritiquedSample(
+        record, sample.responsibilities.to(torch.float16), features, torch.zeros(0)
     )
 
 
@@ -170,11 +182,43 @@ class RobustMasks:
 
     def masks_for(self, extra: Sequence[CritiquedSample]) -> list[Tensor | None]:
         """Masks of `extra` (e.g. validation samples), the alignment samples their neighbours;
-        None for a sample whose critique failed. Their records are updated too."""
+        a sample no critic saw (`uncritiqued`) gets the mask its clusters' nearest critiqued
+        clusters vote for (no LVLM call); None for a sample whose critique failed. Their
+        records are updated too."""
         voted = [e for e in extra if e.voted]
+        unseen = [e for e in extra if e.record.verdicts is None and len(e.features)]
         pool = [e for e in self.entries() if e.voted] + voted
         masks = dict(zip(map(id, voted), self._masks(voted, pool, write=True), strict=True))
+        masks.update(zip(map(id, unseen), self._transferred(unseen), strict=True))
         return [masks.get(id(e), e.record.mask) for e in extra]
+
+    def _transferred(self, targets: Sequence[CritiquedSample]) -> list[Tensor | None]:
+        """Masks of samples no critic saw, from the finalized alignment samples' consensus."""
+        pool = [e for e in self.entries() if e.voted and e.record.consensus is not None]
+        if not pool or not targets:
+            return [None] * len(targets)
+        shares = torch.tensor([e.record.consensus[c] for e in pool for c in e.record.colors])
+        own = torch.cat([e.no_share for e in pool]) > 0.5
+        share = float(((shares > 0.5) != own).float().mean())
+        features = torch.cat([e.features for e in pool])
+        k = self.options.neighbours or DEFAULT_NEIGHBOURS
+        p = transferred_shares(features, shares, torch.cat([e.features for e in targets]), k=k)
+        if bool(torch.isnan(p).any()):
+            return [None] * len(targets)
+        confidence = uses_confidence(self.options, share)
+        out: list[Tensor | None] = []
+        for entry, part in zip(targets, torch.split(p, [len(e.features) for e in targets]),
+                               strict=True):  # fmt: skip
+            record = entry.record
+            record.mask = weighted_mask(
+                record.cluster_labels, record.cluster_ids,
+                consensus_weights(part, confidence=confidence),
+                responsibilities=entry.responsibilities, soft=self.options.soft_masks,
+            )  # fmt: skip
+            record.consensus = {c: round(v, 4) for c, v in zip(record.colors, part.tolist(),
+                                                               strict=True)}  # fmt: skip
+            out.append(record.mask)
+        return out
 
     def _masks(
         self,

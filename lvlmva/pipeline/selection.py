@@ -356,17 +356,24 @@ def plan_check(
     seed: int,
     *,
     critiques: bool = True,
+    transfer: bool = False,
 ) -> ModelCheck:
     """The model check of a run on `dataset` with critic `backend` (a `CriticBackend`);
-    `critiques=False` when no validation image may be critiqued (masks made already)."""
+    `critiques=False` when no validation image may be critiqued (verdicts made already), and
+    then `transfer`: the validation images get the masks their clusters' nearest critiqued
+    clusters vote for (`RobustMasks.masks_for`), so the counterfactual check still runs."""
     val = dataset.val
     if not critiques:
-        can_critique = False
+        can_critique = transfer
     elif backend.uses_llm and not backend.answers_from_ground_truth:
         can_critique = True
     else:  # the simulation and the ground truth need the validation split's true masks
         can_critique = val.spurious_masks is not None
     criterion = choose_criterion(val, can_critique=can_critique)
+    if not critiques and criterion[0] == "counterfactual":
+        criterion = ("counterfactual", criterion[1].replace(
+            "critic-flagged regions", "regions that the nearest critiqued clusters flag (no "
+            "validation image was critiqued)", 1))  # fmt: skip
     indices = torch.zeros(0, dtype=torch.long)
     if criterion[0] == "counterfactual":
         indices = validation_indices(len(val), options.n_align, options.val_samples, seed)

@@ -42,6 +42,7 @@ __all__ = [
     "neighbour_consensus",
     "neighbour_weights",
     "other_image_neighbours",
+    "transferred_shares",
     "weighted_mask",
 ]
 
@@ -138,6 +139,23 @@ def other_image_neighbours(
     # the first k neighbours from other images (each row has at least k of them)
     chosen = others & (np.cumsum(others, axis=1) <= k)
     return distance, index, chosen
+
+
+def transferred_shares(
+    pool: Tensor, pool_shares: Tensor, targets: Tensor, *, k: int = DEFAULT_NEIGHBOURS
+) -> Tensor:
+    """P(spurious) [N] of N clusters that no critic saw: the mean "no" share of their k nearest
+    `pool` clusters [M, F] (standardised over both sets, as `other_image_neighbours` does);
+    NaN for all when the pool has fewer than k clusters or k <= 0."""
+    if k <= 0 or len(pool) < k or len(targets) == 0:
+        return torch.full((len(targets),), math.nan)
+    x = torch.cat([pool, targets]).double().numpy()
+    scale = x.std(0)
+    z = (x - x.mean(0)) / np.where(scale > 1e-9, scale, 1.0)
+    from sklearn.neighbors import NearestNeighbors
+
+    _, index = NearestNeighbors(n_neighbors=k).fit(z[: len(pool)]).kneighbors(z[len(pool) :])
+    return torch.from_numpy(pool_shares.double().numpy()[index].mean(1)).float()
 
 
 def neighbour_weights(distance: np.ndarray, chosen: np.ndarray, k: int, kernel: str) -> np.ndarray:
