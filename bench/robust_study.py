@@ -162,12 +162,13 @@ class Cell:
     kernel: str = "uniform"  # CritiqueOptions.neighbour_kernel
     fused: bool = False  # one structured-output call per image (CriticSettings.fused)
     logprobs: int | None = None  # RequestSettings.verdict_logprobs
+    val_masks: str = "critique"  # CritiqueOptions.val_masks
 
     def key(self) -> dict[str, Any]:
-        """The cell's settings; `start`, `val_samples`, `masks`, `kernel`, `fused` and
-        `logprobs` only where they are not the default (older rows keep their ids)."""
+        """The cell's settings; `start`, `val_samples`, `masks`, `kernel`, `fused`, `logprobs`
+        and `val_masks` only where they are not the default (older rows keep their ids)."""
         default = {"start": "retrain", "val_samples": None, "masks": "soft", "kernel": "uniform",
-                   "fused": False, "logprobs": None}  # fmt: skip
+                   "fused": False, "logprobs": None, "val_masks": "critique"}  # fmt: skip
         return {k: v for k, v in self.__dict__.items() if default.get(k, object()) != v}
 
 
@@ -257,6 +258,13 @@ def plan(name: str, tasks: list[str], seeds: list[int]) -> Iterator[Cell]:
                 for model in ("independent", "ambiguity"):
                     yield sim(task, seed, 0.87, model)
                     yield sim(task, seed, 0.87, model, confidence="auto")
+    elif name == "val-neighbours":  # the check's validation masks from the nearest critiqued
+        for seed in seeds:  # clusters (no LVLM call) beside the default (critiqued), on the
+            for task in ("decoy-digits", "stamp", "patch"):  # tasks the counterfactual decides
+                for accuracy in (0.87, 0.46):
+                    for model in ("independent", "ambiguity"):
+                        yield sim(task, seed, accuracy, model)
+                        yield sim(task, seed, accuracy, model, val_masks="neighbours")
     elif name == "clusters":
         for seed in seeds[:3]:
             for j in (3, 5, 9):
@@ -368,7 +376,8 @@ def run_cell(cell: Cell, task: Task, splits, model: torch.nn.Module) -> dict[str
             copy.deepcopy(model), splits, task.spec, critic=critic,
             n_align=cell.n_align or task.n_align, n_clusters=cell.clusters, votes=cell.votes,
             neighbours=cell.neighbours, neighbour_kernel=cell.kernel, confidence=cell.confidence,
-            start=cell.start, val_samples=cell.val_samples, soft_masks=cell.masks == "soft",
+            start=cell.start, val_samples=cell.val_samples, val_masks=cell.val_masks,
+            soft_masks=cell.masks == "soft",
             seed=cell.seed, progress=False,
         )
     )  # fmt: skip

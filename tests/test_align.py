@@ -73,6 +73,16 @@ async def test_rerun_is_answered_from_the_cache(digits, shortcut_model, tmp_path
     assert first_verdicts == {s.index: s.verdicts for s in second.samples}
 
 
+async def test_validation_masks_from_the_neighbours_cost_no_call(digits, shortcut_model, tmp_path):
+    critic = CriticSettings(kind="simulated", cache_dir=tmp_path / "cache")
+    result = await align(copy.deepcopy(shortcut_model), digits, critic=critic, n_align=16,
+                         epochs=1, val_samples=8, val_masks="neighbours", progress=False)
+    assert result.provider_calls == 2 * 16  # the alignment samples' critiques only
+    selection = result.selection
+    assert selection.criterion == "counterfactual" and selection.n_val == 8
+    assert "nearest critiqued clusters" in selection.reason
+
+
 async def test_http_simulation_gives_the_same_masks_as_in_process(digits, shortcut_model):
     results = {}
     for transport in ("in-process", "http"):

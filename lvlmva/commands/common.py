@@ -404,14 +404,17 @@ _ROBUST_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
      "quarter of the verdicts (auto); default off"}),
     ("--val-samples", {"type": int, "help": "validation images critiqued for the model check "
      "when the validation split has no usable groups (default: max(100, n-align / 4))"}),
+    ("--val-masks", {"choices": ("critique", "neighbours"), "default": "critique",
+     "help": "masks of those validation images: from the critic (default; 2 LVLM calls each) "
+     "or from the nearest critiqued clusters of the alignment samples (no call)"}),
     ("--keep-aligned", {"action": "store_true", "help": "return the aligned model even when it "
      "is worse than the original on validation"}),
 )  # fmt: skip
 
 
 def add_robust_arguments(parser: argparse.ArgumentParser) -> None:
-    """--votes, --neighbours, --neighbour-kernel, --confidence-weights, --val-samples and
-    --keep-aligned."""
+    """--votes, --neighbours, --neighbour-kernel, --confidence-weights, --val-samples,
+    --val-masks and --keep-aligned."""
     group = parser.add_argument_group("robust verdicts and the model check (docs/robust.md)")
     for flag, kwargs in _ROBUST_FLAGS:
         group.add_argument(flag, **kwargs)
@@ -425,4 +428,5 @@ def robust_options(args: argparse.Namespace) -> dict[str, Any]:
         "neighbour_kernel": args.neighbour_kernel,
         "confidence": {"on": True, "off": False}.get(args.confidence_weights, "auto"),
         "val_samples": args.val_samples,
+        "val_masks": args.val_masks,
     }

@@ -43,7 +43,7 @@ from lvlmva.pipeline.records import (
     SampleRecord,
     critique_metrics,
 )
-from lvlmva.pipeline.selection import plan_check
+from lvlmva.pipeline.selection import ModelCheck, plan_check
 from lvlmva.pipeline.training import AlignmentTraining
 from lvlmva.prompts import TaskSpec
 from lvlmva.vision.datasets.base import DatasetSplits
@@ -97,26 +97,18 @@ async def align(
     Explanations come from the original `model`, left unchanged. Unless `lam` is given, one
     model per lambda of the grid is trained and the best on validation returned, or the
     original when none beats it (`AlignResult.selection`). `records`: verdicts or masks made
-    already (a reviewed critique run, `lvlmva.pipeline.from_run`): no LVLM call; a
-    `CritiquedSample` is pooled with its neighbours, a `SampleRecord`'s mask taken as it is;
-    where the check needs masks on validation images, they come from the nearest critiqued
-    clusters of `records` (`RobustMasks.masks_for`).
+    already (a reviewed critique run, `lvlmva.pipeline.from_run`), no LVLM call: a
+    `CritiquedSample` is pooled with its neighbours, a `SampleRecord`'s mask taken as it is.
     An endpoint that refuses the run raises `RunStopped` (status, message, the result trained
     on the masks received); a `DataError` when every critique failed."""
     critic = critic or CriticSettings()
     what, how = split_options(critique, training, options)
     backend = _checked_backend(critic.kind, dataset, records)
     device, started, timings = torch.device(device), time.perf_counter(), {}
-    if records is not None:
-        how = dataclasses.replace(how, streaming=False)
-    elif backend.uses_llm:
-        spec = resolve_spec(spec, dataset)
-        if critic_provider is None:
-            await backend.preflight(critic)
+    how, spec = await _prepare(backend, critic, spec, dataset, how, records, critic_provider)
     before = await asyncio.to_thread(_evaluate, model, dataset)
     indices = _alignment_indices(dataset, what.n_align, seed, records)
-    check = plan_check(dataset, what, backend, seed, critiques=records is None,
-                       transfer=_has_verdicts(records))  # fmt: skip
+    check, transfer = _plan_check(dataset, what, backend, seed, records)
     masks = RobustMasks(dataset.train, what, len(indices))
     run = AlignmentTraining(
         _start_model(model, how, seed), dataset.train, how, masks,
@@ -126,17 +118,17 @@ async def align(
     try:
         if records is None and backend.uses_llm:
             records, val_entries, counts = await _critique(
-                model, dataset, spec, indices, check.indices, critic, what, run,
-                providers=(critic_provider, judge_provider), seed=seed, device=device,
-                progress=progress, on_sample=on_sample, timings=timings,
+                model, dataset, spec, indices, check.indices[: 0 if transfer else None], critic,
+                what, run, providers=(critic_provider, judge_provider), seed=seed,
+                device=device, progress=progress, on_sample=on_sample, timings=timings,
             )  # fmt: skip
             _check_some_masks(records, counts, len(indices), critic)
         else:  # masks made already, or the true ones
             records, val_entries = _given_masks(dataset, indices, check.indices, records, run)
-            if _has_verdicts(records) and len(check.indices):  # a run: nothing critiqued in val
-                val_entries = await _uncritiqued_validation(
-                    model, dataset, check.indices, what, seed, device, timings)  # fmt: skip
             counts = CritiqueCounts()
+        if transfer and len(check.indices):  # nothing critiqued in the validation split
+            val_entries = await _uncritiqued_validation(
+                model, dataset, check.indices, what, seed, device, timings)  # fmt: skip
         timings["critique_s"] = time.perf_counter() - started
         members = await run.finish()
     except BaseException:
@@ -190,6 +182,44 @@ def _given_masks(
     for position, entry in enumerate(entries):
         run.add(position, entry)
     return [e.record for e in entries], val_entries
+
+
+async def _prepare(
+    backend: CriticBackend,
+    critic: CriticSettings,
+    spec: TaskSpec | str | None,
+    dataset: DatasetSplits,
+    how: TrainOptions,
+    records: Sequence[SampleRecord | CritiquedSample] | None,
+    critic_provider: Provider | None,
+) -> tuple[TrainOptions, TaskSpec | str | None]:
+    """Given records train in order (not streamed); a critique needs the spec resolved and the
+    endpoint checked (`preflight`) before anything is trained or paid for."""
+    if records is not None:
+        return dataclasses.replace(how, streaming=False), spec
+    if backend.uses_llm:
+        spec = resolve_spec(spec, dataset)
+        if critic_provider is None:
+            await backend.preflight(critic)
+    return how, spec
+
+
+def _plan_check(
+    dataset: DatasetSplits,
+    options: CritiqueOptions,
+    backend: CriticBackend,
+    seed: int,
+    records: Sequence[SampleRecord | CritiquedSample] | None,
+) -> tuple[ModelCheck, bool]:
+    """The model check, and whether its validation masks come from the nearest critiqued
+    clusters (`RobustMasks.masks_for`) instead of the critic: for a critique run's verdicts,
+    which cover no validation image, and with `val_masks="neighbours"`."""
+    transfer = _has_verdicts(records) or (
+        records is None and backend.uses_llm and options.val_masks == "neighbours"
+    )
+    critiques = records is None and not transfer
+    return plan_check(dataset, options, backend, seed, critiques=critiques,
+                      transfer=transfer), transfer  # fmt: skip
 
 
 def _has_verdicts(records: Sequence[SampleRecord | CritiquedSample] | None) -> bool:

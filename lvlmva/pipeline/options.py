@@ -30,7 +30,9 @@ class CritiqueOptions:
     of the verdicts ("auto", `lvlmva.pipeline.masking.uses_confidence`). `val_samples`:
     validation images critiqued for the counterfactual check that chooses lambda when the
     validation split has no usable groups (None: max(100, n_align // 4), at most the split;
-    0: none)."""
+    0: none); `val_masks`: their masks from the critic ("critique", two LVLM calls each) or
+    from the nearest critiqued clusters of the alignment samples ("neighbours", no call;
+    `lvlmva.pipeline.masking.RobustMasks.masks_for`)."""
 
     n_align: int = 1000
     n_clusters: int = 7
@@ -42,6 +44,7 @@ class CritiqueOptions:
     neighbour_kernel: Literal["uniform", "gaussian"] = "uniform"
     confidence: bool | Literal["auto"] = False
     val_samples: int | None = None
+    val_masks: Literal["critique", "neighbours"] = "critique"
 
     def __post_init__(self) -> None:
         if self.votes < 1:
@@ -55,6 +58,10 @@ class CritiqueOptions:
         if self.confidence not in (True, False, "auto"):
             raise ConfigError(
                 f"--confidence-weights must be on, off or auto, got {self.confidence!r}"
+            )
+        if self.val_masks not in ("critique", "neighbours"):
+            raise ConfigError(
+                f"--val-masks must be critique or neighbours, got {self.val_masks!r}"
             )
         if self.val_samples is not None and self.val_samples < 0:
             raise ConfigError(f"--val-samples must be 0 or more, got {self.val_samples}")
