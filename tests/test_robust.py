@@ -406,6 +406,13 @@ def test_the_neighbour_kernel_flag_reaches_the_options_and_a_bad_one_is_refused(
     assert CritiqueOptions(**options).neighbour_kernel == "gaussian"
     with pytest.raises(ConfigError, match="--neighbour-kernel"):
         CritiqueOptions(neighbour_kernel="box")
+    parse = lambda *a: CritiqueOptions(**robust_options(parser.parse_args(list(a))))  # noqa: E731
+    assert (parse().confidence, parse().val_masks) == (False, "critique")
+    assert parse("--confidence-weights").confidence is True  # the bare flag, as before
+    assert parse("--confidence-weights", "auto").confidence == "auto"
+    assert parse("--val-masks", "neighbours").val_masks == "neighbours"
+    with pytest.raises(ConfigError, match="--val-masks"):
+        CritiqueOptions(val_masks="guess")
 
 
 def test_the_run_warns_when_the_neighbours_overturn_many_verdicts():

@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--val-jobs", type=int,
         help="validation images critiqued for align's model check (default: as align, "
-        "max(100, jobs / 4); 0 when the validation split has usable groups)",
+        "max(100, jobs / 4); 0 when the validation split has usable groups, with align "
+        "--val-masks neighbours or for align --critique RUN)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
