@@ -225,7 +225,7 @@ def _plan_check(
 def _has_verdicts(records: Sequence[SampleRecord | CritiquedSample] | None) -> bool:
     """Whether given records carry verdicts to pool (a critique run's), not only masks."""
     return records is not None and any(
-        (r.record if isinstance(r, CritiquedSample) else r).verdicts is not None for r in records
+        isinstance(r, CritiquedSample) and r.voted for r in records
     )
 
 
