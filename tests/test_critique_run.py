@@ -97,7 +97,7 @@ async def test_aligning_from_an_unreviewed_run_equals_align_with_the_same_verdic
     assert direct.provider_calls == 0  # the same requests: all answered from the cache
     with CritiqueRun.open(out) as run:
         from_run = await align_from_run(copy.deepcopy(model), digits, run, epochs=1,
-                                        progress=False, neighbours=neighbours)
+                                        progress=False, neighbours=neighbours, val_samples=0)
     assert from_run.provider_calls == 0 and from_run.cache_hits == 0
     overturned = from_run.robust["overturned_no_to_yes"] + from_run.robust["overturned_yes_to_no"]
     assert (overturned > 0) == (neighbours > 0)  # the pooling did change masks
