@@ -109,7 +109,8 @@ def main() -> None:
         report.update(stored_after_resume=stored(run), answers_before_kill=answered_before,
                       answers_total=after["sync_answers"], needed=2 * args.n,
                       answered_twice=len(after["answered_more_than_once"]))
-        common = ["--epochs", str(args.epochs), "--quiet", "--report-samples", "12"]
+        common = ["--epochs", str(args.epochs), "--quiet", "--report-samples", "12",
+                  "--val-samples", "0"]  # the run has no critiqued validation image
         assert lvlmva("align", "--critique", str(run), "--out", str(out / "from-run"),
                       *common).wait() == 0
         assert lvlmva("align", "--model", str(model), "--n-align", str(args.n), "--no-streaming",

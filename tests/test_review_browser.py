@@ -257,7 +257,9 @@ def digits_run(tmp_path_factory):
     results = []
 
     async def realign(r: CritiqueRun) -> str:
-        result = await align_from_run(model, digits, r, epochs=1, progress=False)
+        # no neighbour pooling here, so the masks change exactly where the reviewer clicked
+        # (pooling with pinned overrides: tests/test_critique_run.py)
+        result = await align_from_run(model, digits, r, epochs=1, progress=False, neighbours=0)
         results.append(result)
         return f"aligned from {len(result.samples)} reviewed samples, 0 LVLM calls"
 
