@@ -78,8 +78,9 @@ def critiqued(
     )
 
 
-def uncritiqued(sample: RenderedSample, record: SampleRecord, image: Tensor,
-                n_clusters: int) -> CritiquedSample:  # fmt: skip
+def uncritiqued(
+    sample: RenderedSample, record: SampleRecord, image: Tensor, n_clusters: int
+) -> CritiquedSample:
     """A rendered sample no critic saw (`record` without verdicts): its clusters' descriptors,
     for a mask transferred from the nearest critiqued clusters (`RobustMasks.masks_for`)."""
     features = cluster_descriptors(image, sample.cluster_labels, sample.cluster_ids, n_clusters)
