@@ -235,3 +235,30 @@ def test_the_cli_critiques_and_the_review_apps_hook_aligns_from_the_run(digits, 
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["provider_calls"] == 0 and metrics["n_masks"] == 10
     assert (folder / "report.html").exists() and (folder / "model.pt").exists()
+
+
+async def test_a_graded_critique_keeps_its_confidence_in_the_run_and_the_run_path_uses_it(
+    digits, model, tmp_path
+):
+    out = tmp_path / "run"
+    critic = _critic(tmp_path, verdict_logprobs=5)
+    await critique_run(copy.deepcopy(model), digits, out, critic=critic, n=8, progress=False)
+    with CritiqueRun.open(out) as run:
+        samples = list(run.iter_samples())
+        graded = [s for s in samples if s.record.agreement is not None]
+        assert graded  # the simulated critic reports a confidence with its verdicts
+        for s in graded:
+            assert all(0.0 <= v <= 1.0 for v in s.record.agreement.values())
+        sample = graded[0]
+        color = next(c for c, v in sample.record.agreement.items() if v < 1.0)
+        entry = next(e for e in reviewed_entries(run, digits)
+                     if e.record.index == sample.record.index)  # fmt: skip
+        share = float(entry.no_share[list(sample.record.colors).index(color)])
+        verdict = sample.record.verdicts[color]
+        assert share == pytest.approx(1 - sample.record.agreement[color] if verdict
+                                      else sample.record.agreement[color])  # fmt: skip
+        assert 0.0 < share < 1.0  # graded, not 0 / 1
+        run.override(sample.record.index, color, not verdict, reviewer="t")
+        entry = next(e for e in reviewed_entries(run, digits)
+                     if e.record.index == sample.record.index)  # fmt: skip
+        assert float(entry.no_share[list(sample.record.colors).index(color)]) == float(verdict)

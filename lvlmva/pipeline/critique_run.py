@@ -194,6 +194,7 @@ def stored_sample(
         confidence=sample.confidence,
         critique=record.critique,
         verdicts=record.verdicts if status == "ok" else None,
+        agreement=_agreement(record) if status == "ok" else None,
         provider_calls=record.tally.provider_calls,
         cache_hits=record.tally.reused,
         cost_usd=record.tally.cost_usd,
@@ -208,6 +209,14 @@ def stored_sample(
         mask=record.mask,
     )
     return run_record, arrays
+
+
+def _agreement(record: SampleRecord) -> dict[str, float] | None:
+    """How sure the critic was of each verdict, where it was graded (several votes, or the
+    verdict tokens' log-probabilities): the "no" share for a "no", one minus it for a "yes"."""
+    if record.votes is None or record.verdicts is None:
+        return None
+    return {c: p if not record.verdicts[c] else 1.0 - p for c, p in record.votes.items()}
 
 
 async def _tracked(

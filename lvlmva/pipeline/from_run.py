@@ -111,9 +111,19 @@ def _entry(
         ),
         responsibilities,
         features,
-        torch.tensor([0.0 if verdicts[c] else 1.0 for c in record.colors]),
+        torch.tensor([_no_share(sample, c) for c in record.colors]),
         pinned=torch.tensor([c in sample.overrides for c in record.colors], dtype=torch.bool),
     )
+
+
+def _no_share(sample: ReviewedSample, color: str) -> float:
+    """The "no" share of one cluster: the reviewer's verdict where overridden, else the
+    critic's, graded by its stored agreement where it has one (votes, log-probabilities)."""
+    verdict = (sample.effective_verdicts or {})[color]
+    agreement = sample.record.agreement
+    if color in sample.overrides or agreement is None:
+        return 0.0 if verdict else 1.0
+    return 1.0 - agreement[color] if verdict else agreement[color]
 
 
 async def align_from_run(

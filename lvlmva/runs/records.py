@@ -97,9 +97,11 @@ class RunRecord:
     """One critiqued sample, as the pipeline hands it over (the reviewer's changes live apart).
 
     `index` is the position in `split`; `verdicts` maps each colour to True ("yes", relevant)
-    or False ("no", spurious); `agreement` the share of Critic votes that agreed, per colour,
-    when several voted. `spurious_colors`, when the dataset has ground-truth masks, names the
-    colours whose cluster overlaps a spurious region (None: unknown).
+    or False ("no", spurious); `agreement` how sure the critic was, per colour, where it was
+    graded: the share of Critic votes that agreed when several voted, or the probability of
+    the verdict's tokens when the critic gave log-probabilities (`--verdict-logprobs`).
+    `spurious_colors`, when the dataset has ground-truth masks, names the colours whose
+    cluster overlaps a spurious region (None: unknown).
     """
 
     index: int

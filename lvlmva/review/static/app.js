@@ -126,7 +126,7 @@ function cardFor(item) {
   const badges = el('div');
   if (item.status !== 'ok') badges.append(el('span', {class: `badge ${item.status}`}, item.status));
   if (item.overrides) badges.append(el('span', {class: 'badge reviewed'}, `${item.overrides} overridden`));
-  if (item.min_agreement !== null && item.min_agreement < 1) badges.append(el('span', {class: 'badge'}, 'split votes'));
+  if (item.min_agreement !== null && item.min_agreement < 1) badges.append(el('span', {class: 'badge'}, 'critic unsure'));
   if (item.truth_mismatch) badges.append(el('span', {class: 'badge'}, `${item.truth_mismatch} vs truth`));
   if (item.has_note) badges.append(el('span', {class: 'badge'}, 'note'));
   const predicted = item.prediction_name === null ? '' : ` → ${item.prediction_name}`;
@@ -219,7 +219,7 @@ function renderVerdicts() {
     const overridden = color in (s.overridden || {});
     const extra = [];
     if (overridden) extra.push(`critic: ${s.verdicts[color] ? 'yes' : 'no'}`);
-    if (s.agreement && s.agreement[color] < 1) extra.push(`votes ${pct(s.agreement[color])}`);
+    if (s.agreement && s.agreement[color] < 1) extra.push(`sure ${pct(s.agreement[color])}`);
     if (s.spurious_colors) extra.push(s.spurious_colors.includes(color) ? 'truth: spurious' : 'truth: relevant');
     const chip = el('button', {
       type: 'button', class: 'chip', disabled: verdict === null ? '' : null,
