@@ -147,6 +147,23 @@ async def test_a_run_is_checked_on_validation_images_masked_by_their_nearest_clu
     assert all(c.score == c.score for c in selection.candidates)  # every one scored, no NaN
 
 
+async def test_a_validation_critique_run_is_the_checks_flagged_images(digits, model, tmp_path):
+    out, val = tmp_path / "run", tmp_path / "val"
+    await critique_run(copy.deepcopy(model), digits, out, critic=_critic(tmp_path), n=40,
+                       progress=False)
+    await critique_run(copy.deepcopy(model), digits, val, critic=_critic(tmp_path), n=30,
+                       split="val", progress=False)
+    with CritiqueRun.open(out) as run, CritiqueRun.open(val) as val_run:
+        result = await align_from_run(copy.deepcopy(model), digits, run, epochs=1,
+                                      progress=False, val_run=val_run)
+        with pytest.raises(ConfigError, match="validation split"):
+            await align_from_run(copy.deepcopy(model), digits, run, val_run=run, epochs=1,
+                                 progress=False)
+    selection = result.selection
+    assert result.provider_calls == 0 and selection.criterion == "counterfactual"
+    assert "validation critique run" in selection.reason and selection.n_val == 30
+
+
 async def test_the_neighbours_never_outvote_a_reviewers_override(digits, model, tmp_path):
     out = tmp_path / "run"
     await critique_run(copy.deepcopy(model), digits, out, critic=_critic(tmp_path), n=24,

@@ -37,6 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="train from this critique run's reviewed verdicts and masks (`lvlmva critique`, "
         "`lvlmva review`): no LVLM call; --model defaults to the run's checkpoint",
     )
+    p.add_argument(
+        "--val-critique",
+        metavar="RUN",
+        help="with --critique: a critique run of the validation split (`lvlmva critique "
+        "--split val`), reviewed or not, for the model check (default: validation masks from "
+        "the nearest critiqued clusters of --critique's run)",
+    )
     p.add_argument("--arch", default="mlp", help="architecture when training the original model")
     p.add_argument("--train-epochs", type=int, default=5, help="epochs for the original model")
     p.add_argument("--spec", help="task spec file or built-in name (default: the dataset's task)")
@@ -85,12 +92,15 @@ def run(args: argparse.Namespace) -> int:
 
     from lvlmva.critics import get_critic
     from lvlmva.engine.errors import RunStopped
+    from lvlmva.errors import ConfigError
     from lvlmva.pipeline import CritiqueOptions, TrainOptions, align, resolve_spec
     from lvlmva.pipeline.critique import require_true_masks
 
     check_positive_flags(args, "n_align", "clusters", "epochs", "train_epochs", "lr")
     if args.critique:
         return _run_from_critique(args)
+    if args.val_critique:
+        raise ConfigError("--val-critique RUN goes with --critique RUN (the alignment run)")
     critic = critic_settings(args)
     backend = get_critic(critic.kind)
     print(backend.describe(critic), flush=True)
@@ -170,6 +180,7 @@ def _write_outputs(out: Path, result, arch: str, splits, original, args, device)
 def _run_from_critique(args: argparse.Namespace) -> int:
     """`align --critique RUN`: the run's reviewed masks, the model it explained, no LVLM."""
     import asyncio
+    import contextlib
 
     from lvlmva.errors import ConfigError
     from lvlmva.pipeline import TrainOptions
@@ -189,14 +200,17 @@ def _run_from_critique(args: argparse.Namespace) -> int:
               f"({run.count()} samples; no LVLM call)", flush=True)
         training = TrainOptions(lam=args.lam, start=args.start, epochs=args.epochs, lr=args.lr,
                                 streaming=False)
-        result = asyncio.run(
-            align_from_run(
-                checkpoint.model, splits, run, training=training,
-                soft=None if args.masks is None else args.masks == "soft",
-                checkpoint_sha256=file_sha256(args.model), seed=args.seed, device=device,
-                progress=not args.quiet, **robust_options(args),
-            )
-        )  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            val_run = None if args.val_critique is None else stack.enter_context(
+                CritiqueRun.open(args.val_critique))  # fmt: skip
+            result = asyncio.run(
+                align_from_run(
+                    checkpoint.model, splits, run, training=training,
+                    soft=None if args.masks is None else args.masks == "soft",
+                    checkpoint_sha256=file_sha256(args.model), seed=args.seed, device=device,
+                    progress=not args.quiet, val_run=val_run, **robust_options(args),
+                )
+            )  # fmt: skip
         for record in result.samples[: args.report_samples]:  # the report shows their images
             stored = run.arrays(record.index)
             record.images = {n: stored.image(n) for n in ("original", "overlay", "clusters")

@@ -43,7 +43,7 @@ from lvlmva.pipeline.records import (
     SampleRecord,
     critique_metrics,
 )
-from lvlmva.pipeline.selection import ModelCheck, plan_check
+from lvlmva.pipeline.selection import ModelCheck, given_validation_check, plan_check
 from lvlmva.pipeline.training import AlignmentTraining
 from lvlmva.prompts import TaskSpec
 from lvlmva.vision.datasets.base import DatasetSplits
@@ -87,6 +87,7 @@ async def align(
     progress: bool = True,
     on_sample: Callable[[SampleRecord], None] | None = None,
     records: Sequence[SampleRecord | CritiquedSample] | None = None,
+    val_records: Sequence[CritiquedSample] | None = None,
     **options: Any,
 ) -> AlignResult:
     """Explain, critique, mask and retrain `model` on `dataset` with the class-level `spec`.
@@ -96,9 +97,9 @@ async def align(
     `critic_provider` / `judge_provider`: ready `Provider`s instead of the critic's own.
     Explanations come from the original `model`, left unchanged. Unless `lam` is given, one
     model per lambda of the grid is trained and the best on validation returned, or the
-    original when none beats it (`AlignResult.selection`). `records`: verdicts or masks made
-    already (a reviewed critique run, `lvlmva.pipeline.from_run`), no LVLM call: a
-    `CritiquedSample` is pooled with its neighbours, a `SampleRecord`'s mask taken as it is.
+    original when none beats it (`AlignResult.selection`). `records` (and `val_records` for
+    the check): verdicts or masks made already (a reviewed critique run, `from_run`), no LVLM
+    call: a `CritiquedSample` is pooled with its neighbours, a `SampleRecord` taken as it is.
     An endpoint that refuses the run raises `RunStopped` (status, message, the result trained
     on the masks received); a `DataError` when every critique failed."""
     critic = critic or CriticSettings()
@@ -108,7 +109,7 @@ async def align(
     how, spec = await _prepare(backend, critic, spec, dataset, how, records, critic_provider)
     before = await asyncio.to_thread(_evaluate, model, dataset)
     indices = _alignment_indices(dataset, what.n_align, seed, records)
-    check, transfer = _plan_check(dataset, what, backend, seed, records)
+    check, transfer = _plan_check(dataset, what, backend, seed, records, val_records)
     masks = RobustMasks(dataset.train, what, len(indices))
     run = AlignmentTraining(
         _start_model(model, how, seed), dataset.train, how, masks,
@@ -124,7 +125,7 @@ async def align(
             )  # fmt: skip
             _check_some_masks(records, counts, len(indices), critic)
         else:  # masks made already, or the true ones
-            records, val_entries = _given_masks(dataset, indices, check.indices, records, run)
+            records, val_entries = _given_masks(dataset, indices, check, records, run, val_records)
             counts = CritiqueCounts()
         if transfer and len(check.indices):  # nothing critiqued in the validation split
             val_entries = await _uncritiqued_validation(
@@ -167,17 +168,20 @@ def _checked_backend(
 def _given_masks(
     dataset: DatasetSplits,
     indices: Tensor,
-    val_indices: Tensor,
+    check: ModelCheck,
     records: Sequence[SampleRecord | CritiquedSample] | None,
     run: AlignmentTraining,
+    val_records: Sequence[CritiquedSample] | None = None,
 ) -> tuple[list[SampleRecord], list[CritiquedSample]]:
     """Records whose verdicts or masks are given (`records`, or the true masks when None) fed
-    to `run` in order, and the validation samples of the model check (true masks; none for
-    `records`)."""
+    to `run` in order, and the validation samples of the model check (true masks; for
+    `records`, the `val_records` its check uses, else none)."""
     val_entries: list[CritiquedSample] = []
     if records is None:
-        records = ground_truth_records(dataset, indices)
-        val_entries = [fixed_mask(r) for r in ground_truth_records(dataset, val_indices, "val")]
+        val = ground_truth_records(dataset, check.indices, "val")
+        records, val_entries = ground_truth_records(dataset, indices), [fixed_mask(r) for r in val]
+    elif val_records is not None and check.criterion[0] == "counterfactual":
+        val_entries = list(val_records)
     entries = [r if isinstance(r, CritiquedSample) else fixed_mask(r) for r in records]
     for position, entry in enumerate(entries):
         run.add(position, entry)
@@ -210,10 +214,13 @@ def _plan_check(
     backend: CriticBackend,
     seed: int,
     records: Sequence[SampleRecord | CritiquedSample] | None,
+    val_records: Sequence[CritiquedSample] | None = None,
 ) -> tuple[ModelCheck, bool]:
     """The model check, and whether its validation masks come from the nearest critiqued
-    clusters (`RobustMasks.masks_for`) instead of the critic: for a critique run's verdicts,
-    which cover no validation image, and with `val_masks="neighbours"`."""
+    clusters (`RobustMasks.masks_for`) instead of the critic: for a critique run's verdicts
+    without `val_records` (a run covers one split), and with `val_masks="neighbours"`."""
+    if val_records is not None:
+        return given_validation_check(dataset, val_records, seed), False
     transfer = _has_verdicts(records) or (
         records is None and backend.uses_llm and options.val_masks == "neighbours"
     )

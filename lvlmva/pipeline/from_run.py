@@ -28,16 +28,21 @@ __all__ = ["align_from_run", "check_run_fits", "reviewed_entries", "reviewed_rec
 
 
 def check_run_fits(
-    run: CritiqueRun, dataset: DatasetSplits, checkpoint_sha256: str | None = None
+    run: CritiqueRun,
+    dataset: DatasetSplits,
+    checkpoint_sha256: str | None = None,
+    *,
+    split: str = "train",
 ) -> None:
-    """ConfigError unless `run` critiqued the training split of this dataset (same classes and
-    options) with the checkpoint of `checkpoint_sha256` (when both are known)."""
+    """ConfigError unless `run` critiqued `split` of this dataset (same classes and options)
+    with the checkpoint of `checkpoint_sha256` (when both are known)."""
     m, info = run.manifest, dataset.info
     where = f"critique run {run.root}"
-    if m.split != "train":
+    if m.split != split:
+        why = ("RRR trains on the training split" if split == "train"
+               else "the model check uses the validation split")  # fmt: skip
         raise ConfigError(
-            f"{where} covers the {m.split} split; RRR trains on the training split, so critique "
-            "--split train to align from a run"
+            f"{where} covers the {m.split} split; {why}, so critique --split {split} for it"
         )
     if m.dataset != info.name or tuple(m.class_names) != tuple(info.class_names):
         raise ConfigError(
@@ -70,16 +75,18 @@ def reviewed_entries(
     """`reviewed_records` as the neighbour consensus takes them: each with its clusters'
     descriptors, its effective verdicts as "no" shares and the reviewer's overrides pinned (an
     expert's verdict is never outvoted; it counts as a neighbour of similar clusters)."""
+    split = getattr(dataset, run.manifest.split)
     seed = int(run.manifest.extra.get("seed", 0))
-    order = sample_order(len(dataset.train), None, seed)
+    order = sample_order(len(split), None, seed)
     position = torch.empty(len(order), dtype=torch.long)
     position[order] = torch.arange(len(order))
     entries = []
     for sample in run.iter_samples(RunQuery(statuses=("ok",))):
         index = sample.record.index
-        if not 0 <= index < len(dataset.train):
-            raise DataError(f"sample {index} of {run.root} is not in the training split")
-        entries.append(_entry(run, dataset, sample, soft))
+        if not 0 <= index < len(split):
+            raise DataError(f"sample {index} of {run.root} is not in the {run.manifest.split} "
+                            "split")  # fmt: skip
+        entries.append(_entry(run, split.images[index], sample, soft))
     entries.sort(key=lambda e: int(position[e.record.index]))
     if not entries:
         raise DataError(
@@ -90,15 +97,13 @@ def reviewed_entries(
 
 
 def _entry(
-    run: CritiqueRun, dataset: DatasetSplits, sample: ReviewedSample, soft: bool | None
+    run: CritiqueRun, image: torch.Tensor, sample: ReviewedSample, soft: bool | None
 ) -> CritiquedSample:
-    """The `CritiquedSample` of one reviewed "ok" sample of `run`."""
+    """The `CritiquedSample` of one reviewed "ok" sample of `run` (its image [C, H, W])."""
     record, stored = sample.record, run.arrays(sample.record.index)
     labels = torch.from_numpy(stored.labels.astype("int64"))
     verdicts = dict(sample.effective_verdicts or {})
-    features = cluster_descriptors(
-        dataset.train.images[record.index], labels, record.cluster_ids, _run_clusters(run)
-    )
+    features = cluster_descriptors(image, labels, record.cluster_ids, _run_clusters(run))
     responsibilities = None
     if stored.responsibilities is not None:
         responsibilities = torch.from_numpy(stored.responsibilities).to(torch.float16)
@@ -137,17 +142,24 @@ async def align_from_run(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    val_run: CritiqueRun | None = None,
     **options: Any,
 ) -> AlignResult:
     """`align` with the reviewed verdicts of `run` (see `reviewed_entries`), pooled with
     similar clusters like a critique's (`neighbours`; the reviewer's overrides are kept as
-    given), masks by the run's rule or `soft`: no LVLM call."""
+    given), masks by the run's rule or `soft`: no LVLM call. `val_run`: a critique run of the
+    validation split, made the same way, whose reviewed verdicts the model check uses where
+    it needs flagged validation images (else they come from the nearest clusters of `run`)."""
     check_run_fits(run, dataset, checkpoint_sha256)
     entries = reviewed_entries(run, dataset, soft=soft)
+    val_entries = None
+    if val_run is not None:
+        check_run_fits(val_run, dataset, checkpoint_sha256, split="val")
+        val_entries = reviewed_entries(val_run, dataset, soft=soft)
     soft_masks = run.manifest.masks == "soft" if soft is None else soft
     return await align(
         model, dataset, critic=manifest_critic(run.manifest), training=training, seed=seed,
-        device=device, progress=progress, records=entries,
+        device=device, progress=progress, records=entries, val_records=val_entries,
         **{"soft_masks": soft_masks, **_run_options(run), **options},
     )  # fmt: skip
 

@@ -54,6 +54,7 @@ __all__ = [
     "chance_floor",
     "choose_criterion",
     "counterfactual_split",
+    "given_validation_check",
     "plan_check",
     "select_model",
     "validation_count",
@@ -380,3 +381,18 @@ def plan_check(
         if len(indices) == 0:
             criterion = ("none", "no validation images are critiqued (val_samples = 0)")
     return ModelCheck(criterion, indices, val, seed)
+
+
+def given_validation_check(
+    dataset: DatasetSplits, val_records: Sequence[CritiquedSample], seed: int
+) -> ModelCheck:
+    """The model check with validation samples critiqued already (a critique run of the
+    validation split, `lvlmva.pipeline.from_run`): validation WGA where the split has usable
+    groups, else the counterfactual check on exactly those samples."""
+    criterion = choose_criterion(dataset.val, can_critique=bool(val_records))
+    if criterion[0] != "counterfactual":
+        return ModelCheck(criterion, torch.zeros(0, dtype=torch.long), dataset.val, seed)
+    reason = criterion[1].replace("critic-flagged regions", "regions flagged in the "
+                                  "validation critique run", 1)  # fmt: skip
+    indices = torch.tensor([e.record.index for e in val_records], dtype=torch.long)
+    return ModelCheck(("counterfactual", reason), indices, dataset.val, seed)
