@@ -279,3 +279,16 @@ async def test_a_graded_critique_keeps_its_confidence_in_the_run_and_the_run_pat
         entry = next(e for e in reviewed_entries(run, digits)
                      if e.record.index == sample.record.index)  # fmt: skip
         assert float(entry.no_share[list(sample.record.colors).index(color)]) == float(verdict)
+
+
+async def test_a_run_with_votes_stores_the_majority_and_how_many_agreed(digits, model, tmp_path):
+    out = tmp_path / "run"
+    result = await critique_run(copy.deepcopy(model), digits, out, critic=_critic(tmp_path),
+                                critique=CritiqueOptions(votes=3), n=4, progress=False)
+    assert result.counts.tally.provider_calls == 3 * 2 * 4  # three Critic + Judge pairs each
+    with CritiqueRun.open(out) as run:
+        agreements = [v for s in run.iter_samples() for v in (s.record.agreement or {}).values()]
+    assert agreements and set(round(v, 4) for v in agreements) <= {0.6667, 1.0}
+    with pytest.raises(ConfigError, match="votes"):
+        await critique_run(copy.deepcopy(model), digits, out, critic=_critic(tmp_path), n=4,
+                           progress=False)

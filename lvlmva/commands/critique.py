@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=("train", "val", "test"), default="train",
                    help="split to critique (default train: the one `align --critique` trains on)")
     p.add_argument("--clusters", type=int, default=7, help="PPEPS-WGM clusters per image")
+    p.add_argument("--votes", type=int, default=1, help="Critic samples per image, colours "
+                   "listed in another order each time; the run stores the majority and how "
+                   "many agreed (default 1; each vote costs one Critic and one Judge call)")
     p.add_argument("--method", default="deeplift-shap", help="attribution method")
     p.add_argument("--masks", choices=("soft", "hard"), default="soft",
                    help="mask rule stored with the run (default soft)")
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     checkpoint, splits = load_model_and_data(args, device)
     options = CritiqueOptions(
-        n_clusters=args.clusters, attribution=args.method, soft_masks=args.masks == "soft"
+        n_clusters=args.clusters, attribution=args.method, soft_masks=args.masks == "soft",
+        votes=args.votes,
     )
     result = asyncio.run(
         critique_run(

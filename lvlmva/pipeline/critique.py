@@ -95,14 +95,17 @@ async def critique_samples(
     soft_masks: bool,
     total: int | None = None,
     split_name: str = "train",
+    votes: int = 1,
+    seed: int = 0,
 ) -> AsyncIterator[SampleRecord]:
     """Critique `samples` (of the split `split_name` of `dataset`) through the session's engine
-    and yield their records in completion order. A simulated critic is told each sample's
-    ground-truth mask before its job is sent."""
+    (`votes` Critic samples each) and yield their records in completion order. A simulated
+    critic is told each sample's ground-truth mask before its job is sent."""
     tagged = _tagged(samples, split_name)
     async for _, _, record in critique_stream(
-        tagged, session, spec, dataset, soft_masks=soft_masks, total=total, splits=(split_name,)
-    ):
+        tagged, session, spec, dataset, soft_masks=soft_masks, votes=votes, seed=seed,
+        total=total, splits=(split_name,),
+    ):  # fmt: skip
         yield record
 
 

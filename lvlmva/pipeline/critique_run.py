@@ -135,6 +135,7 @@ def run_manifest(
             "seed": seed,
             "n_clusters": options.n_clusters,
             "attribution": options.attribution,
+            "votes": options.votes,
             "spec_task": spec.task,
             "model_path": model_path,
         },
@@ -155,6 +156,8 @@ def _open_run(path: Path, manifest: RunManifest, *, sync: bool) -> CritiqueRun:
     ]  # fmt: skip
     clashes += [f"critic {k}" for k in _SAME_CRITIC if have.critic.get(k) != manifest.critic.get(k)]
     clashes += [k for k in _SAME_EXTRA if have.extra.get(k) != manifest.extra.get(k)]
+    if have.extra.get("votes", 1) != manifest.extra.get("votes", 1):  # runs before votes: 1
+        clashes.append("votes")
     if clashes:
         run.close()
         raise ConfigError(
@@ -331,6 +334,7 @@ async def _critique_into(
             records = critique_samples(
                 _tracked(samples, pending), session, spec, dataset,
                 soft_masks=options.soft_masks, total=len(todo), split_name=split,
+                votes=options.votes, seed=seed,
             )  # fmt: skip
             async for record in records:
                 sample = pending.pop(record.index)
