@@ -21,6 +21,7 @@ from lvlmva.pipeline.masking import CritiquedSample
 from lvlmva.pipeline.options import TrainOptions
 from lvlmva.pipeline.records import AlignResult, SampleRecord
 from lvlmva.runs import CritiqueRun, ReviewedSample, RunQuery
+from lvlmva.runs.overrides import effective_mask
 from lvlmva.vision.consensus import cluster_descriptors
 from lvlmva.vision.datasets.base import DatasetSplits
 
@@ -111,7 +112,7 @@ def _entry(
         SampleRecord(
             index=record.index, label=record.label, class_name=record.class_name,
             cluster_labels=labels, colors=record.colors, cluster_ids=record.cluster_ids,
-            status="ok", mask=torch.from_numpy(run.effective_mask(record.index, soft=soft)),
+            status="ok", mask=torch.from_numpy(effective_mask(run, sample, soft, stored=stored)),
             verdicts=verdicts, critique=record.critique,
         ),
         responsibilities,

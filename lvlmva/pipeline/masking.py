@@ -198,15 +198,15 @@ class RobustMasks:
         pool = [e for e in self.entries() if e.voted and e.record.consensus is not None]
         if not pool or not targets:
             return [None] * len(targets)
-        shares = torch.tensor([e.record.consensus[c] for e in pool for c in e.record.colors])
-        own = torch.cat([e.no_share for e in pool]) > 0.5
-        share = float(((shares > 0.5) != own).float().mean())
+        pooled = {id(e): torch.tensor([e.record.consensus[c] for c in e.record.colors])
+                  for e in pool}  # fmt: skip
+        shares = torch.cat([pooled[id(e)] for e in pool])
         features = torch.cat([e.features for e in pool])
         k = self.options.neighbours or DEFAULT_NEIGHBOURS
         p = transferred_shares(features, shares, torch.cat([e.features for e in targets]), k=k)
         if bool(torch.isnan(p).any()):
             return [None] * len(targets)
-        confidence = uses_confidence(self.options, share)
+        confidence = uses_confidence(self.options, _pool_share(pool, pooled))
         out: list[Tensor | None] = []
         for entry, part in zip(targets, torch.split(p, [len(e.features) for e in targets]),
                                strict=True):  # fmt: skip
@@ -244,7 +244,8 @@ class RobustMasks:
                 if e.pinned is not None:
                     part = torch.where(e.pinned, e.no_share.float(), part)
                 p_spurious[id(e)] = part
-        confidence = uses_confidence(self.options, _pool_share(voted, p_spurious))
+        share = _pool_share(voted, p_spurious) if self.options.confidence == "auto" else None
+        confidence = uses_confidence(self.options, share)
         out = []
         for entry in targets:
             if not entry.voted:

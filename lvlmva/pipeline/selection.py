@@ -71,8 +71,11 @@ def scored_groups(val: ShortcutDataset) -> list[int]:
     return usable_groups(val, MIN_GROUP)
 
 
-def choose_criterion(val: ShortcutDataset, *, can_critique: bool) -> tuple[CriterionName, str]:
-    """The criterion for `val` and the reason, in words."""
+def choose_criterion(
+    val: ShortcutDataset, *, can_critique: bool, flagged: str = "critic-flagged regions"
+) -> tuple[CriterionName, str]:
+    """The criterion for `val` and the reason, in words (`flagged`: what the counterfactual
+    swaps, for the reason)."""
     if len(val) == 0:
         return "none", "the dataset has no validation split"
     groups = scored_groups(val)
@@ -86,7 +89,7 @@ def choose_criterion(val: ShortcutDataset, *, can_critique: bool) -> tuple[Crite
     why = "no groups" if val.groups is None else "no class with two groups of"
     detail = "" if val.groups is None else f" at least {MIN_GROUP} samples"
     return "counterfactual", (
-        "validation accuracy with the critic-flagged regions swapped with an image of another "
+        f"validation accuracy with the {flagged} swapped with an image of another "
         f"class ({why}{detail} in the validation split, so group accuracy would reward the "
         "shortcut)"
     )
@@ -370,11 +373,9 @@ def plan_check(
         can_critique = True
     else:  # the simulation and the ground truth need the validation split's true masks
         can_critique = val.spurious_masks is not None
-    criterion = choose_criterion(val, can_critique=can_critique)
-    if not critiques and criterion[0] == "counterfactual":
-        criterion = ("counterfactual", criterion[1].replace(
-            "critic-flagged regions", "regions that the nearest critiqued clusters flag (no "
-            "validation image was critiqued)", 1))  # fmt: skip
+    flagged = "critic-flagged regions" if critiques else (
+        "regions that the nearest critiqued clusters flag (no validation image was critiqued)")
+    criterion = choose_criterion(val, can_critique=can_critique, flagged=flagged)
     indices = torch.zeros(0, dtype=torch.long)
     if criterion[0] == "counterfactual":
         indices = validation_indices(len(val), options.n_align, options.val_samples, seed)
@@ -389,10 +390,9 @@ def given_validation_check(
     """The model check with validation samples critiqued already (a critique run of the
     validation split, `lvlmva.pipeline.from_run`): validation WGA where the split has usable
     groups, else the counterfactual check on exactly those samples."""
-    criterion = choose_criterion(dataset.val, can_critique=bool(val_records))
+    criterion = choose_criterion(dataset.val, can_critique=bool(val_records),
+                                 flagged="regions flagged in the validation critique run")
     if criterion[0] != "counterfactual":
         return ModelCheck(criterion, torch.zeros(0, dtype=torch.long), dataset.val, seed)
-    reason = criterion[1].replace("critic-flagged regions", "regions flagged in the "
-                                  "validation critique run", 1)  # fmt: skip
     indices = torch.tensor([e.record.index for e in val_records], dtype=torch.long)
-    return ModelCheck(("counterfactual", reason), indices, dataset.val, seed)
+    return ModelCheck(criterion, indices, dataset.val, seed)

@@ -13,6 +13,7 @@ from lvlmva.runs import rows
 from lvlmva.runs.records import ReviewedSample
 
 if TYPE_CHECKING:
+    from lvlmva.runs.files import StoredArrays
     from lvlmva.runs.store import CritiqueRun
 
 
@@ -39,16 +40,18 @@ def effective_mask(
     sample: ReviewedSample,
     soft: bool | None,
     verdicts: dict[str, bool] | None = None,
+    stored: StoredArrays | None = None,
 ) -> np.ndarray | None:
     """The mask of `sample` under `verdicts` (default: its effective verdicts). Where these are
     the critic's own verdicts under the run's rule, the stored critic mask (the pipeline's
-    float32 mask, bit for bit); otherwise the rule on the stored labels and responsibilities."""
+    float32 mask, bit for bit); otherwise the rule on the stored labels and responsibilities
+    (`stored`: the sample's files, when the caller has them open already)."""
     verdicts = sample.effective_verdicts if verdicts is None else verdicts
     if verdicts is None:
         return None
     run_soft = run.manifest.masks == "soft"
     soft = run_soft if soft is None else soft
-    stored = run.arrays(sample.record.index)
+    stored = run.arrays(sample.record.index) if stored is None else stored
     if soft == run_soft and verdicts == sample.record.verdicts and stored.mask is not None:
         return stored.mask
     responsibilities = stored.responsibilities if soft else None
